@@ -1,0 +1,19 @@
+"""electra-ds: pretrain ELECTRA encoders from raw text to GLUE scores.
+
+Each pipeline stage lives in its own module and is reachable as ``electra-ds <stage>``:
+
+    corpus    electra_ds.corpus    sources -> normalised UTF-8 documents (JSONL)
+    dedup     electra_ds.dedup     exact duplicate removal -> kept documents + counts
+    vocab     electra_ds.vocab     sentencepiece -> Hugging Face tokenizer directory
+    shards    electra_ds.shards    tokenize + pack -> binary shards + index
+    probes    electra_ds.probes    offline probe tasks (GLUE TSV layout) from held-out documents
+    pretrain  electra_ds.pretrain  generator + discriminator through DeepSpeed -> checkpoints
+    export    electra_ds.export    checkpoint -> Hugging Face discriminator / generator
+    finetune  electra_ds.finetune  one (task, seed) fine-tuning job -> dev metrics + test predictions
+    evaluate  electra_ds.evaluate  aggregate -> results table (JSON + Markdown)
+"""
+
+__version__ = "0.1.0"
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)

@@ -1,0 +1,83 @@
+"""``electra-ds <stage> ...``: one subcommand per pipeline stage.
+
+Each stage module provides ``add_arguments(parser)`` and ``run(args, tracker)``. The command line adds
+the options every stage shares (logging, MLflow tags), opens the stage's MLflow run and turns a
+:class:`~electra_ds.errors.UserError` into one clear line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+STAGES = {
+    "corpus": "Read the configured sources and write normalised UTF-8 documents (JSONL).",
+    "dedup": "Remove exact duplicate documents (normalised-text hash) and count what was removed.",
+    "vocab": "Train a sentencepiece vocabulary with ELECTRA's special tokens; save a HF tokenizer dir.",
+    "shards": "Tokenize documents and pack fixed-length examples into binary shards with an index.",
+    "probes": "Derive offline probe tasks (GLUE TSV layout) from held-out documents.",
+    "pretrain": "Train ELECTRA (generator + discriminator) through DeepSpeed; write checkpoints.",
+    "export": "Export the pretrained discriminator and generator in Hugging Face format.",
+    "finetune": "Fine-tune the exported discriminator on one task with one seed; write metrics + predictions.",
+    "evaluate": "Aggregate fine-tuning results into one table (JSON and Markdown).",
+    "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
+}
+
+
+def _wildcards(text: str) -> dict:
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="electra-ds", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+    for stage, help_text in STAGES.items():
+        module = importlib.import_module(f"electra_ds.{'distributed' if stage == 'launch' else stage}")
+        p = sub.add_parser(stage, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        if stage != "launch":
+            common = p.add_argument_group("tracking and logging")
+            common.add_argument("--results-dir", default=".",
+                                help="results directory (the default MLflow store is <results-dir>/mlflow.db)")
+            common.add_argument("--tracking-uri", default=None,
+                                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
+            common.add_argument("--rule", default=None, help="rule name tagged on the MLflow run (default: stage)")
+            common.add_argument("--wildcards", default="", type=_wildcards,
+                                help="comma-separated key=value wildcards tagged on the MLflow run")
+            common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv=None) -> int:
+    from electra_ds.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    stage = args.stage
+    if stage == "launch":
+        return args._module.run_launch(args)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from electra_ds.tracking import StageRun
+
+    rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    try:
+        with StageRun(args.rule or stage, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
+                      wildcards=args.wildcards, enabled=rank0) as tracker:
+            args._module.run(args, tracker)
+    except UserError as exc:
+        print(f"electra-ds {stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Atomic outputs and the JSONL document format shared by the data stages.
+
+Every output is written under a temporary name next to its final path and renamed only when
+complete, so a failed or killed stage never leaves a file a downstream rule would consume.
+Documents between stages are JSONL records with at least ``id`` and ``text``; ``.gz`` paths are
+gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, is_dir: bool = False):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if is_dir:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if is_dir and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _open_text(path: Path, mode: str, compressed: bool | None = None):
+    if compressed is None:
+        compressed = str(path).endswith(".gz")
+    if compressed:
+        return gzip.open(path, mode + "t", encoding="utf-8", newline="\n")
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def write_jsonl(path, records: Iterable[dict]) -> int:
+    """Atomically write records as JSONL; return how many were written."""
+    path = Path(path)
+    n = 0
+    with atomic_path(path) as tmp, _open_text(tmp, "w", compressed=str(path).endswith(".gz")) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path) -> Iterator[dict]:
+    path = Path(path)
+    with _open_text(path, "r") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
