@@ -59,16 +59,24 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+_degraded = False  # after a call failed completely, later calls try once instead of backing off
+
+
 def _with_retries(fn, *, what: str, attempts: int = 6, first_delay: float = 0.2):
     """Call fn(); retry on any error (e.g. 'database is locked'); warn and return None at the end."""
+    global _degraded
+    attempts = 1 if _degraded else attempts
     delay = first_delay
     for attempt in range(attempts):
         try:
-            return fn()
+            result = fn()
+            _degraded = False
+            return result
         except Exception as exc:  # tracking must never kill the job
             if attempt == attempts - 1:
-                warnings.warn(f"MLflow: {what} failed after {attempts} attempts ({exc}); continuing without it",
+                warnings.warn(f"MLflow: {what} failed after {attempts} attempt(s) ({exc}); continuing without it",
                               RuntimeWarning, stacklevel=3)
+                _degraded = True
                 return None
             time.sleep(delay)
             delay = min(delay * 2, 3.0)

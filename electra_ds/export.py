@@ -1,0 +1,82 @@
+"""Export: a pretraining checkpoint (any ZeRO stage) -> Hugging Face discriminator and generator.
+
+Consolidates fp32 weights from the DeepSpeed checkpoint named in the pretraining summary and
+writes ``<output-dir>/discriminator`` (``AutoModelForPreTraining``) and ``<output-dir>/generator``
+(``AutoModelForMaskedLM``), each with config, ``model.safetensors`` and the tokenizer. Before the
+directory is published the exported discriminator is reloaded and its outputs compared with the
+training model's on the same input.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from electra_ds.errors import UserError
+from electra_ds.fileio import atomic_path, read_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--pretrain-summary", required=True, help="summary.json written by the pretrain stage")
+    p.add_argument("--tokenizer-dir", required=True, help="tokenizer directory from the vocab stage")
+    p.add_argument("--output-dir", required=True, help="gets discriminator/ and generator/")
+    p.add_argument("--tag", default=None, help="checkpoint tag to export (default: the summary's final one)")
+
+
+def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
+    """fp32 weights of the whole ElectraPretrainer from a DeepSpeed checkpoint; no arbitrary unpickling."""
+    import torch
+
+    ckpt = Path(checkpoint_dir) / tag
+    if not ckpt.is_dir():
+        raise UserError(f"checkpoint {tag} not found", path=ckpt.parent, fix="rerun the pretrain stage")
+    if zero_stage == 0:
+        # zero_to_fp32 cannot parse stage-0 checkpoints: the full module is in the model states file.
+        states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        return {k: v.float() for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag).items()}
+
+
+def run(args, tracker) -> None:
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+
+    from electra_ds.model import ElectraPretrainer, ModelShape, token_type_ids_for
+
+    summary = read_json(args.pretrain_summary)
+    tag = args.tag or summary["tag"]
+    shape = ModelShape(**summary["model"])
+    state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
+    model = ElectraPretrainer(shape)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied/shared tensors may be stored once under either name.
+    tied = {"generator.generator_lm_head.weight"} | {k for k in missing if k.startswith("generator.electra.embeddings.")}
+    if set(missing) - tied or unexpected:
+        raise UserError(f"checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]})", path=summary["checkpoint_dir"])
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+
+    with atomic_path(args.output_dir, is_dir=True) as tmp:
+        for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
+            net.save_pretrained(tmp / name, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / name)
+        # Check: the exported models reproduce the training model's outputs.
+        ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
+        kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
+        disc = AutoModelForPreTraining.from_pretrained(tmp / "discriminator").eval()
+        gen = AutoModelForMaskedLM.from_pretrained(tmp / "generator").eval()
+        with torch.no_grad():
+            diffs = {
+                "discriminator": (disc(ids, **kwargs).logits - model.discriminator(ids, **kwargs).logits).abs().max().item(),
+                "generator": (gen(ids, **kwargs).logits - model.generator(ids, **kwargs).logits).abs().max().item(),
+            }
+        if max(diffs.values()) > 1e-4:
+            raise RuntimeError(f"exported models differ from the trained model: {diffs}")
+    log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)
+    tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"]})
+    tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})

@@ -1,0 +1,185 @@
+"""ELECTRA pretraining model: a small generator and a discriminator with shared embeddings.
+
+Built from stock Hugging Face modules (``ElectraForMaskedLM`` generator, ``ElectraForPreTraining``
+discriminator) so the exported models load with ``AutoModelForMaskedLM`` /
+``AutoModelForPreTraining``. Follows Clark et al. (2020) and google-research/electra:
+
+* dynamic masking of round(n_tokens x mask_prob) positions per sequence, never [CLS]/[SEP]/[PAD];
+  85% of them become [MASK], 15% keep the original token;
+* the generator's hidden size, heads and intermediate size are ``generator_fraction`` of the
+  discriminator's; its logits are computed only at masked positions;
+* replacements are sampled from the generator with Gumbel noise; a sample equal to the original
+  counts as original for the discriminator;
+* loss = generator MLM loss + ``disc_weight`` x replaced-token-detection loss over real tokens;
+* token, position and type embeddings (and their LayerNorm) are shared, with an embedding size
+  separate from the hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+
+
+@dataclass
+class ModelShape:
+    """Discriminator shape; the generator is derived from it with ``generator_fraction``."""
+
+    vocab_size: int
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 12
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    generator_fraction: float = 0.25
+    dropout: float = 0.1
+    attn_implementation: str = "sdpa"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def electra_configs(shape: ModelShape):
+    """Return (discriminator_config, generator_config) as ``transformers.ElectraConfig``."""
+    from transformers import ElectraConfig
+
+    def config(hidden, heads, intermediate):
+        return ElectraConfig(
+            vocab_size=shape.vocab_size, embedding_size=shape.embedding_size, hidden_size=hidden,
+            num_hidden_layers=shape.num_layers, num_attention_heads=heads, intermediate_size=intermediate,
+            max_position_embeddings=shape.max_position_embeddings, type_vocab_size=2,
+            hidden_dropout_prob=shape.dropout, attention_probs_dropout_prob=shape.dropout,
+            pad_token_id=PAD_ID, bos_token_id=CLS_ID, eos_token_id=SEP_ID,
+        )
+
+    disc = config(shape.hidden_size, shape.num_heads, shape.intermediate_size)
+    f = shape.generator_fraction
+    gen_heads = max(1, round(shape.num_heads * f))
+    gen_hidden = max(gen_heads, round(shape.hidden_size * f / gen_heads) * gen_heads)
+    gen = config(gen_hidden, gen_heads, max(1, round(shape.intermediate_size * f)))
+    for c in (disc, gen):
+        c._attn_implementation = shape.attn_implementation
+    return disc, gen
+
+
+def mask_positions(input_ids: torch.Tensor, mask_prob: float, generator: torch.Generator | None = None):
+    """Choose round(n_real_tokens x mask_prob) positions per row (at least one), never specials."""
+    candidates = (input_ids != PAD_ID) & (input_ids != CLS_ID) & (input_ids != SEP_ID)
+    n_candidates = candidates.sum(dim=1)
+    n_mask = torch.clamp(torch.round(n_candidates.float() * mask_prob).long(), min=1)
+    n_mask = torch.minimum(n_mask, n_candidates)
+    scores = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    scores = scores.masked_fill(~candidates, 2.0)  # candidates first when sorted ascending
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < n_mask.unsqueeze(1)
+
+
+def gumbel_sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample from softmax(logits) with the Gumbel-max trick."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    gumbel = -torch.log(-torch.log(u.clamp_(1e-9, 1.0 - 1e-9)))
+    return (logits.float() + gumbel).argmax(dim=-1)
+
+
+def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
+    """0 up to and including the first [SEP], 1 after it."""
+    is_sep = (input_ids == SEP_ID).long()
+    return ((is_sep.cumsum(dim=1) - is_sep) > 0).long()
+
+
+class ElectraPretrainer(nn.Module):
+    """Generator + discriminator trained jointly on replaced token detection."""
+
+    def __init__(self, shape: ModelShape, mask_prob: float = 0.15, mask_replace_prob: float = 0.85,
+                 disc_weight: float = 50.0):
+        super().__init__()
+        from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+        self.shape = shape
+        self.mask_prob = mask_prob
+        self.mask_replace_prob = mask_replace_prob
+        self.disc_weight = disc_weight
+        disc_config, gen_config = electra_configs(shape)
+        self.discriminator = ElectraForPreTraining(disc_config)
+        self.generator = ElectraForMaskedLM(gen_config)
+        # Share token, position and type embeddings (and their LayerNorm); the generator's output
+        # layer stays tied to the shared word embeddings.
+        self.generator.electra.embeddings = self.discriminator.electra.embeddings
+        self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        attention_mask = (input_ids != PAD_ID).long()
+        token_type_ids = token_type_ids_for(input_ids)
+
+        masked = mask_positions(input_ids, self.mask_prob, generator)
+        use_mask_token = masked & (torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+                                   < self.mask_replace_prob)
+        generator_input = input_ids.masked_fill(use_mask_token, MASK_ID)
+
+        # Generator: hidden states everywhere, vocabulary logits only at masked positions.
+        hidden = self.generator.electra(generator_input, attention_mask=attention_mask,
+                                        token_type_ids=token_type_ids).last_hidden_state
+        hidden = hidden[masked]
+        gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden))
+        originals = input_ids[masked]
+        gen_loss = F.cross_entropy(gen_logits.float(), originals)
+
+        with torch.no_grad():
+            sampled = gumbel_sample(gen_logits.detach(), generator)
+            disc_input = input_ids.clone()
+            disc_input[masked] = sampled
+            replaced = (disc_input != input_ids)
+
+        disc_logits = self.discriminator(disc_input, attention_mask=attention_mask,
+                                         token_type_ids=token_type_ids).logits.float()
+        real = attention_mask.bool()
+        disc_loss = F.binary_cross_entropy_with_logits(disc_logits[real], replaced[real].float())
+        loss = gen_loss + self.disc_weight * disc_loss
+
+        with torch.no_grad():
+            disc_pred = disc_logits > 0
+            stats = torch.stack([
+                (gen_logits.argmax(-1) == originals).float().sum(),  # generator correct
+                masked.sum().float(),                                 # masked positions
+                (disc_pred == replaced)[real].float().sum(),          # discriminator correct
+                real.sum().float(),                                   # real tokens
+                (disc_pred & replaced).float().sum(),                 # true positives
+                disc_pred[real].float().sum(),                        # predicted replaced
+                replaced.float().sum(),                               # actually replaced
+            ])
+        return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "stats": stats}
+
+
+STAT_NAMES = ("gen_correct", "masked", "disc_correct", "tokens", "disc_tp", "disc_pred_pos", "replaced")
+
+
+def summarise_stats(stats: torch.Tensor) -> dict:
+    """Turn summed forward() stats into accuracies, precision and recall."""
+    s = dict(zip(STAT_NAMES, stats.tolist()))
+    return {
+        "gen_acc": s["gen_correct"] / max(s["masked"], 1.0),
+        "disc_acc": s["disc_correct"] / max(s["tokens"], 1.0),
+        "disc_precision": s["disc_tp"] / max(s["disc_pred_pos"], 1.0),
+        "disc_recall": s["disc_tp"] / max(s["replaced"], 1.0),
+        "replaced_frac": s["replaced"] / max(s["tokens"], 1.0),
+    }
+
+
+def flops_per_token(shape: ModelShape, seq_len: int) -> float:
+    """Approximate training FLOPs per token (forward + backward = 3x forward), both networks."""
+    disc, gen = electra_configs(shape)
+
+    def encoder(c):
+        per_layer = 2 * (4 * c.hidden_size ** 2 + 2 * c.hidden_size * c.intermediate_size) \
+            + 2 * 2 * seq_len * c.hidden_size
+        return c.num_hidden_layers * per_layer + 2 * c.embedding_size * c.hidden_size
+
+    gen_head = (2 * gen.hidden_size * gen.embedding_size + 2 * gen.embedding_size * shape.vocab_size) * 0.15
+    disc_head = 2 * disc.hidden_size * disc.hidden_size + 2 * disc.hidden_size
+    return 3.0 * (encoder(disc) + encoder(gen) + gen_head + disc_head)

@@ -1,0 +1,335 @@
+"""Pretraining: ELECTRA generator + discriminator trained through ``deepspeed.initialize``.
+
+Start it with ``electra-ds launch --nproc-per-node N -- pretrain ...`` (torchrun locally, srun under
+SLURM). The data position is a pure function of the optimizer step: step ``s`` reads the global
+batch ``perm[s*G:(s+1)*G]`` of its epoch's permutation, each rank takes a disjoint slice of it, and
+every random draw (masking, sampling, dropout) is seeded from (seed, step, rank, micro-step). A
+restart from a checkpoint therefore continues exactly where the run stopped.
+
+Outputs under ``--output-dir``: ``checkpoints/<tag>/`` (DeepSpeed, the last N kept, ``latest``
+written only after a complete save) and ``summary.json`` (final metrics and the checkpoint to
+export), written last and atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from electra_ds.errors import UserError
+from electra_ds.fileio import write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--shards", required=True, help="shards directory (index.json + .bin files)")
+    g.add_argument("--output-dir", required=True, help="checkpoints/ and summary.json go here")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="{}", help="JSON model shape: embedding_size, hidden_size, num_layers, "
+                   "num_heads, intermediate_size, generator_fraction, dropout, attn_implementation")
+    g.add_argument("--mask-prob", type=float, default=0.15)
+    g.add_argument("--disc-weight", type=float, default=50.0)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--ds-config", required=True, help="DeepSpeed JSON (ds_configs/)")
+    g.add_argument("--global-batch-size", type=int, default=128)
+    g.add_argument("--micro-batch-size", type=int, default=0, help="per process; 0 = global / world size")
+    g.add_argument("--learning-rate", type=float, default=5e-4)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-steps", type=int, default=10000)
+    g.add_argument("--max-steps", type=int, default=1000000)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    g.add_argument("--checkpoint-minutes", type=float, default=0, help="also checkpoint after this wall time (0 = off)")
+    g.add_argument("--keep-checkpoints", type=int, default=3)
+    g.add_argument("--log-every", type=int, default=50)
+    g.add_argument("--eval-every", type=int, default=0, help="steps between validation passes (0 = only at the end)")
+    g.add_argument("--eval-examples", type=int, default=256)
+    g.add_argument("--peak-tflops", type=float, default=0, help="per-device peak for MFU (0 = not reported)")
+
+
+# --------------------------------------------------------------------------------------------------
+# data position and randomness: pure functions of (seed, step, rank)
+
+EVAL_STREAM = 2 ** 31  # a "step" no training run reaches: validation draws never repeat training draws
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def global_batch_indices(n_examples: int, global_batch: int, step: int, seed: int) -> np.ndarray:
+    steps_per_epoch = n_examples // global_batch
+    if steps_per_epoch == 0:
+        raise UserError(f"the train split has {n_examples} examples, fewer than one global batch ({global_batch})",
+                        field="pretrain.global_batch_size", fix="use a smaller global batch or a larger corpus")
+    epoch, within = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    return perm[within * global_batch:(within + 1) * global_batch]
+
+
+def rank_micro_batches(indices: np.ndarray, rank: int, world: int, micro: int) -> list[np.ndarray]:
+    per_rank = len(indices) // world
+    mine = indices[rank * per_rank:(rank + 1) * per_rank]
+    return [mine[i:i + micro] for i in range(0, per_rank, micro)]
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------------------------------
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("GPUs requested but none is available", field="pretrain.device",
+                        fix="run on a GPU node, or set pretrain.device: cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def run(args, tracker) -> None:
+    from electra_ds import distributed
+    from electra_ds.ds_config import load_ds_config, offloads_optimizer, zero_stage
+    from electra_ds.shards import open_split
+
+    env = distributed.setup_env()
+    rank, world = env["rank"], env["world_size"]
+    device_type = resolve_device(args.device)
+    os.environ.setdefault("DS_ACCELERATOR", device_type)
+
+    # Everything a user can get wrong is checked before any process group or model exists.
+    train = open_split(args.shards, "train", verify=True)
+    valid = _open_optional(args.shards, "valid")
+    shape_fields = json.loads(args.model)
+    ds_cfg = load_ds_config(args.ds_config, global_batch=args.global_batch_size, micro_batch=args.micro_batch_size,
+                            world_size=world, precision=args.precision, device_type=device_type)
+    micro, accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
+    out = Path(args.output_dir)
+    ckpt_dir = out / "checkpoints"
+
+    import deepspeed
+    import torch
+
+    from electra_ds.model import ElectraPretrainer, ModelShape, flops_per_token, summarise_stats
+
+    shape = ModelShape(vocab_size=train.vocab_size, **shape_fields)
+    shape.max_position_embeddings = max(shape.max_position_embeddings, train.max_seq_len)
+    _check_token_ids(train, shape.vocab_size)
+    run_config = {"model": shape.to_dict(), "mask_prob": args.mask_prob, "disc_weight": args.disc_weight,
+                  "global_batch_size": args.global_batch_size, "max_seq_len": train.max_seq_len, "seed": args.seed}
+
+    torch.manual_seed(args.seed)
+    model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight)
+    groups = param_groups(model, args.weight_decay)
+    if offloads_optimizer(ds_cfg):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        optimizer = DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6,
+                                      fused=device_type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps))
+    if device_type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, _local_world())))
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                           lr_scheduler=scheduler, config=ds_cfg,
+                                                           dist_init_required=True)
+    device = engine.device
+
+    start_step = 0
+    if (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
+        if client is None:
+            raise UserError("the latest checkpoint could not be loaded", path=ckpt_dir,
+                            fix="delete the incomplete checkpoint directory named in 'latest'")
+        if client.get("run_config") != run_config:
+            raise UserError("checkpoints were written with a different model/data config", path=ckpt_dir,
+                            fix="use a new results directory or delete the old checkpoints")
+        start_step = int(client["step"])
+        log.info("resumed from %s at step %d", ckpt_dir, start_step)
+
+    if rank == 0:
+        tracker.log_params({"model": shape.to_dict(), "global_batch_size": args.global_batch_size,
+                            "micro_batch_size": micro, "grad_accum": accum, "world_size": world,
+                            "zero_stage": zero_stage(ds_cfg), "precision": args.precision,
+                            "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
+                            "max_steps": args.max_steps, "mask_prob": args.mask_prob,
+                            "disc_weight": args.disc_weight, "seed": args.seed, "device": device_type,
+                            "parameters": sum(p.numel() for p in model.parameters()),
+                            "start_step": start_step})
+        log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s",
+                 world, micro, accum, args.global_batch_size, zero_stage(ds_cfg), args.precision, device_type)
+
+    fpt = flops_per_token(shape, train.max_seq_len)
+    acc = torch.zeros(4 + 7, dtype=torch.float64, device=device)  # loss, gen, disc, n, stats...
+    t_last, tokens_since, last_ckpt_time, t_start = time.time(), 0.0, time.time(), time.time()
+    last = {}
+    step = start_step
+    while step < args.max_steps:
+        engine.train()
+        indices = global_batch_indices(len(train), args.global_batch_size, step, args.seed)
+        for m, rows in enumerate(rank_micro_batches(indices, rank, world, micro)):
+            seed = step_seed(args.seed, step, rank, m)
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            batch = torch.from_numpy(train.batch(rows)).to(device)
+            outputs = engine(batch, generator=gen)
+            engine.backward(outputs["loss"])
+            engine.step()
+            acc[:4] += torch.stack([outputs["loss"].detach().double(), outputs["gen_loss"].double(),
+                                    outputs["disc_loss"].double(), torch.ones((), dtype=torch.float64, device=device)])
+            acc[4:] += outputs["stats"].double()
+            tokens_since += float(outputs["stats"][3])
+        step += 1
+
+        if step % args.log_every == 0 or step == args.max_steps:
+            torch.distributed.all_reduce(acc)
+            tok = torch.tensor([tokens_since], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(tok)
+            elapsed = time.time() - t_last
+            n = max(acc[3].item(), 1.0)
+            grad_norm = engine.get_global_grad_norm()
+            tokens_per_s = tok.item() / max(elapsed, 1e-9)
+            last = {"loss": acc[0].item() / n, "gen_loss": acc[1].item() / n, "disc_loss": acc[2].item() / n,
+                    **summarise_stats(acc[4:].float().cpu()), "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_s,
+                    "samples_per_s": args.log_every * args.global_batch_size / max(elapsed, 1e-9)
+                    if step % args.log_every == 0 else 0.0,
+                    "model_tflops": tokens_per_s * fpt / 1e12}
+            if grad_norm is not None and math.isfinite(float(grad_norm)):
+                last["grad_norm"] = float(grad_norm)
+            if args.peak_tflops > 0:
+                last["mfu"] = last["model_tflops"] / (args.peak_tflops * world)
+            if rank == 0:
+                tracker.log_metrics({f"train/{k}": v for k, v in last.items()}, step=step)
+                eta = (time.time() - t_start) / max(step - start_step, 1) * (args.max_steps - step)
+                log.info("step %d/%d [%3.0f%%] loss %.4f gen %.4f disc %.4f gen_acc %.3f disc_acc %.3f lr %.2e "
+                         "%.0f tok/s eta %s", step, args.max_steps, 100 * step / args.max_steps, last["loss"],
+                         last["gen_loss"], last["disc_loss"], last["gen_acc"], last["disc_acc"], last["lr"],
+                         tokens_per_s, _fmt_seconds(eta))
+            acc.zero_()
+            tokens_since, t_last = 0.0, time.time()
+
+        if valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+            _evaluate(engine, valid, args, rank, world, micro, step, tracker)
+
+        due_time = args.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * args.checkpoint_minutes
+        due_time = _agree(due_time, device)
+        if step % args.checkpoint_every == 0 or step == args.max_steps or due_time:
+            _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank)
+            last_ckpt_time = time.time()
+
+    final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker) if valid is not None else {}
+    if rank == 0:
+        tag = (ckpt_dir / "latest").read_text().strip()
+        write_json(out / "summary.json", {
+            "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
+            "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
+            "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
+            "seconds": time.time() - t_start})
+    torch.distributed.barrier()
+
+
+def _open_optional(shard_dir, split):
+    from electra_ds.shards import open_split
+
+    try:
+        ds = open_split(shard_dir, split, verify=True)
+    except (UserError, KeyError):
+        return None
+    return ds if len(ds) > 0 else None
+
+
+def _check_token_ids(train, vocab_size: int) -> None:
+    sample = train.batch(np.arange(min(len(train), 4096)))
+    if sample.size and int(sample.max()) >= vocab_size:
+        raise UserError(f"token id {int(sample.max())} is beyond the vocabulary size {vocab_size}",
+                        path=Path(train.path if hasattr(train, "path") else "shards"),
+                        fix="rebuild the shards with the tokenizer that trained this vocabulary")
+
+
+def _local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")).split("(")[0] or 1)
+
+
+def _agree(flag: bool, device) -> bool:
+    """All ranks act on rank 0's wall-clock decision."""
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int) -> None:
+    import torch
+
+    tag = f"step{step:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "run_config": run_config})
+    torch.distributed.barrier()
+    if rank == 0 and keep > 0:
+        tags = sorted(p.name for p in ckpt_dir.glob("step*") if p.is_dir())
+        for old in tags[:-keep]:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    if rank == 0:
+        log.info("checkpoint %s saved", tag)
+
+
+def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker) -> dict:
+    import torch
+
+    from electra_ds.model import summarise_stats
+
+    engine.eval()
+    per_rank = min(len(valid), args.eval_examples) // world  # equal work per rank (ZeRO-3 collectives)
+    rows = np.arange(rank * per_rank, (rank + 1) * per_rank)
+    acc = torch.zeros(4 + 7, dtype=torch.float64, device=engine.device)
+    with torch.no_grad():
+        for i in range(0, len(rows), micro):
+            gen = torch.Generator(device=engine.device).manual_seed(step_seed(args.seed, EVAL_STREAM, 0, int(rows[i])))
+            out = engine(torch.from_numpy(valid.batch(rows[i:i + micro])).to(engine.device), generator=gen)
+            acc[:4] += torch.stack([out["loss"].double(), out["gen_loss"].double(), out["disc_loss"].double(),
+                                    torch.ones((), dtype=torch.float64, device=engine.device)])
+            acc[4:] += out["stats"].double()
+    torch.distributed.all_reduce(acc)
+    k = max(acc[3].item(), 1.0)
+    metrics = {"loss": acc[0].item() / k, "gen_loss": acc[1].item() / k, "disc_loss": acc[2].item() / k,
+               **summarise_stats(acc[4:].float().cpu())}
+    if rank == 0:
+        tracker.log_metrics({f"valid/{key}": v for key, v in metrics.items()}, step=step)
+        log.info("valid at step %d: loss %.4f gen_acc %.3f disc_acc %.3f", step, metrics["loss"],
+                 metrics["gen_acc"], metrics["disc_acc"])
+    engine.train()
+    return metrics
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,56 @@
+"""Environment mapping (torchrun, srun, bare process) and the launch command."""
+
+import sys
+
+import pytest
+
+from electra_ds.distributed import launch_command, setup_env, slurm_first_node, slurm_port
+from electra_ds.errors import UserError
+
+
+def test_srun_variables_map_to_torch_distributed(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no scontrol: parse the nodelist ourselves
+    env = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_ID": "0",
+           "SLURM_JOB_ID": "123456", "SLURM_STEP_NODELIST": "gpu[007-008]"}
+    info = setup_env(env)
+    assert info == {"rank": 3, "local_rank": 1, "world_size": 4, "master_addr": "gpu007",
+                    "master_port": str(slurm_port("123456"))}
+
+
+def test_torchrun_variables_are_kept():
+    env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+           "SLURM_PROCID": "0", "SLURM_STEP_ID": "0"}
+    assert setup_env(env)["rank"] == 1 and env["MASTER_ADDR"] == "10.0.0.1"
+
+
+def test_bare_process_gets_a_one_process_world():
+    env = {}
+    info = setup_env(env)
+    assert info["rank"] == 0 and info["world_size"] == 1 and env["MASTER_ADDR"] == "127.0.0.1"
+    assert 0 < int(env["MASTER_PORT"]) < 65536
+
+
+@pytest.mark.parametrize("nodelist,first", [("node1", "node1"), ("a[01-04],b2", "a01"), ("gpu[3,5-6]", "gpu3")])
+def test_first_node(monkeypatch, nodelist, first):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert slurm_first_node(nodelist) == first
+
+
+def test_ports_differ_between_jobs():
+    assert slurm_port("1000") != slurm_port("1001")
+
+
+def test_launch_picks_torchrun_locally_and_srun_inside_slurm(monkeypatch):
+    cmd = launch_command(["pretrain", "--x"], 2, environ={})
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/srun")
+    cmd = launch_command(["pretrain"], 4, nnodes=2, environ={"SLURM_JOB_ID": "7"})
+    assert cmd[:3] == ["srun", "-n", "8"] and cmd[-3:] == ["-m", "electra_ds", "pretrain"]
+
+
+def test_srun_without_slurm_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(UserError, match="srun is not on PATH"):
+        launch_command(["pretrain"], 2, launcher="srun", environ={})
+    with pytest.raises(UserError, match="pretrain.nodes"):
+        launch_command(["pretrain"], 2, nnodes=2, launcher="torchrun", environ={})

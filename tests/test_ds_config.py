@@ -1,0 +1,52 @@
+"""Batch sizes and precision: derived from the pipeline config, checked against the DeepSpeed JSON."""
+
+import json
+
+import pytest
+
+from electra_ds.ds_config import derive_batch, load_ds_config, zero_stage
+from electra_ds.errors import UserError
+from conftest import REPO
+
+
+def test_accumulation_is_derived_from_world_size():
+    assert derive_batch(128, 16, 2) == (16, 4)
+    assert derive_batch(128, 0, 4) == (32, 1)
+
+
+def test_world_size_that_does_not_divide_the_batch_is_an_error():
+    with pytest.raises(UserError, match="pretrain.global_batch_size"):
+        derive_batch(100, 16, 3)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_shipped_configs_fill_batch_and_precision(stage):
+    cfg = load_ds_config(REPO / f"ds_configs/zero{stage}.json", global_batch=64, micro_batch=8, world_size=2,
+                         precision="bf16")
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (64, 8, 4)
+    assert cfg["bf16"]["enabled"] is True and cfg["fp16"]["enabled"] is False
+    assert zero_stage(cfg) == stage and cfg["gradient_clipping"] == 1.0
+
+
+def test_inconsistent_deepspeed_batch_is_reported_with_the_file(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_batch_size": 32, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(UserError) as err:
+        load_ds_config(path, global_batch=64, micro_batch=8, world_size=2, precision="fp32")
+    assert "ds.json" in str(err.value) and "train_batch_size" in str(err.value)
+
+
+def test_fp16_on_cpu_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match="fp16 is not supported on CPU"):
+        load_ds_config(REPO / "ds_configs/zero2.json", global_batch=8, micro_batch=4, world_size=2,
+                       precision="fp16", device_type="cpu")
+    cfg = load_ds_config(REPO / "ds_configs/zero2.json", global_batch=8, micro_batch=4, world_size=2,
+                         precision="fp16", device_type="cuda")
+    assert cfg["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+
+
+def test_precision_conflict_with_json(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(UserError, match="bf16.enabled"):
+        load_ds_config(path, global_batch=8, micro_batch=4, world_size=2, precision="fp32")

@@ -1,0 +1,123 @@
+"""The ELECTRA objective: masking, sampling, shared embeddings and the combined loss."""
+
+import math
+
+import pytest
+import torch
+
+from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from electra_ds.model import (ElectraPretrainer, ModelShape, electra_configs, gumbel_sample, mask_positions,
+                              summarise_stats, token_type_ids_for)
+
+SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
+                   intermediate_size=128, max_position_embeddings=64, dropout=0.0)
+
+
+def batch(rows=8, length=40, pad_from=30):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 300, (rows, length), generator=g)
+    ids[:, 0] = CLS_ID
+    ids[:, 15] = SEP_ID
+    ids[:, length - 1] = SEP_ID
+    ids[: rows // 2, pad_from:] = PAD_ID
+    ids[: rows // 2, pad_from - 1] = SEP_ID
+    return ids
+
+
+def test_mask_positions_count_and_never_specials():
+    ids = batch()
+    masked = mask_positions(ids, 0.15, torch.Generator().manual_seed(1))
+    real = (ids != PAD_ID) & (ids != CLS_ID) & (ids != SEP_ID)
+    assert not (masked & ~real).any()
+    expected = torch.clamp(torch.round(real.sum(1).float() * 0.15), min=1).long()
+    assert torch.equal(masked.sum(1), expected)
+
+
+def test_generator_is_a_fraction_of_the_discriminator():
+    disc, gen = electra_configs(SHAPE)
+    assert gen.hidden_size == 16 and gen.num_attention_heads == 1 and gen.intermediate_size == 32
+    assert gen.embedding_size == disc.embedding_size == 32
+    assert disc.hidden_size == 64
+
+
+def test_embeddings_are_shared_and_lm_head_tied():
+    model = ElectraPretrainer(SHAPE)
+    assert model.generator.electra.embeddings is model.discriminator.electra.embeddings
+    emb = model.discriminator.electra.embeddings.word_embeddings.weight
+    assert model.generator.generator_lm_head.weight.data_ptr() == emb.data_ptr()
+
+
+def test_loss_is_mlm_plus_weighted_detection_and_mask_token_share():
+    torch.manual_seed(0)
+    model = ElectraPretrainer(SHAPE, disc_weight=50.0).eval()
+    out = model(batch(rows=64), generator=torch.Generator().manual_seed(3))
+    assert math.isclose(out["loss"].item(), out["gen_loss"].item() + 50 * out["disc_loss"].item(), rel_tol=1e-5)
+    stats = summarise_stats(out["stats"])
+    assert 0 <= stats["disc_acc"] <= 1 and 0 <= stats["gen_acc"] <= 1
+    # untrained generator on a 300-token vocabulary: the loss is near log(300)
+    assert abs(out["gen_loss"].item() - math.log(300)) < 1.0
+
+
+def test_85_percent_of_masked_positions_become_mask_token(monkeypatch):
+    model = ElectraPretrainer(SHAPE).eval()
+    seen = {}
+    real_forward = model.generator.electra.forward
+
+    def spy(input_ids, **kw):
+        seen["ids"] = input_ids
+        return real_forward(input_ids, **kw)
+
+    monkeypatch.setattr(model.generator.electra, "forward", spy)
+    ids = batch(rows=256, length=60, pad_from=59)
+    model(ids, generator=torch.Generator().manual_seed(5))
+    is_mask = seen["ids"] == MASK_ID
+    changed = seen["ids"] != ids
+    assert torch.equal(is_mask, changed)  # only [MASK] replacements, nothing random
+    masked_total = mask_positions(ids, 0.15, torch.Generator().manual_seed(5)).sum().item()
+    frac = is_mask.sum().item() / masked_total
+    assert 0.80 < frac < 0.90
+
+
+def test_sample_equal_to_original_is_not_replaced():
+    """A generator that always predicts the original token leaves nothing 'replaced'."""
+    ids = batch()
+    masked = mask_positions(ids, 0.15, torch.Generator().manual_seed(9))
+    originals = ids[masked]
+
+    class OracleHead(torch.nn.Module):
+        def forward(self, h):
+            logits = torch.full((h.shape[0], SHAPE.vocab_size), -1e4)
+            logits[torch.arange(h.shape[0]), originals] = 1e4
+            return logits
+
+    model = ElectraPretrainer(SHAPE).eval()
+    model.generator.generator_predictions = torch.nn.Identity()
+    model.generator.generator_lm_head = OracleHead()
+    out = model(ids, generator=torch.Generator().manual_seed(9))
+    s = dict(zip(("gen_correct", "masked", "disc_correct", "tokens", "tp", "pred", "replaced"), out["stats"].tolist()))
+    assert s["masked"] == masked.sum().item()
+    assert s["replaced"] == 0 and s["gen_correct"] == s["masked"]
+
+
+def test_gumbel_sampling_matches_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
+    samples = gumbel_sample(logits, torch.Generator().manual_seed(0))
+    freq = torch.bincount(samples, minlength=4).float() / len(samples)
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
+
+
+def test_token_type_ids_follow_first_sep():
+    ids = torch.tensor([[CLS_ID, 7, 8, SEP_ID, 9, 10, SEP_ID, PAD_ID]])
+    assert token_type_ids_for(ids).tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_attention_implementations_agree(attn):
+    torch.manual_seed(0)
+    ref = ElectraPretrainer(ModelShape(**{**SHAPE.to_dict(), "attn_implementation": "eager"})).eval()
+    other = ElectraPretrainer(ModelShape(**{**SHAPE.to_dict(), "attn_implementation": attn})).eval()
+    other.load_state_dict(ref.state_dict())
+    ids = batch()
+    a = ref(ids, generator=torch.Generator().manual_seed(1))
+    b = other(ids, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a["loss"], b["loss"], atol=1e-4)
