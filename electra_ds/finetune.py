@@ -1,0 +1,375 @@
+"""Fine-tune an exported ELECTRA discriminator on one task with one seed (plain PyTorch, no DeepSpeed).
+
+Recipe of the ELECTRA paper's GLUE fine-tuning: AdamW (eps 1e-6, no weight decay on biases and
+LayerNorm), linear warmup then linear decay to zero, gradient clipping at 1.0, layer-wise learning
+rate decay (google-research/electra ``_get_layer_lrs``), 3 epochs (10 for RTE and STS-B), dynamic
+padding per batch. Two small departures from the TF original: torch's AdamW applies Adam's bias
+correction, and the schedule is transformers' ``get_linear_schedule_with_warmup`` (ELECTRA multiplies
+the decay by the warmup ramp). The dev split is scored after every epoch; the reported score is the
+last epoch's (no best-epoch selection). Runs on CUDA with bf16 autocast when available, else on CPU.
+
+Outputs, all written into a temporary folder that is renamed to ``--output-dir`` only at the end,
+so a failed run leaves nothing behind:
+
+* ``metrics.json``: task, seed, epochs, dev metrics, main metric and value, sizes, timing, hparams;
+* ``test_predictions.tsv``: ``index<TAB>prediction`` with GLUE submission label strings (MNLI also
+  writes ``test_mismatched_predictions.tsv``); header-only when the task has no test file;
+* ``model/`` with the fine-tuned weights and tokenizer, only with ``--keep-model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+from electra_ds.errors import UserError
+from electra_ds.fileio import atomic_path
+from electra_ds.glue import get_task, load_split, prediction_to_string, split_path, task_names
+
+log = logging.getLogger(__name__)
+
+_OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model-dir", required=True, help="exported HF ELECTRA discriminator (with its tokenizer)")
+    p.add_argument("--task", required=True, help=f"task name: {', '.join(task_names())}")
+    p.add_argument("--seed", required=True, type=int, help="random seed (initialisation and data order)")
+    p.add_argument("--output-dir", required=True, help="folder for metrics.json and test predictions")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", default=None, help="local folder with GLUE-layout task folders (CoLA/, ...)")
+    src.add_argument("--hub-id", default=None, help="Hugging Face dataset id instead, e.g. nyu-mll/glue")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs; None: the task's (3, or 10 for RTE and STS-B)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (of the head)")
+    p.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise learning-rate decay (1 = off)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--max-length", type=int, default=128, help="maximum tokens per example (pair)")
+    p.add_argument("--warmup-fraction", type=float, default=0.1, help="linear warmup, fraction of all steps")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (not biases/LayerNorm)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="use a fixed subset of this size (0 = all)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0 = no cap)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch; None: torch's choice")
+    p.add_argument("--keep-model", action="store_true", help="also save the fine-tuned model in <output-dir>/model")
+
+
+# -- layer-wise learning rates -------------------------------------------------------------------
+
+def parameter_depth(name: str, n_layers: int, prefix: str = "electra") -> int:
+    """Depth of a parameter as in google-research/electra ``_get_layer_lrs``.
+
+    Embeddings (and their projection) have depth 0, encoder layer k depth k + 1, and everything
+    outside the encoder (the task-specific head) depth n_layers + 2.
+    """
+    base = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+    if base is None:
+        return n_layers + 2
+    if base.startswith("embeddings"):
+        return 0
+    match = re.match(r"encoder\.layers?\.(\d+)\.", base)
+    if match:
+        return int(match.group(1)) + 1
+    return n_layers + 2
+
+
+def layer_lr_groups(model, learning_rate: float, layer_decay: float, weight_decay: float) -> list:
+    """AdamW parameter groups: lr * decay ** (n_layers + 2 - depth); no decay on biases and LayerNorm.
+
+    As in the ELECTRA code the head gets the full rate, the top encoder layer ``decay ** 2`` (the
+    original skips depth n_layers + 1), each lower layer one more factor, the embeddings the least.
+    """
+    n_layers = model.config.num_hidden_layers
+    prefix = getattr(model, "base_model_prefix", "electra")
+    groups: dict = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = parameter_depth(name, n_layers, prefix)
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        key = (depth, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "depth": depth,
+                           "lr": learning_rate * layer_decay ** (n_layers + 2 - depth),
+                           "weight_decay": 0.0 if no_decay else weight_decay}
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+# -- batching ------------------------------------------------------------------------------------
+
+def _encode(tokenizer, examples: list, max_length: int) -> list:
+    """Token ids (compact numpy arrays: MNLI/QQP have ~400k examples) and labels, unpadded."""
+    import numpy as np
+
+    texts_a = [ex["text_a"] for ex in examples]
+    texts_b = [ex["text_b"] for ex in examples] if examples and examples[0]["text_b"] is not None else None
+    enc = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length, return_token_type_ids=True)
+    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+    return [{"input_ids": np.asarray(ids, dtype=np.int64), "token_type_ids": np.asarray(tt, dtype=np.int64),
+             "label": ex["label"]} for ids, tt, ex in zip(enc["input_ids"], types, examples)]
+
+
+def _collate(items: list, pad_id: int, regression: bool, device):
+    import torch
+
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(items), width), dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[i, :n] = torch.from_numpy(x["input_ids"])
+        types[i, :n] = torch.from_numpy(x["token_type_ids"])
+        mask[i, :n] = 1
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if items[0]["label"] is not None:
+        batch["labels"] = torch.tensor([x["label"] for x in items],
+                                       dtype=torch.float if regression else torch.long)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: bool, device, autocast) -> list:
+    """Predictions in input order (label indices, or floats); batches sorted by length for speed."""
+    import torch
+
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    preds = [None] * len(encoded)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device)
+            with autocast():
+                logits = model(**batch).logits.float()
+            values = logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
+            for i, v in zip(idx, values):
+                preds[i] = v
+    return preds
+
+
+# -- the stage -----------------------------------------------------------------------------------
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(not _OUTPUT_NAMES.match(p.name) for p in out.iterdir())):
+        raise UserError("exists and holds files that are not fine-tuning outputs; refusing to replace it",
+                        path=out, fix="choose an empty or new --output-dir")
+
+
+def _load_data(task, args) -> tuple:
+    if not task.has_train or not task.dev_splits:
+        raise UserError(f"task {task.name} has no train/dev data (it is test-only)", field="task",
+                        fix="predict it with a model fine-tuned on MNLI")
+    if args.data_dir is None and args.hub_id is None:
+        raise UserError("no data source given", field="data-dir", fix="pass --data-dir DIR or --hub-id nyu-mll/glue")
+    source = {"data_dir": args.data_dir, "hub_id": args.hub_id}
+    train = load_split(task, "train", **source)
+    dev = {split: load_split(task, split, **source) for split in task.dev_splits}
+    tests, notes = {}, {}
+    for split in task.test_files:
+        if args.data_dir is not None and not split_path(task, split, args.data_dir).is_file():
+            notes[split] = f"no {split_path(task, split, args.data_dir)}; header-only predictions"
+            log.warning("%s: %s", task.name, notes[split])
+            tests[split] = []
+        else:
+            tests[split] = load_split(task, split, **source)
+    if args.max_train_examples and args.max_train_examples < len(train):
+        keep = sorted(random.Random(0).sample(range(len(train)), args.max_train_examples))  # same subset per seed
+        train = [train[i] for i in keep]
+    return train, dev, tests, notes
+
+
+def _load_model(model_dir: Path, task):
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    kwargs = {"num_labels": task.num_labels}
+    if task.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs.update(problem_type="single_label_classification",
+                      id2label=dict(enumerate(task.labels)), label2id={s: i for i, s in enumerate(task.labels)})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the model or tokenizer: {exc}", path=model_dir,
+                        fix="pass the export stage's discriminator folder") from None
+    if tokenizer.pad_token_id is None:
+        raise UserError("the tokenizer has no [PAD] token", path=model_dir)
+    return tokenizer, model
+
+
+def _check_args(args) -> None:
+    checks = {"epochs": (1, None), "batch_size": (1, None), "max_length": (8, None), "threads": (1, None),
+              "max_train_examples": (0, None), "max_steps": (0, None), "learning_rate": (0, None),
+              "layer_decay": (0, 1), "warmup_fraction": (0, 1), "weight_decay": (0, None)}
+    for name, (low, high) in checks.items():
+        value = getattr(args, name)
+        if value is not None and (value < low or (high is not None and value > high)):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise UserError(f"{value} is out of range; must be {bounds}", field="--" + name.replace("_", "-"))
+
+
+@contextlib.contextmanager
+def _torch_runtime(seed: int, threads: int | None):
+    """Seed everything, pick the device; restore torch's process-wide settings afterwards."""
+    import numpy as np
+    import torch
+
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if threads:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA; must precede the classifier head's initialisation
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    try:
+        yield device, use_bf16, autocast
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+
+
+def run(args, tracker) -> None:
+    started = time.monotonic()
+    task = get_task(args.task)
+    out, model_dir = Path(args.output_dir), Path(args.model_dir)
+    _check_args(args)
+    if not (model_dir / "config.json").is_file():
+        raise UserError("is not an exported model folder (no config.json)", path=model_dir,
+                        fix="pass the export stage's discriminator folder as --model-dir")
+    _check_output_dir(out)
+    train, dev, tests, notes = _load_data(task, args)
+    epochs = args.epochs or task.epochs
+    hparams = {k: getattr(args, k) for k in ("learning_rate", "layer_decay", "batch_size", "max_length",
+                                             "warmup_fraction", "weight_decay", "max_train_examples",
+                                             "max_steps")}
+    tracker.log_params({"task": task.name, "seed": args.seed, "epochs": epochs, "model_dir": str(model_dir),
+                        "train_examples": len(train), **hparams})
+
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    with _torch_runtime(args.seed, args.threads) as (device, use_bf16, autocast):
+        tokenizer, model = _load_model(model_dir, task)
+        max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
+        model.to(device)
+        enc_train = _encode(tokenizer, train, max_length)
+        enc_dev = {s: _encode(tokenizer, ex, max_length) for s, ex in dev.items()}
+        total_steps = epochs * math.ceil(len(enc_train) / args.batch_size)
+        if args.max_steps:
+            total_steps = min(total_steps, args.max_steps)
+        groups = layer_lr_groups(model, args.learning_rate, args.layer_decay, args.weight_decay)
+        optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
+                                      lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_fraction * total_steps),
+                                                    total_steps)
+        log.info("%s seed %d: %d train examples, %d epochs, %d steps on %s%s", task.name, args.seed,
+                 len(train), epochs, total_steps, device, " (bf16)" if use_bf16 else "")
+        history, step, dev_results = _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs,
+                                            total_steps, tokenizer.pad_token_id, device, autocast, tracker)
+        test_preds = {}
+        for split, examples in tests.items():
+            preds = _predict(model, _encode(tokenizer, examples, max_length), 2 * args.batch_size,
+                             tokenizer.pad_token_id, task.is_regression, device, autocast) if examples else []
+            test_preds[split] = [(ex["idx"], prediction_to_string(task, p)) for ex, p in zip(examples, preds)]
+
+    first_dev = next(iter(task.dev_splits))
+    single = list(task.dev_splits) == ["dev"]
+    main_value = dev_results[first_dev][task.main_metric]
+    metrics = {
+        "task": task.name, "seed": args.seed, "epochs": epochs, "epochs_run": len(history), "steps": step,
+        "is_probe": task.is_probe,
+        "dev": dev_results["dev"] if single else dev_results,
+        "main_metric": task.main_metric if single else f"{first_dev}.{task.main_metric}",
+        "main": main_value,
+        "train_examples": len(train), "dev_examples": {s: len(ex) for s, ex in dev.items()},
+        "test_predictions": {s: {"file": _prediction_file(task, s), "rows": len(p),
+                                 **({"note": notes[s]} if s in notes else {})} for s, p in test_preds.items()},
+        "history": history, "hparams": hparams, "device": str(device), "bf16": use_bf16,
+        "model_dir": str(model_dir.resolve()), "seconds": round(time.monotonic() - started, 3),
+    }
+    _write_outputs(out, metrics, test_preds, task, model if args.keep_model else None, tokenizer)
+    tracker.log_metrics({"main": main_value, "seconds": metrics["seconds"]}, step=len(history))
+    tracker.log_artifact(out / "metrics.json")
+    log.info("%s seed %d: %s = %.4f -> %s", task.name, args.seed, metrics["main_metric"], main_value, out)
+
+
+def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, total_steps, pad_id, device,
+           autocast, tracker) -> tuple:
+    """The training loop; scores every dev split after each epoch. Returns (history, steps, last dev scores)."""
+    import torch
+
+    regression = task.is_regression
+    generator = torch.Generator().manual_seed(args.seed)
+    history, step, dev_results = [], 0, {}
+    for epoch in range(1, epochs + 1):
+        model.train()
+        losses, order = [], torch.randperm(len(enc_train), generator=generator).tolist()
+        for start in range(0, len(order), args.batch_size):
+            if step >= total_steps:
+                break
+            batch = _collate([enc_train[i] for i in order[start:start + args.batch_size]], pad_id, regression,
+                             device)
+            with autocast():
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+        if not losses:
+            break
+        dev_results = {}
+        for split, enc in enc_dev.items():
+            preds = _predict(model, enc, 2 * args.batch_size, pad_id, regression, device, autocast)
+            dev_results[split] = _score(task, preds, [x["label"] for x in enc])
+        train_loss = sum(losses) / len(losses)
+        history.append({"epoch": epoch, "steps": step, "train_loss": train_loss,
+                        "dev": dev_results["dev"] if list(dev_results) == ["dev"] else dev_results})
+        tracker.log_metrics({"train_loss": train_loss, **dev_results}, step=epoch)
+        log.info("epoch %d: train loss %.4f, %s", epoch, train_loss, dev_results)
+    return history, step, dev_results
+
+
+def _score(task, preds, labels) -> dict:
+    from electra_ds.metrics import compute_metrics
+
+    return compute_metrics(task, preds, labels)
+
+
+def _prediction_file(task, split: str) -> str:
+    return "test_predictions.tsv" if split == next(iter(task.test_files)) else f"{split}_predictions.tsv"
+
+
+def _write_outputs(out: Path, metrics: dict, test_preds: dict, task, model, tokenizer) -> None:
+    import json
+
+    with atomic_path(out, is_dir=True) as tmp:
+        for split, rows in test_preds.items():
+            with open(tmp / _prediction_file(task, split), "w", encoding="utf-8", newline="\n") as f:
+                f.write("index\tprediction\n")
+                f.writelines(f"{idx}\t{label}\n" for idx, label in rows)
+        if model is not None:
+            model.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")

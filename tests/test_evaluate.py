@@ -1,0 +1,144 @@
+"""Aggregation of per-(task, seed) metrics.json files: medians over seeds, GLUE vs probe scores,
+the Markdown table, tracking calls and bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import pytest
+
+from electra_ds import evaluate
+from helpers_models import run_cli
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "0")
+
+
+def write_metrics(root, task, seed, dev, main_metric, main, **extra):
+    path = root / f"{task}-{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"task": task, "seed": seed, "epochs": 3, "dev": dev, "main_metric": main_metric,
+                                "main": main, "train_examples": 10, "seconds": 1.0, "model_dir": "m", **extra}))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    paths = []
+    for seed, (mcc, acc) in enumerate([(0.50, 0.60), (0.60, 0.70), (0.90, 0.65)]):
+        paths.append(write_metrics(tmp_path, "cola", seed, {"mcc": mcc}, "mcc", mcc))
+        paths.append(write_metrics(tmp_path, "rte", seed, {"accuracy": acc}, "accuracy", acc))
+    for seed, (m, mm) in enumerate([(0.80, 0.81), (0.82, 0.83)]):
+        paths.append(write_metrics(tmp_path, "mnli", seed, {"dev_matched": {"accuracy": m},
+                                                            "dev_mismatched": {"accuracy": mm}},
+                                   "dev_matched.accuracy", m))
+    paths.append(write_metrics(tmp_path, "wnli", 0, {"accuracy": 0.10}, "accuracy", 0.10))
+    paths.append(write_metrics(tmp_path, "probe-acceptability", 0, {"mcc": 0.30, "accuracy": 0.66}, "mcc", 0.30))
+    paths.append(write_metrics(tmp_path, "probe-adjacency", 0, {"accuracy": 0.70, "f1": 0.72}, "accuracy", 0.70))
+    return paths
+
+
+class RecordingTracker:
+    def __init__(self):
+        self.metrics, self.params, self.artifacts = {}, {}, []
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append(str(path))
+
+
+def test_summary_medians_and_separate_scores(results, tmp_path):
+    out_json, out_md = tmp_path / "res" / "results.json", tmp_path / "res" / "results.md"
+    args = argparse.Namespace(metrics=[str(p) for p in results], output_json=str(out_json), output_md=str(out_md))
+    tracker = RecordingTracker()
+    evaluate.run(args, tracker)
+    summary = json.loads(out_json.read_text())
+    cola = summary["tasks"]["cola"]
+    assert cola["n_seeds"] == 3 and cola["seeds"] == [0, 1, 2] and not cola["is_probe"]
+    assert cola["metrics"]["mcc"]["median"] == pytest.approx(0.60)
+    assert cola["main"]["mean"] == pytest.approx(2.0 / 3)
+    assert cola["main"]["std"] == pytest.approx(statistics.stdev([0.5, 0.6, 0.9]))
+    assert summary["tasks"]["rte"]["main"]["median"] == pytest.approx(0.65)
+    mnli = summary["tasks"]["mnli"]
+    assert mnli["main_metric"] == "dev_matched.accuracy" and mnli["main"]["median"] == pytest.approx(0.81)
+    assert mnli["metrics"]["dev_mismatched.accuracy"]["median"] == pytest.approx(0.82)
+    assert summary["tasks"]["wnli"]["main"]["std"] == 0.0
+
+    glue = summary["glue_score"]
+    assert glue["tasks"] == ["cola", "mnli", "rte"] and glue["excluded"] == ["wnli"]
+    assert glue["missing"] == ["sst2", "mrpc", "stsb", "qqp", "qnli"]
+    assert glue["value"] == pytest.approx((0.60 + 0.81 + 0.65) / 3)  # WNLI and probes not counted
+    assert summary["probe_score"]["tasks"] == ["probe-acceptability", "probe-adjacency"]
+    assert summary["probe_score"]["value"] == pytest.approx((0.30 + 0.70) / 2)
+    assert summary["average_score"]["value"] == pytest.approx((0.60 + 0.65 + 0.81 + 0.10 + 0.30 + 0.70) / 6)
+
+    md = out_md.read_text()
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| GLUE | mcc 60.0 | mcc 60.0 | 66.7 ± 20.8 | 3 |" in rows["cola"]
+    assert "dev_matched.accuracy 81.0, dev_mismatched.accuracy 82.0" in rows["mnli"]
+    for probe in ("probe-acceptability", "probe-adjacency"):
+        assert rows[probe].split("|")[2].strip() == "probe"
+    assert "| probe-acceptability | probe | mcc 30.0, accuracy 66.0 | mcc 30.0 |" in rows["probe-acceptability"]
+    assert "3 of 8 tasks: cola, mnli, rte" in rows["**GLUE score**"] and "| 68.7 |" in rows["**GLUE score**"]
+    assert "probe" not in rows["**GLUE score**"].split("|")[3] and "not counted: wnli" in rows["**GLUE score**"]
+    assert "| 50.0 |" in rows["**probe score**"] and rows["**probe score**"].split("|")[2].strip() == "probe"
+    assert "| 52.7 |" in rows["**average**"]
+
+    assert tracker.metrics["cola.mcc"] == pytest.approx(0.60)
+    assert tracker.metrics["mnli.dev_matched.accuracy"] == pytest.approx(0.81)
+    assert tracker.metrics["probe-adjacency.f1"] == pytest.approx(0.72)
+    assert tracker.metrics["glue_score"] == pytest.approx(glue["value"])
+    assert tracker.metrics["probe_score"] == pytest.approx(0.5)
+    assert tracker.artifacts == [str(out_json), str(out_md)]
+
+
+def test_probe_only_run_has_no_glue_rows(tmp_path, monkeypatch):
+    paths = [write_metrics(tmp_path, "probe-adjacency", s, {"accuracy": a, "f1": a}, "accuracy", a)
+             for s, a in enumerate([0.6, 0.8])]
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = ["evaluate", "--metrics", *map(str, paths), "--output-json", str(out_json), "--output-md", str(out_md),
+            "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 0
+    summary = json.loads(out_json.read_text())
+    assert summary["glue_score"]["value"] is None and summary["probe_score"]["value"] == pytest.approx(0.7)
+    md = out_md.read_text()
+    assert "GLUE score" not in md and "| **probe score** | probe | 1 probe task: probe-adjacency | 70.0" in md
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "does not exist"),
+    ("not_json", "is not a readable JSON file"),
+    ("no_main", "field 'main': is not a finetune metrics.json"),
+    ("unknown_task", "unknown task 'glue-x'"),
+    ("duplicate", "duplicate result for task rte seed 0"),
+])
+def test_bad_input_exits_2_without_output(tmp_path, monkeypatch, capsys, case, expected):
+    good = write_metrics(tmp_path, "rte", 0, {"accuracy": 0.6}, "accuracy", 0.6)
+    bad = tmp_path / "bad" / "metrics.json"
+    bad.parent.mkdir()
+    if case == "not_json":
+        bad.write_text("{not json")
+    elif case == "no_main":
+        bad.write_text(json.dumps({"task": "rte", "seed": 1, "dev": {}, "main_metric": "accuracy"}))
+    elif case == "unknown_task":
+        bad.write_text(json.dumps({"task": "glue-x", "seed": 1, "dev": {}, "main_metric": "a", "main": 0.1}))
+    elif case == "duplicate":
+        bad.write_text(good.read_text())
+    out_json, out_md = tmp_path / "out" / "r.json", tmp_path / "out" / "r.md"
+    argv = ["evaluate", "--metrics", str(good), str(bad), "--output-json", str(out_json), "--output-md", str(out_md),
+            "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("electra-ds evaluate: error: ") and expected in err
+    if case != "duplicate":
+        assert str(bad) in err
+    assert not out_json.exists() and not out_md.exists()

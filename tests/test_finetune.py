@@ -1,0 +1,234 @@
+"""Fine-tuning a tiny random ELECTRA (built offline) through the command line: real GLUE subsets,
+probe- and MNLI-layout files in tmp_path, determinism, layer-wise learning rates and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from electra_ds.glue import get_task, load_split
+from helpers_models import build_tiny_model_dir, glue_texts, run_cli, shared_data_dir, write_tsv
+
+GLUE_DIR = shared_data_dir() / "glue"
+needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data absent ({GLUE_DIR}); "
+                                "set ELECTRA_DS_SHARED_DATA to the shared data folder")
+FALLBACK_TEXT = ["The cat sat on the mat.", "A dog barked at the moon.", "She said \"go home\" to him.",
+                 "Prices rose sharply in the third quarter.", "He did not answer the door."] * 40
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    texts = glue_texts(GLUE_DIR) if GLUE_DIR.is_dir() else FALLBACK_TEXT
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "discriminator", texts)
+
+
+def finetune(model_dir, task, out, data_dir, *extra, monkeypatch):
+    argv = ["finetune", "--model-dir", str(model_dir), "--task", task, "--seed", "1", "--output-dir", str(out),
+            "--data-dir", str(data_dir), "--max-train-examples", "64", "--epochs", "1", "--threads", "1",
+            "--max-length", "64",
+            "--results-dir", str(out.parent), *extra]
+    return run_cli(argv, monkeypatch)
+
+
+def read_predictions(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def test_stage_modules_import_light():
+    code = ("import sys, electra_ds.finetune, electra_ds.evaluate, electra_ds.glue, electra_ds.metrics; "
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'sklearn', 'scipy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_glue
+@pytest.mark.parametrize("name", ["rte", "mrpc", "cola", "stsb"])
+def test_finetune_real_task_subset(model_dir, tmp_path, monkeypatch, name):
+    task, out = get_task(name), tmp_path / "out"
+    assert finetune(model_dir, name, out, GLUE_DIR, monkeypatch=monkeypatch) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == name and metrics["seed"] == 1 and metrics["epochs"] == 1
+    assert metrics["train_examples"] == 64 and metrics["steps"] == 2 and not metrics["is_probe"]
+    assert set(metrics["dev"]) == set(task.metrics)
+    assert metrics["main_metric"] == task.main_metric and metrics["main"] == metrics["dev"][task.main_metric]
+    for metric, value in metrics["dev"].items():
+        assert (0.0 <= value <= 1.0) if metric in ("accuracy", "f1") else (-1.0 <= value <= 1.0)
+    assert metrics["seconds"] > 0 and metrics["model_dir"] == str(model_dir.resolve())
+    assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
+    rows = read_predictions(out / "test_predictions.tsv")
+    test = load_split(task, "test", GLUE_DIR)
+    assert rows[0] == ["index", "prediction"] and len(rows) - 1 == len(test)
+    assert [int(r[0]) for r in rows[1:]] == [ex["idx"] for ex in test]
+    if task.labels is None:
+        assert all(0.0 <= float(r[1]) <= 5.0 for r in rows[1:])
+    else:
+        assert {r[1] for r in rows[1:]} <= set(task.labels)
+    assert metrics["test_predictions"] == {"test": {"file": "test_predictions.tsv", "rows": len(test)}}
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "test_predictions.tsv"]
+
+
+def _write_probes(root):
+    sentences = [f"The {w} walked to the {v} near the river." for w in ("man", "dog", "girl", "cat")
+                 for v in ("store", "house", "bank", "park")]
+    acc, adj = root / "probe-acceptability", root / "probe-adjacency"
+    for split in ("train", "dev"):
+        write_tsv(acc / f"{split}.tsv", [["probe", i % 2, "" if i % 2 else "*", s] for i, s in enumerate(sentences)])
+        write_tsv(adj / f"{split}.tsv", [["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]]
+                  + [[i % 2, 2 * i, 2 * i + 1, s, f'He said "{s}"'] for i, s in enumerate(sentences)])
+    write_tsv(acc / "test.tsv", [["index", "sentence"]] + [[i, s] for i, s in enumerate(sentences[:5])])
+    write_tsv(adj / "test.tsv", [["index", "#1 ID", "#2 ID", "#1 String", "#2 String"]]
+              + [[i, 0, 1, s, s] for i, s in enumerate(sentences[:7])])
+
+
+@pytest.mark.parametrize("name, n_test", [("probe-acceptability", 5), ("probe-adjacency", 7)])
+def test_finetune_probe_task(model_dir, tmp_path, monkeypatch, name, n_test):
+    _write_probes(tmp_path / "probes")
+    out = tmp_path / "out"
+    assert finetune(model_dir, name, out, tmp_path / "probes", monkeypatch=monkeypatch) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["is_probe"] and metrics["epochs"] == 1 and set(metrics["dev"]) == set(get_task(name).metrics)
+    rows = read_predictions(out / "test_predictions.tsv")
+    assert len(rows) == n_test + 1 and {r[1] for r in rows[1:]} <= {"0", "1"}
+
+
+def test_mnli_layout_two_dev_and_two_test_splits(model_dir, tmp_path, monkeypatch):
+    head = ["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2"]
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [[i, i, i, "fiction", "b", "b", "p", "p", f"The cat {i} sat.", "A cat sat.", labels[i % 3]]
+            for i in range(12)]
+    d = tmp_path / "glue" / "MNLI"
+    write_tsv(d / "train.tsv", [head + ["gold_label"]] + rows)
+    write_tsv(d / "dev_matched.tsv", [head + ["gold_label"]] + rows[:6])
+    write_tsv(d / "dev_mismatched.tsv", [head + ["gold_label"]] + rows[6:])
+    write_tsv(d / "test_matched.tsv", [head] + [r[:10] for r in rows[:4]])
+    write_tsv(d / "test_mismatched.tsv", [head] + [r[:10] for r in rows[:3]])
+    out = tmp_path / "out"
+    assert finetune(model_dir, "mnli", out, tmp_path / "glue", "--batch-size", "4", monkeypatch=monkeypatch) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["dev"]) == {"dev_matched", "dev_mismatched"}
+    assert metrics["main_metric"] == "dev_matched.accuracy"
+    assert metrics["main"] == metrics["dev"]["dev_matched"]["accuracy"] and metrics["steps"] == 3
+    assert len(read_predictions(out / "test_predictions.tsv")) == 5
+    mismatched = read_predictions(out / "test_mismatched_predictions.tsv")
+    assert len(mismatched) == 4 and {r[1] for r in mismatched[1:]} <= set(labels)
+
+
+@needs_glue
+def test_missing_test_file_gives_header_only_predictions(model_dir, tmp_path, monkeypatch):
+    data = tmp_path / "glue"
+    (data / "RTE").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(GLUE_DIR / "RTE" / name, data / "RTE" / name)
+    out = tmp_path / "out"
+    assert finetune(model_dir, "rte", out, data, "--max-steps", "1", "--keep-model", monkeypatch=monkeypatch) == 0
+    assert (out / "test_predictions.tsv").read_text() == "index\tprediction\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_predictions"]["test"]["rows"] == 0 and "no " in metrics["test_predictions"]["test"]["note"]
+    assert metrics["steps"] == 1
+    from transformers import AutoModelForSequenceClassification
+
+    kept = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert kept.config.num_labels == 2 and (out / "model" / "tokenizer.json").is_file()
+
+
+@needs_glue
+def test_same_seed_same_results(model_dir, tmp_path, monkeypatch):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert finetune(model_dir, "rte", out, GLUE_DIR, "--max-steps", "2", monkeypatch=monkeypatch) == 0
+    a, b = (json.loads((o / "metrics.json").read_text()) for o in outs)
+    assert a["dev"] == b["dev"] and a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+    assert (outs[0] / "test_predictions.tsv").read_bytes() == (outs[1] / "test_predictions.tsv").read_bytes()
+
+
+def test_layer_wise_learning_rates():
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    from electra_ds.finetune import layer_lr_groups
+
+    config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+    model = ElectraForSequenceClassification(config)
+    groups = layer_lr_groups(model, 1e-4, 0.8, 0.01)
+    lr_of = {name: g["lr"] for g in groups for name in g["names"]}
+    decay_of = {name: g["weight_decay"] for g in groups for name in g["names"]}
+    assert sorted(lr_of) == sorted(n for n, _ in model.named_parameters())  # each parameter exactly once
+    # google-research/electra: lr * decay ** (n_layers + 2 - depth); embeddings 0, layer k k+1, head n+2
+    assert lr_of["electra.embeddings.word_embeddings.weight"] == pytest.approx(1e-4 * 0.8 ** 5)
+    assert lr_of["electra.embeddings_project.weight"] == pytest.approx(1e-4 * 0.8 ** 5)
+    for k in range(3):
+        assert lr_of[f"electra.encoder.layer.{k}.attention.self.query.weight"] == pytest.approx(1e-4 * 0.8 ** (4 - k))
+    assert lr_of["classifier.out_proj.weight"] == pytest.approx(1e-4)
+    assert min(lr_of.values()) == lr_of["electra.embeddings.position_embeddings.weight"]
+    assert max(lr_of.values()) == lr_of["classifier.dense.weight"]
+    assert decay_of["electra.encoder.layer.0.output.LayerNorm.weight"] == 0.0
+    assert decay_of["classifier.dense.bias"] == 0.0 and decay_of["classifier.dense.weight"] == 0.01
+    assert layer_lr_groups(model, 1e-4, 1.0, 0.0)[0]["lr"] == pytest.approx(1e-4)  # decay 1 = uniform
+
+
+# -- bad input: exit status 2, one message naming the file or field, no output ------------------
+
+def _rte_copy(tmp_path, dev_lines=None):
+    data = tmp_path / "glue"
+    write_tsv(data / "RTE" / "train.tsv", [["index", "sentence1", "sentence2", "label"],
+                                           [0, "A man sleeps.", "Someone sleeps.", "entailment"]])
+    if dev_lines is not None:
+        write_tsv(data / "RTE" / "dev.tsv", dev_lines)
+    return data
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown_task", "unknown task 'rtee'; valid tasks: cola, sst2"),
+    ("missing_split", "has no dev.tsv; expected the original GLUE layout"),
+    ("missing_column", "dev.tsv: field 'label': missing column 'label'"),
+    ("empty_file", "dev.tsv: is empty"),
+    ("bad_label", "dev.tsv: field 'label': line 3: label 'maybe' is not one of entailment, not_entailment"),
+    ("no_model", "is not an exported model folder (no config.json)"),
+    ("hub_offline", "HF_HUB_OFFLINE is set"),
+    ("test_only", "task ax has no train/dev data"),
+    ("no_source", "no data source given"),
+])
+def test_bad_input_exits_2_without_output(model_dir, tmp_path, monkeypatch, capsys, case, expected):
+    head = ["index", "sentence1", "sentence2", "label"]
+    dev = {"missing_split": None, "missing_column": [head[:3], [0, "a", "b"]], "empty_file": [],
+           "bad_label": [head, [0, "a", "b", "entailment"], [1, "c", "d", "maybe"]]}.get(
+        case, [head, [0, "a", "b", "entailment"]])
+    data = _rte_copy(tmp_path, dev)
+    out = tmp_path / "out"
+    argv = ["finetune", "--model-dir", str(model_dir if case != "no_model" else tmp_path / "nothing"),
+            "--task", {"unknown_task": "rtee", "test_only": "ax"}.get(case, "rte"), "--seed", "1",
+            "--output-dir", str(out), "--max-steps", "1", "--results-dir", str(tmp_path)]
+    argv += {"hub_offline": ["--hub-id", "nyu-mll/glue"], "no_source": []}.get(case, ["--data-dir", str(data)])
+    assert run_cli(argv, monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("electra-ds finetune: error: ") and expected in err[-1]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_refuses_to_replace_a_foreign_output_dir(model_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir", str(out),
+            "--data-dir", str(_rte_copy(tmp_path, [])), "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 2
+    assert "refusing to replace it" in capsys.readouterr().err and (out / "precious.txt").exists()
+
+
+def test_out_of_range_option(model_dir, tmp_path, monkeypatch, capsys):
+    argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir",
+            str(tmp_path / "out"), "--data-dir", str(tmp_path), "--layer-decay", "1.5", "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 2
+    assert "field '--layer-decay': 1.5 is out of range; must be between 0 and 1" in capsys.readouterr().err
