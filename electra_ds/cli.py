@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from electra_ds.errors import UserError
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in job logs
     args = build_parser().parse_args(argv)
     stage = args.stage
     if stage == "launch":

@@ -1,0 +1,39 @@
+# Quick start:  make demo   (virtual environment + install + the offline pipeline)
+#               make test   (virtual environment + install + the test suite)
+#
+# torch is installed FIRST and pinned: an open-ended torch requirement would otherwise pull a
+# multi-GB CUDA build on CPU-only machines. On a GPU cluster install the CUDA build of the same
+# version first (e.g. `make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"`).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= config/config.yaml
+CORES ?= all
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test report mlflow-ui clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+report: setup
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/demo/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf results .snakemake

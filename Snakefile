@@ -1,0 +1,39 @@
+# electra-ds: raw text -> ELECTRA pretraining -> GLUE (or offline probe) scores.
+#
+#   corpus -> dedup -> vocab -> shards -> pretrain -> export -> finetune (task x seed) -> evaluate
+#                         \-> probes (offline default: tasks from held-out documents) -/
+#
+# Each rule is one shell line calling `electra-ds <stage>`; the stage code is electra_ds/<stage>.py.
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from electra_ds.config import config_error
+
+min_version("9.0")
+
+
+# The offline default, unless --configfile names another config (a preset is complete on its own,
+# it is not merged into the default).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+if problem := config_error(config, "workflow/schemas/config.schema.yaml"):
+    raise WorkflowError(problem)
+validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/glue.smk"
+
+
+rule all:
+    input:
+        f"{R}/evaluate/results.json",
+        f"{R}/evaluate/results.md",
+    default_target: True

@@ -1,0 +1,120 @@
+"""The whole DAG through Snakemake on a micro config, and bad input stopping it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
+
+
+def snakemake(configfile, results, extra=(), env_extra=None, timeout=600):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "ELECTRA_DS_MLFLOW": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env_extra or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(configfile),
+           "--config", f"results_dir={results}", *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def micro_config(tmp_path, **overrides):
+    cfg = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_whole_dag_on_micro_config(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+
+    results = tmp_path / "results"
+    res = snakemake(micro_config(tmp_path), results)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+
+    # Every stage's outputs, log and benchmark.
+    docs = [json.loads(line) for line in (results / "dedup/documents.jsonl").read_text().splitlines()]
+    assert len(docs) > 1000 and all(d["id"] and d["text"] for d in docs)
+    assert json.loads((results / "dedup/stats.json").read_text())["documents_out"] == len(docs)
+    tok = AutoTokenizer.from_pretrained(results / "vocab")
+    assert tok.is_fast and len(tok) == 1500 and tok.convert_tokens_to_ids("[MASK]") == 4
+    index = json.loads((results / "shards/index.json").read_text())
+    assert index["max_seq_len"] == 64 and index["splits"]["train"]["examples"] > 0
+    for task in ("probe-acceptability", "probe-adjacency"):
+        assert (results / "probes" / task / "train.tsv").stat().st_size > 0
+    summary = json.loads((results / "pretrain/summary.json").read_text())
+    assert summary["steps"] == 8 and summary["world_size"] == 2 and summary["zero_stage"] == 2
+    assert AutoModelForPreTraining.from_pretrained(results / "export/discriminator").config.hidden_size == 32
+    assert AutoModelForMaskedLM.from_pretrained(results / "export/generator").config.hidden_size == 8
+    for task in ("probe-acceptability", "probe-adjacency"):
+        metrics = json.loads((results / f"finetune/{task}/seed1/metrics.json").read_text())
+        assert metrics["task"] == task and -1.0 <= metrics["main"] <= 1.0
+        assert (results / f"finetune/{task}/seed1/test_predictions.tsv").read_text().startswith("index\tprediction")
+    table = json.loads((results / "evaluate/results.json").read_text())
+    assert set(table["tasks"]) == {"probe-acceptability", "probe-adjacency"}
+    md = (results / "evaluate/results.md").read_text()
+    assert "probe" in md.lower() and "GLUE score" not in md
+    assert len(list((results / "logs").rglob("*.log"))) == 10
+    assert len(list((results / "benchmarks").rglob("*.tsv"))) == 10
+
+    # MLflow: one parent run for the invocation, one child per job, tagged.
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("electra-ds-micro")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("electra_ds.kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(STAGES + ["finetune"])
+    assert len(runs) == 11
+    config_hash = parents[0].data.tags["electra_ds.config_hash"]
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["electra_ds.config_hash"] == config_hash
+        assert r.data.tags["electra_ds.git_commit"]
+    by_rule = {r.data.tags["electra_ds.rule"]: r for r in children}
+    assert by_rule["corpus"].data.metrics["documents_out"] > 0
+    assert {"train/loss", "train/gen_acc", "train/disc_acc", "train/lr", "train/tokens_per_s"} <= set(
+        by_rule["pretrain"].data.metrics)
+    assert any(r.data.tags.get("wildcard.task") == "probe-adjacency" for r in children)
+
+    # A second invocation is a no-op for Snakemake (nothing to do), and creates no new runs.
+    again = snakemake(micro_config(tmp_path), results)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_config_violating_the_schema_names_the_field(tmp_path):
+    res = snakemake(micro_config(tmp_path, **{"pretrain.precision": "fp8"}), tmp_path / "results", extra=["-n"])
+    assert res.returncode != 0
+    assert "config field 'pretrain.precision': 'fp8' is not one of" in res.stdout + res.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+    res = snakemake(micro_config(tmp_path, **{"pretrain.max_step": 5}), tmp_path / "results", extra=["-n"])
+    assert res.returncode != 0 and "max_step" in res.stdout + res.stderr
+
+
+def test_missing_corpus_path_stops_the_pipeline_with_one_clear_line(tmp_path):
+    cfg = micro_config(tmp_path, **{"corpus.sources": [{"type": "local", "paths": [str(tmp_path / "nope/*.txt")]}]})
+    results = tmp_path / "results"
+    res = snakemake(cfg, results, extra=["--until", "corpus"])
+    assert res.returncode != 0
+    log = (results / "logs/corpus.log").read_text()
+    assert "electra-ds corpus: error:" in log and "nope/*.txt" in log and "Traceback" not in log
+    assert not (results / "corpus/documents.jsonl").exists()

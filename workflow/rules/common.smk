@@ -1,0 +1,80 @@
+# Helpers shared by the rules: results paths, CLI argument rendering, MLflow parent run.
+
+import hashlib
+import json
+import os
+import shlex
+
+from electra_ds import tracking
+from electra_ds.glue import get_task
+
+R = config["results_dir"].rstrip("/")
+CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def repo_path(path):
+    """Paths in the config are relative to the repository (the Snakefile's folder)."""
+    return path if os.path.isabs(path) else os.path.join(workflow.basedir, path)
+
+
+def as_json(obj):
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def track(wildcards):
+    """Options tagging a stage's MLflow run: results dir (default store) and wildcards."""
+    items = ",".join(f"{k}={v}" for k, v in wildcards.items())
+    return f"--results-dir {shlex.quote(R)}" + (f" --wildcards {shlex.quote(items)}" if items else "")
+
+
+def finetune_data_args(wildcards):
+    task = get_task(wildcards.task)
+    if task.is_probe:
+        return f"--data-dir {shlex.quote(R + '/probes')}"
+    if config["finetune"]["glue_dir"]:
+        return f"--data-dir {shlex.quote(repo_path(config['finetune']['glue_dir']))}"
+    return f"--hub-id {shlex.quote(config['finetune']['hub_id'])}"
+
+
+def finetune_inputs(wildcards):
+    inputs = {"model": f"{R}/export"}
+    if get_task(wildcards.task).is_probe:
+        inputs["probes"] = f"{R}/probes"
+    return inputs
+
+
+for _task in config["finetune"]["tasks"]:
+    get_task(_task)  # an unknown task name fails here, before any job runs
+
+
+
+wildcard_constraints:
+    task=r"[a-z0-9\-]+",
+    seed=r"\d+",
+
+# ---- MLflow: one parent run per pipeline invocation; each job's run is its child ----------------
+TRACKING_URI = tracking.tracking_uri_for(R, config["mlflow"]["tracking_uri"])
+
+
+onstart:
+    os.makedirs(R, exist_ok=True)
+    parent = tracking.start_pipeline_run(
+        TRACKING_URI, config["mlflow"]["experiment"], tracking.artifact_root_for(R),
+        run_name=f"pipeline-{CONFIG_HASH}",
+        tags={"electra_ds.config_hash": CONFIG_HASH, "electra_ds.git_commit": tracking.git_commit(workflow.basedir),
+              "electra_ds.results_dir": os.path.abspath(R)},
+        params={"config": json.dumps(config, sort_keys=True)})
+    os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
+    os.environ[tracking.ENV_EXPERIMENT] = config["mlflow"]["experiment"]
+    os.environ[tracking.ENV_CONFIG_HASH] = CONFIG_HASH
+    os.environ[tracking.ENV_GIT_COMMIT] = tracking.git_commit(workflow.basedir)
+    if parent:
+        os.environ[tracking.ENV_PARENT] = parent
+
+
+onsuccess:
+    tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=True)
+
+
+onerror:
+    tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=False)

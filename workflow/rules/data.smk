@@ -1,0 +1,109 @@
+# Data stages: corpus -> dedup -> vocab -> shards, and the offline probe tasks.
+
+
+rule corpus:
+    output:
+        docs=f"{R}/corpus/documents.jsonl",
+        stats=f"{R}/corpus/stats.json",
+    params:
+        sources=as_json(config["corpus"]["sources"]),
+        track=track,
+    log:
+        f"{R}/logs/corpus.log",
+    benchmark:
+        f"{R}/benchmarks/corpus.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "electra-ds corpus --sources {params.sources} --output {output.docs} --stats {output.stats} "
+        "--min-chars {config[corpus][min_chars]} --max-chars {config[corpus][max_chars]} "
+        "--on-decode-error {config[corpus][on_decode_error]} --rule {rule} {params.track} > {log} 2>&1"
+
+
+rule dedup:
+    input:
+        rules.corpus.output.docs,
+    output:
+        docs=f"{R}/dedup/documents.jsonl",
+        stats=f"{R}/dedup/stats.json",
+    params:
+        track=track,
+    log:
+        f"{R}/logs/dedup.log",
+    benchmark:
+        f"{R}/benchmarks/dedup.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "electra-ds dedup --input {input} --output {output.docs} --stats {output.stats} "
+        "--rule {rule} {params.track} > {log} 2>&1"
+
+
+rule vocab:
+    input:
+        rules.dedup.output.docs,
+    output:
+        directory(f"{R}/vocab"),
+    params:
+        byte_fallback="--byte-fallback" if config["vocab"]["byte_fallback"] else "",
+        track=track,
+    threads: config["vocab"]["threads"]
+    log:
+        f"{R}/logs/vocab.log",
+    benchmark:
+        f"{R}/benchmarks/vocab.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "electra-ds vocab --input {input} --output-dir {output} --vocab-size {config[vocab][vocab_size]} "
+        "--model-type {config[vocab][model_type]} --sample-sentences {config[vocab][sample_sentences]} "
+        "--character-coverage {config[vocab][character_coverage]} {params.byte_fallback} --threads {threads} "
+        "--seed {config[seed]} --rule {rule} {params.track} > {log} 2>&1"
+
+
+rule shards:
+    input:
+        docs=rules.dedup.output.docs,
+        vocab=rules.vocab.output,
+    output:
+        directory(f"{R}/shards"),
+    params:
+        track=track,
+    threads: config["shards"]["threads"]
+    log:
+        f"{R}/logs/shards.log",
+    benchmark:
+        f"{R}/benchmarks/shards.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "electra-ds shards --input {input.docs} --tokenizer-dir {input.vocab} --output-dir {output} "
+        "--max-seq-len {config[shards][max_seq_len]} --valid-fraction {config[shards][valid_fraction]} "
+        "--heldout-fraction {config[shards][heldout_fraction]} --short-seq-prob {config[shards][short_seq_prob]} "
+        "--examples-per-shard {config[shards][examples_per_shard]} --seed {config[seed]} --threads {threads} "
+        "--rule {rule} {params.track} > {log} 2>&1"
+
+
+rule probes:
+    input:
+        rules.dedup.output.docs,
+    output:
+        directory(f"{R}/probes"),
+    params:
+        track=track,
+    log:
+        f"{R}/logs/probes.log",
+    benchmark:
+        f"{R}/benchmarks/probes.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "electra-ds probes --input {input} --output-dir {output} --valid-fraction {config[shards][valid_fraction]} "
+        "--heldout-fraction {config[shards][heldout_fraction]} --seed {config[seed]} "
+        "--max-train {config[probes][max_train]} --max-eval {config[probes][max_eval]} "
+        "--rule {rule} {params.track} > {log} 2>&1"

@@ -1,0 +1,60 @@
+# Pretraining through DeepSpeed (torchrun locally, srun under SLURM) and export to Hugging Face format.
+# Checkpoints live in {R}/pretrain/checkpoints, which is NOT a declared output: Snakemake never
+# deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
+
+
+rule pretrain:
+    input:
+        shards=rules.shards.output,
+        ds_config=repo_path(config["pretrain"]["ds_config"]),
+    output:
+        summary=f"{R}/pretrain/summary.json",
+    params:
+        model=as_json(config["pretrain"]["model"]),
+        out=f"{R}/pretrain",
+        track=track,
+    threads: config["pretrain"]["threads"]
+    log:
+        f"{R}/logs/pretrain.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain.tsv"
+    resources:
+        mem_mb=config["pretrain"]["mem_mb"],
+        runtime=config["pretrain"]["runtime"],
+        nodes=config["pretrain"]["nodes"],
+        tasks=config["pretrain"]["nodes"] * config["pretrain"]["processes_per_node"],
+    shell:
+        "electra-ds launch --nproc-per-node {config[pretrain][processes_per_node]} "
+        "--nnodes {config[pretrain][nodes]} --launcher {config[pretrain][launcher]} -- "
+        "pretrain --shards {input.shards} --output-dir {params.out} --model {params.model} "
+        "--ds-config {input.ds_config} --global-batch-size {config[pretrain][global_batch_size]} "
+        "--micro-batch-size {config[pretrain][micro_batch_size]} --learning-rate {config[pretrain][learning_rate]} "
+        "--weight-decay {config[pretrain][weight_decay]} --warmup-steps {config[pretrain][warmup_steps]} "
+        "--max-steps {config[pretrain][max_steps]} --precision {config[pretrain][precision]} "
+        "--device {config[pretrain][device]} --mask-prob {config[pretrain][mask_prob]} "
+        "--disc-weight {config[pretrain][disc_weight]} --seed {config[seed]} "
+        "--checkpoint-every {config[pretrain][checkpoint_every]} "
+        "--checkpoint-minutes {config[pretrain][checkpoint_minutes]} "
+        "--keep-checkpoints {config[pretrain][keep_checkpoints]} --log-every {config[pretrain][log_every]} "
+        "--eval-every {config[pretrain][eval_every]} --eval-examples {config[pretrain][eval_examples]} "
+        "--peak-tflops {config[pretrain][peak_tflops]} --rule {rule} {params.track} > {log} 2>&1"
+
+
+rule export:
+    input:
+        summary=rules.pretrain.output.summary,
+        vocab=rules.vocab.output,
+    output:
+        directory(f"{R}/export"),
+    params:
+        track=track,
+    log:
+        f"{R}/logs/export.log",
+    benchmark:
+        f"{R}/benchmarks/export.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "electra-ds export --pretrain-summary {input.summary} --tokenizer-dir {input.vocab} "
+        "--output-dir {output} --rule {rule} {params.track} > {log} 2>&1"
