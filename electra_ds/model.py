@@ -88,9 +88,10 @@ def gumbel_sample(logits: torch.Tensor, generator: torch.Generator | None = None
 
 
 def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
-    """0 up to and including the first [SEP], 1 after it."""
+    """0 up to and including the first [SEP], 1 after it, 0 on padding (as the tokenizer's pair encoding);
+    the torch twin of :func:`electra_ds.shards.token_type_ids`."""
     is_sep = (input_ids == SEP_ID).long()
-    return ((is_sep.cumsum(dim=1) - is_sep) > 0).long()
+    return (((is_sep.cumsum(dim=1) - is_sep) > 0) & (input_ids != PAD_ID)).long()
 
 
 class ElectraPretrainer(nn.Module):

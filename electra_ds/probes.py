@@ -23,10 +23,10 @@ from pathlib import Path
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path, read_jsonl, write_json
 from electra_ds.splits import document_split
+from electra_ds.text import SENTENCE_END
 
 log = logging.getLogger(__name__)
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 _WORD = re.compile(r"^[A-Za-z][a-z]*[,;:.!?]?$")
 
 
@@ -48,7 +48,7 @@ def probe_sentences(text: str) -> list[str]:
         if ">>>" in paragraph or paragraph.startswith((" ", "\t")):
             continue
         flat = " ".join(paragraph.split())
-        for sentence in _SENTENCE_END.split(flat):
+        for sentence in SENTENCE_END.split(flat):
             words = sentence.split()
             prose = sum(1 for w in words if _WORD.match(w))
             if 6 <= len(words) <= 40 and sentence[0].isupper() and sentence[-1] in ".!?" and prose >= 0.8 * len(words):

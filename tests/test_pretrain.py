@@ -1,0 +1,145 @@
+"""Pretraining through DeepSpeed on CPU: 2 processes, ZeRO-2 and ZeRO-3, resume, export, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+TINY = json.dumps({"embedding_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                   "intermediate_size": 64, "generator_fraction": 0.5})
+
+
+def run_cli(args, env_extra=None, timeout=400):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "electra_ds", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def pretrain_args(prepared, out, stage=2, steps=6, extra=()):
+    return ["pretrain", "--shards", str(prepared["shards"]), "--output-dir", str(out), "--model", TINY,
+            "--ds-config", str(REPO / f"ds_configs/zero{stage}.json"), "--global-batch-size", "16",
+            "--micro-batch-size", "4", "--learning-rate", "3e-3", "--warmup-steps", "2", "--max-steps", str(steps),
+            "--log-every", "1", "--checkpoint-every", "3", "--keep-checkpoints", "2", "--eval-every", "3",
+            "--eval-examples", "16", "--precision", "fp32", "--device", "cpu", *extra]
+
+
+def losses(log_text):
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step (\d+)/\d+ .*? loss ([\d.]+)", log_text)}
+
+
+@pytest.mark.slow
+def test_two_process_zero2_trains_checkpoints_and_resumes(prepared, tmp_path):
+    out = tmp_path / "pretrain"
+    # A dead tracking server must not stop training (it only warns).
+    dead_mlflow = {"ELECTRA_DS_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    first = run_cli(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, steps=6)], dead_mlflow)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "world size 2, micro-batch 4 x accumulation 2 = global 16; ZeRO stage 2" in first.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["zero_stage"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000003", "step00000006"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step00000006"
+    first_losses = losses(first.stderr)
+    assert first_losses[6] < first_losses[1]  # it learns
+
+    # Asking for more steps resumes from the latest checkpoint instead of starting over.
+    again = run_cli(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, steps=8)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and "at step 6" in again.stderr
+    assert sorted(losses(again.stderr)) == [7, 8]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000006", "step00000008"]
+
+
+@pytest.mark.slow
+def test_zero3_export_matches_training_weights(prepared, tmp_path):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+
+    from electra_ds.export import consolidated_state_dict
+
+    out = tmp_path / "pretrain"
+    res = run_cli(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, stage=3, steps=3)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["zero_stage"] == 3
+    res = run_cli(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
+                   str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for sub in ("discriminator", "generator"):
+        assert (tmp_path / "export" / sub / "model.safetensors").is_file()
+    disc = AutoModelForPreTraining.from_pretrained(tmp_path / "export" / "discriminator").eval()
+    gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "export" / "generator").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "export" / "discriminator")
+    assert tok.is_fast and len(tok) == disc.config.vocab_size
+    state = consolidated_state_dict(summary["checkpoint_dir"], summary["tag"], 3)
+    # Weights trained under ZeRO-3 (partitioned) come back whole and equal in the exported models.
+    assert torch.equal(disc.electra.embeddings.word_embeddings.weight,
+                       state["discriminator.electra.embeddings.word_embeddings.weight"])
+    assert torch.equal(gen.generator_predictions.dense.weight, state["generator.generator_predictions.dense.weight"])
+    # The exported generator's output layer is tied to the shared embeddings.
+    assert torch.equal(gen.generator_lm_head.weight, disc.electra.embeddings.word_embeddings.weight)
+    ids = torch.tensor([tok("Return the value of the attribute.")["input_ids"]])
+    with torch.no_grad():
+        assert disc(ids).logits.shape == ids.shape
+        assert gen(ids).logits.shape == (*ids.shape, disc.config.vocab_size)
+
+
+def test_inconsistent_deepspeed_config_fails_before_training(prepared, tmp_path):
+    bad = tmp_path / "ds_bad.json"
+    bad.write_text(json.dumps({"train_batch_size": 999, "zero_optimization": {"stage": 2}}))
+    args = pretrain_args(prepared, tmp_path / "out")
+    args[args.index("--ds-config") + 1] = str(bad)
+    res = run_cli(args)
+    assert res.returncode == 2
+    assert "ds_bad.json" in res.stderr and "train_batch_size=999" in res.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--device", "cuda"], "GPUs requested but none is available"),
+    (["--precision", "fp16"], "fp16 is not supported on CPU"),
+    (["--global-batch-size", "15"], "pretrain.global_batch_size"),
+])
+def test_bad_environment_is_a_clear_error(prepared, tmp_path, extra, message):
+    import torch
+
+    if "--device" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = run_cli(pretrain_args(prepared, tmp_path / "out", extra=extra))
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused(prepared, tmp_path):
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(prepared["shards"], shards)
+    index = json.loads((shards / "index.json").read_text())
+    index["vocab_size"] = 100  # claims a smaller vocabulary than the ids in the shards
+    (shards / "index.json").write_text(json.dumps(index))
+    args = pretrain_args({**prepared, "shards": shards}, tmp_path / "out")
+    res = run_cli(args)
+    assert res.returncode == 2 and "beyond the vocabulary size 100" in res.stderr, res.stderr[-2000:]
+
+
+def test_data_position_is_a_function_of_the_step():
+    from electra_ds.pretrain import global_batch_indices, rank_micro_batches
+
+    a = global_batch_indices(1000, 64, 5, seed=1)
+    assert np.array_equal(a, global_batch_indices(1000, 64, 5, seed=1))
+    parts = [np.concatenate(rank_micro_batches(a, r, 2, 8)) for r in range(2)]
+    assert not set(parts[0]) & set(parts[1])  # ranks read disjoint examples
+    assert np.array_equal(np.concatenate(parts), a)  # and together the whole global batch
+    epoch = np.concatenate([global_batch_indices(1000, 64, s, seed=1) for s in range(1000 // 64)])
+    assert len(set(epoch)) == len(epoch)  # no example repeats within an epoch

@@ -1,0 +1,196 @@
+"""Shards stage: ELECTRA example packing, document-level splits, determinism, and the memmap loader."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from electra_ds import CLS_ID, PAD_ID, SEP_ID
+from electra_ds.errors import UserError
+from electra_ds.fileio import read_jsonl
+from electra_ds.shards import document_examples, load_sentencepiece, open_split, token_type_ids, write_shards
+from electra_ds.splits import document_split
+from helpers_data import cli, cli_error, demo_documents, demo_vocab, leftovers, scratch
+
+L = 64
+SETTINGS = dict(max_seq_len=L, valid_fraction=0.1, heldout_fraction=0.05, short_seq_prob=0.1, seed=3)
+
+
+def shard_args(out, seed=3, docs=None):
+    return ("shards", "--input", docs or demo_documents(), "--tokenizer-dir", demo_vocab(), "--output-dir", out,
+            "--max-seq-len", L, "--valid-fraction", 0.1, "--heldout-fraction", 0.05, "--seed", seed,
+            "--examples-per-shard", 1000, "--threads", 2)
+
+
+@pytest.fixture(scope="module")
+def shards():
+    out = scratch() / "shards"
+    if not out.exists():
+        assert cli(*shard_args(out)) == 0
+    return out
+
+
+def all_rows(shard_dir, split):
+    index = json.loads((shard_dir / "index.json").read_text())
+    files = [shard_dir / s["file"] for s in index["splits"][split]["shards"]]
+    return np.concatenate([np.fromfile(f, dtype=np.uint16).reshape(-1, L) for f in files])
+
+
+# -- example building ----------------------------------------------------------------------
+def test_document_examples_keep_every_token_or_count_it():
+    rng = random.Random(0)
+    sentences = [[5 + (i * 7 + j) % 50 for j in range(rng.randint(1, 90))] for i in range(300)]
+    examples = list(document_examples(sentences, L, 0.1, random.Random(1)))
+    assert sum(len(a) + len(b) + cut for a, b, cut in examples) == sum(map(len, sentences))
+    assert all(len(a) >= 1 and 2 + len(a) + (len(b) + 1 if b else 0) <= L for a, b, _ in examples)
+    assert sum(bool(b) for _, b, _ in examples) > len(examples) / 2  # mostly two segments
+    lengths = [len(a) + len(b) for a, b, _ in examples[:-1]]
+    assert np.median(lengths) == L - 3  # targets are full length unless short_seq_prob hits
+
+
+def test_short_seq_prob_gives_shorter_examples():
+    sentences = [[9] * 10 for _ in range(2000)]
+    full = [len(a) + len(b) for a, b, _ in document_examples(sentences, L, 0.0, random.Random(0))]
+    short = [len(a) + len(b) for a, b, _ in document_examples(sentences, L, 1.0, random.Random(0))]
+    assert min(full[:-1]) == L - 3 and np.mean(short) < 0.75 * (L - 3)
+
+
+def test_token_type_ids_1d_2d_and_like_the_hf_tokenizer():
+    row = np.array([CLS_ID, 7, 8, SEP_ID, 9, SEP_ID, PAD_ID, PAD_ID])
+    assert token_type_ids(row).tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    single = np.array([CLS_ID, 7, SEP_ID, PAD_ID])
+    both = token_type_ids(np.stack([row[:4], single]))
+    assert both.shape == (2, 4) and both.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0]]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_vocab()))
+    enc = tok("A first segment.", "And a second one.", padding="max_length", max_length=32)
+    assert token_type_ids(np.array(enc["input_ids"])).tolist() == enc["token_type_ids"]
+
+
+# -- the stage ------------------------------------------------------------------------------
+def test_examples_are_well_formed(shards):
+    index = json.loads((shards / "index.json").read_text())
+    assert index["format"] == "electra-ds-shards-v1" and index["dtype"] == "uint16"
+    assert (index["max_seq_len"], index["vocab_size"], index["pad_id"], index["cls_id"], index["sep_id"]) == (
+        L, 2000, 0, 2, 3)
+    for split in ("train", "valid"):
+        rows = all_rows(shards, split)
+        info = index["splits"][split]
+        assert len(rows) == info["examples"] > 0 and np.count_nonzero(rows) == info["tokens"]
+        assert info["documents"] > 0 and rows.max() < 2000
+        assert (rows[:, 0] == CLS_ID).all()
+        n_sep = (rows == SEP_ID).sum(axis=1)
+        assert set(np.unique(n_sep)) <= {1, 2} and (n_sep == 2).any() and (n_sep == 1).any()
+        length = np.count_nonzero(rows, axis=1)
+        assert (rows[np.arange(len(rows)), length - 1] == SEP_ID).all()  # ends with [SEP], then only [PAD]
+        assert all((r[n:] == PAD_ID).all() and (r[:n] != PAD_ID).all() for r, n in zip(rows, length))
+        for shard in info["shards"]:
+            assert (shards / shard["file"]).stat().st_size == shard["examples"] * L * 2
+    assert len(index["splits"]["train"]["shards"]) == -(-index["splits"]["train"]["examples"] // 1000)
+
+
+def test_splits_are_by_document(shards, tmp_path):
+    docs = list(read_jsonl(demo_documents()))
+    split_of = {d["id"]: document_split(d["id"], valid_fraction=0.1, heldout_fraction=0.05, seed=3) for d in docs}
+    index = json.loads((shards / "index.json").read_text())
+    assert index["heldout_documents"] == sum(s == "heldout" for s in split_of.values()) > 0
+    assert index["splits"]["valid"]["documents"] == sum(s == "valid" for s in split_of.values())
+    # the valid shards are exactly what the valid documents alone produce: no train document leaks in
+    sp = load_sentencepiece(demo_vocab())
+    only_valid = [d for d in docs if split_of[d["id"]] == "valid"]
+    result = write_shards(only_valid, sp, tmp_path, **SETTINGS, threads=2, examples_per_shard=10**6)
+    assert result["splits"]["train"]["examples"] == 0
+    assert np.array_equal(np.fromfile(tmp_path / "valid-00000.bin", dtype=np.uint16).reshape(-1, L),
+                          all_rows(shards, "valid"))
+
+
+def test_same_seed_same_bytes_other_seed_differs(shards, tmp_path):
+    assert cli(*shard_args(tmp_path / "again")) == 0
+    names = sorted(p.name for p in shards.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "again").iterdir())
+    assert all((shards / n).read_bytes() == (tmp_path / "again" / n).read_bytes() for n in names)
+    assert cli(*shard_args(tmp_path / "other", seed=4)) == 0
+    assert (tmp_path / "other" / "train-00000.bin").read_bytes() != (shards / "train-00000.bin").read_bytes()
+
+
+def test_large_vocab_uses_uint32(tmp_path):
+    class BigVocab:
+        def get_piece_size(self):
+            return 70_000
+
+        def encode(self, lines, num_threads=1):
+            return [[69_999] * len(line.split()) for line in lines]
+
+    docs = [{"id": str(i), "text": "some words here.\nand more words"} for i in range(20)]
+    result = write_shards(docs, BigVocab(), tmp_path, max_seq_len=16, valid_fraction=0.0)
+    assert result["dtype"] == "uint32"
+    rows = np.fromfile(tmp_path / "train-00000.bin", dtype=np.uint32).reshape(-1, 16)
+    assert (rows == 69_999).sum() == 20 * 6 and (rows[:, 0] == CLS_ID).all()
+    assert np.count_nonzero(rows) == result["splits"]["train"]["tokens"]
+
+
+# -- the loader -----------------------------------------------------------------------------
+def test_open_split_round_trip(shards):
+    train = open_split(shards, "train")
+    raw = all_rows(shards, "train")
+    assert len(train) == len(raw) > 1000 and train.max_seq_len == L and train.vocab_size == 2000
+    assert train.dtype == np.uint16
+    idx = [0, 999, 1000, len(raw) - 1, 5, -1]  # crosses a shard boundary
+    batch = train.batch(idx)
+    assert batch.dtype == np.int64 and batch.shape == (len(idx), L)
+    assert np.array_equal(batch, raw[idx].astype(np.int64))
+    assert train[1000].dtype == np.int64 and np.array_equal(train[1000], raw[1000])
+    assert np.array_equal(train[-1], raw[-1])
+    with pytest.raises(IndexError):
+        train[len(raw)]
+    with pytest.raises(IndexError):
+        train.batch([0, len(raw)])
+    clone = pickle.loads(pickle.dumps(train))  # DataLoader workers get a copy without the memmaps
+    assert len(pickle.dumps(train)) < 10_000 and np.array_equal(clone[7], train[7])
+    assert len(open_split(shards, "valid", verify=False)) == len(all_rows(shards, "valid"))
+
+
+def test_checksum_corruption_is_detected(shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    target = copy / "train-00001.bin"
+    data = bytearray(target.read_bytes())
+    data[123] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum mismatch") as err:
+        open_split(copy, "train")
+    assert str(target) in str(err.value) and "rerun the shards stage" in str(err.value)
+    open_split(copy, "valid")  # other splits are unaffected
+    target.write_bytes(bytes(data[:-2]))
+    with pytest.raises(UserError, match="size mismatch"):
+        open_split(copy, "train")
+    (copy / "index.json").unlink()
+    with pytest.raises(UserError, match="no shard index") as err:
+        open_split(copy)
+    assert str(copy / "index.json") in str(err.value)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_missing_tokenizer_is_a_user_error(tmp_path, capsys):
+    msg = cli_error(capsys, "shards", "--input", demo_documents(), "--tokenizer-dir", tmp_path / "novocab",
+                    "--output-dir", tmp_path / "out")
+    assert str(tmp_path / "novocab" / "spm.model") in msg and "vocab stage" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_train_split_is_a_user_error(tmp_path, capsys):
+    # a single document that these fractions send to valid or held-out: nothing is left to train on
+    doc_id = next(f"doc-{i}" for i in range(100)
+                  if document_split(f"doc-{i}", valid_fraction=0.4, heldout_fraction=0.5, seed=0) != "train")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": doc_id, "text": "A single document."}) + "\n")
+    msg = cli_error(capsys, "shards", "--input", docs, "--tokenizer-dir", demo_vocab(), "--output-dir",
+                    tmp_path / "out", "--valid-fraction", 0.4, "--heldout-fraction", 0.5)
+    assert "no training examples" in msg and str(docs) in msg
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
