@@ -1,16 +1,22 @@
-"""Aggregate per-(task, seed) fine-tuning results into one table (JSON and Markdown).
+"""Aggregate per-(task, seed) fine-tuning results: tables, report, plots and the GLUE submission.
 
 Each input is a ``metrics.json`` written by the finetune stage. Per task, every dev metric is
 summarised over seeds (median, mean, sample std, min, max, values); the task's score is the median
-over seeds of its main metric. Three averages are reported separately:
+over seeds of its main metric. Four averages are reported separately:
 
 * ``glue_score``: the ELECTRA paper's GLUE dev average over the eight tasks without WNLI (CoLA MCC,
   STS-B Spearman, accuracy elsewhere, MNLI matched), over whichever of them are present - the
   JSON and the table say which are included and which are missing;
+* ``glue_score_common``: the common convention - each task's metrics averaged (MRPC and QQP
+  (accuracy + F1) / 2, STS-B (Pearson + Spearman) / 2), MNLI-m and MNLI-mm counted as two entries,
+  WNLI included when present; medians over seeds;
 * ``probe_score``: the mean over the offline probe tasks, which are never counted as GLUE;
 * ``average_score``: the mean over all tasks present (GLUE and probes).
 
-JSON values are fractions; the Markdown table shows percentages with one decimal.
+Optional outputs (see :mod:`electra_ds.report` and :mod:`electra_ds.submission`): a comparison with
+published ELECTRA numbers and earlier MLflow runs (in the Markdown and an HTML page), PNG plots of
+the pretraining loss and per-task scores, and the GLUE leaderboard zip. JSON values are fractions;
+tables show percentages with one decimal.
 """
 
 from __future__ import annotations
@@ -21,19 +27,36 @@ import statistics
 from pathlib import Path
 
 from electra_ds.errors import UserError
-from electra_ds.fileio import atomic_path, write_json
+from electra_ds.fileio import atomic_path
 from electra_ds.glue import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
 GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
+# The common convention: (entry, task, metrics averaged for the entry).
+COMMON_ENTRIES = (("CoLA", "cola", ("mcc",)), ("SST-2", "sst2", ("accuracy",)), ("MRPC", "mrpc", ("accuracy", "f1")),
+                  ("STS-B", "stsb", ("pearson", "spearman")), ("QQP", "qqp", ("accuracy", "f1")),
+                  ("MNLI-m", "mnli", ("dev_matched.accuracy",)), ("MNLI-mm", "mnli", ("dev_mismatched.accuracy",)),
+                  ("QNLI", "qnli", ("accuracy",)), ("RTE", "rte", ("accuracy",)), ("WNLI", "wnli", ("accuracy",)))
 _REQUIRED = ("task", "seed", "dev", "main_metric", "main")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json files from the finetune stage")
     p.add_argument("--output-json", required=True, help="aggregated results (JSON)")
-    p.add_argument("--output-md", required=True, help="results table (Markdown)")
+    p.add_argument("--output-md", required=True, help="results table and comparisons (Markdown)")
+    p.add_argument("--output-html", default=None, help="the same report as one self-contained HTML page")
+    p.add_argument("--loss-plot", default=None, help="PNG of the pretraining loss curves")
+    p.add_argument("--scores-plot", default=None, help="PNG of the per-task dev scores")
+    p.add_argument("--pretrain-log", default=None,
+                   help="the pretrain stage's log (its 'step N/M ... loss' lines make the loss plot)")
+    p.add_argument("--submission-zip", default=None,
+                   help="write the GLUE leaderboard zip here (CoLA.tsv ... AX.tsv; probe tasks never)")
+    p.add_argument("--submission-seed", default="median", choices=["median", "best"],
+                   help="which seed's test predictions go into the submission: the median-dev seed, or the "
+                        "best-dev seed")
+    p.add_argument("--compare-runs", type=int, default=5,
+                   help="earlier evaluate runs from the MLflow store to show beside this one (0 = none)")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -107,6 +130,10 @@ def summarize(results: list) -> dict:
 
     glue = [n for n in GLUE_SCORE_TASKS if n in tasks]
     probes = [n for n, t in tasks.items() if t["is_probe"]]
+    common = {}
+    for entry, name, metric_names in COMMON_ENTRIES:
+        if name in tasks and all(m in tasks[name]["metrics"] for m in metric_names):
+            common[entry] = statistics.fmean(tasks[name]["metrics"][m]["median"] for m in metric_names)
     return {
         "scale": "fraction",
         "tasks": tasks,
@@ -115,6 +142,12 @@ def summarize(results: list) -> dict:
                        "excluded": [n for n, t in tasks.items() if not t["is_probe"] and n not in glue],
                        "convention": "ELECTRA dev: 8 tasks without WNLI; CoLA MCC, STS-B Spearman, "
                                      "accuracy elsewhere (MNLI matched); median over seeds"},
+        "glue_score_common": {"value": statistics.fmean(common.values()) if common else None,
+                              "entries": common,
+                              "missing": [e for e, _, _ in COMMON_ENTRIES if e not in common],
+                              "convention": "each task's metrics averaged (MRPC/QQP (acc+F1)/2, STS-B "
+                                            "(Pearson+Spearman)/2), MNLI-m and MNLI-mm counted separately, "
+                                            "WNLI included; median over seeds"},
         "probe_score": {"value": average(probes), "tasks": probes,
                         "note": "offline probes derived from held-out pretraining text; not GLUE"},
         "average_score": {"value": average(list(tasks)), "tasks": list(tasks)},
@@ -150,6 +183,12 @@ def render_markdown(summary: dict) -> str:
         glue_note += f"; not counted: {', '.join(glue['excluded'])}"
     if glue["tasks"]:
         lines.append(f"| **GLUE score** | GLUE | {glue_note} | {_pct(glue['value'])} | | |")
+        common = summary["glue_score_common"]
+        if common["value"] is not None:
+            note = f"{len(common['entries'])} entries: {', '.join(common['entries'])}"
+            if common["missing"]:
+                note += f"; missing: {', '.join(common['missing'])}"
+            lines.append(f"| **GLUE score, common** | GLUE | {note} | {_pct(common['value'])} | | |")
     if probe["tasks"]:
         lines.append(f"| **probe score** | probe | {len(probe['tasks'])} probe "
                      f"task{'' if len(probe['tasks']) == 1 else 's'}: {', '.join(probe['tasks'])} "
@@ -160,33 +199,107 @@ def render_markdown(summary: dict) -> str:
     lines.append("")
     if glue["tasks"]:
         lines += [f"GLUE score convention: {glue['convention']}.", ""]
+        if summary["glue_score_common"]["value"] is not None:
+            lines += [f"GLUE score, common convention: {summary['glue_score_common']['convention']}.", ""]
+    return "\n".join(lines)
+
+
+def render_report(summary: dict, table: dict, earlier_note: str, images: dict) -> str:
+    """The comparison, submission and plot sections appended to the results table."""
+    from electra_ds.report import table_markdown
+
+    has_glue = any(not t["is_probe"] for t in summary["tasks"].values())
+    title = "Comparison with published ELECTRA numbers and earlier runs" if has_glue else "Comparison with earlier runs"
+    lines = ["", f"## {title}", "",
+             "Main dev metric in percent (this run: median ± std over seeds; earlier runs: their logged medians).",
+             "", table_markdown(table), ""]
+    lines += [f"- {note}" for note in table["notes"]]
+    lines += [f"- Earlier runs: {earlier_note}.", ""]
+    sub = summary.get("submission")
+    if sub:
+        lines += ["## Leaderboard submission", "",
+                  f"`{Path(sub['zip']).name}` ({sub['seed_choice']} seed per task; "
+                  f"{'complete' if sub['complete'] else 'incomplete'}):", ""]
+        lines += [f"- {name}: {f['rows']} rows from {f['task']} seed {f['seed']}" for name, f in sub["files"].items()]
+        if sub["missing"]:
+            lines.append(f"- missing: {', '.join(sub['missing'])}")
+        lines += [f"- note: {n}" for n in sub["notes"]] + [""]
+    plots = {k: v for k, v in images.items() if v}
+    if plots:
+        lines += ["## Plots", ""] + [f"![{caption}]({Path(path).name})" for caption, path in plots.items()] + [""]
     return "\n".join(lines)
 
 
 def run(args, tracker) -> None:
+    import contextlib
+
+    from electra_ds import report
+
+    defaults = {"output_html": None, "loss_plot": None, "scores_plot": None, "pretrain_log": None,
+                "submission_zip": None, "submission_seed": "median", "compare_runs": 5}
+    for key, value in defaults.items():  # callers may pass a bare namespace (json, md, metrics)
+        if not hasattr(args, key):
+            setattr(args, key, value)
     results = read_results(args.metrics)
     summary = summarize(results)
-    markdown = render_markdown(summary)
+    if args.submission_zip:
+        from electra_ds.submission import build_submission
+
+        summary["submission"] = build_submission(results, args.submission_zip, args.submission_seed)
+    earlier, earlier_note = ([], "not requested") if not args.compare_runs else report.earlier_runs(
+        getattr(tracker, "uri", None), getattr(tracker, "run_id", None), args.compare_runs)
+    summary["earlier_runs"] = earlier
+    table = report.comparison_table(summary, earlier)
+    summary["comparison"] = table
+    images = {"Pretraining loss": args.loss_plot, "Dev score per task": args.scores_plot}
+    if args.loss_plot:
+        history = report.parse_pretrain_log(args.pretrain_log)
+        summary["pretrain_history"] = {"source": history["source"], "train_points": len(history["train"]),
+                                       "valid_points": len(history["valid"])}
+        report.plot_pretrain_loss(history, args.loss_plot)
+    if args.scores_plot:
+        report.plot_task_scores(summary, args.scores_plot)
+    markdown = render_markdown(summary) + render_report(summary, table, earlier_note, images)
     json_path, md_path = Path(args.output_json), Path(args.output_md)
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown, encoding="utf-8")
-    try:
-        write_json(json_path, summary)
-    except BaseException:
-        md_path.unlink(missing_ok=True)  # both outputs or neither
-        raise
+    html_path = Path(args.output_html) if args.output_html else None
+    with contextlib.ExitStack() as stack:  # all outputs or none
+        tmp_md = stack.enter_context(atomic_path(md_path))
+        tmp_md.write_text(markdown, encoding="utf-8")
+        if html_path:
+            tmp_html = stack.enter_context(atomic_path(html_path))
+            tmp_html.write_text(report.render_html(markdown, images), encoding="utf-8")
+        tmp_json = stack.enter_context(atomic_path(json_path))
+        tmp_json.write_text(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
 
     metrics = {}
     for name, t in summary["tasks"].items():
         metrics.update({f"{name}.{m}": s["median"] for m, s in t["metrics"].items()})
         metrics[f"{name}.main"] = t["main"]["median"]
-    for key in ("glue_score", "probe_score", "average_score"):
+    for key in ("glue_score", "glue_score_common", "probe_score", "average_score"):
         if summary[key]["value"] is not None:
             metrics[key] = summary[key]["value"]
     tracker.log_params({"n_results": len(results), "tasks": ",".join(summary["tasks"]),
-                        "glue_score_tasks": ",".join(summary["glue_score"]["tasks"])})
+                        "glue_score_tasks": ",".join(summary["glue_score"]["tasks"]),
+                        "submission_seed": args.submission_seed})
     tracker.log_metrics(metrics)
-    tracker.log_artifact(json_path)
-    tracker.log_artifact(md_path)
-    log.info("GLUE score %s (%s), probe score %s", _pct(summary["glue_score"]["value"]),
-             ",".join(summary["glue_score"]["tasks"]) or "no GLUE tasks", _pct(summary["probe_score"]["value"]))
+    for path in (json_path, md_path, html_path, args.loss_plot, args.scores_plot, args.submission_zip):
+        if path:
+            tracker.log_artifact(path)
+    for line in _score_lines(summary):
+        print(line)
+        log.info(line)
+
+
+def _score_lines(summary: dict) -> list:
+    lines = []
+    if summary["glue_score"]["tasks"]:
+        lines.append(f"GLUE score (ELECTRA convention, {len(summary['glue_score']['tasks'])}/8 tasks): "
+                     f"{_pct(summary['glue_score']['value'])}")
+        if summary["glue_score_common"]["value"] is not None:
+            lines.append(f"GLUE score (common convention, {len(summary['glue_score_common']['entries'])} entries): "
+                         f"{_pct(summary['glue_score_common']['value'])}")
+    if summary["probe_score"]["tasks"]:
+        lines.append(f"probe score ({len(summary['probe_score']['tasks'])} probe tasks, not GLUE): "
+                     f"{_pct(summary['probe_score']['value'])}")
+    return lines

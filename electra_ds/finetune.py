@@ -14,7 +14,15 @@ so a failed run leaves nothing behind:
 * ``metrics.json``: task, seed, epochs, dev metrics, main metric and value, sizes, timing, hparams;
 * ``test_predictions.tsv``: ``index<TAB>prediction`` with GLUE submission label strings (MNLI also
   writes ``test_mismatched_predictions.tsv``); header-only when the task has no test file;
+* ``ax_predictions.tsv`` (MNLI only): the diagnostic set AX predicted with the fine-tuned MNLI model,
+  when ``diagnostic/diagnostic.tsv`` is in the data directory (or from the Hub's ``ax`` config);
 * ``model/`` with the fine-tuned weights and tokenizer, only with ``--keep-model``.
+
+``--init-from`` starts from another fine-tuned model (the paper starts RTE, MRPC and STS-B from the
+MNLI model): its encoder weights are loaded and the task head is re-initialised (new label set).
+
+Device: ``--device auto`` uses the first GPU the job can see (``CUDA_VISIBLE_DEVICES``, which SLURM
+and Snakemake set per job) and the CPU when there is none; one job uses one device.
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0 = no cap)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch; None: torch's choice")
     p.add_argument("--keep-model", action="store_true", help="also save the fine-tuned model in <output-dir>/model")
+    p.add_argument("--init-from", default=None,
+                   help="start from this fine-tuned model folder (e.g. the MNLI job's model/); head re-initialised")
+    p.add_argument("--no-ax", dest="predict_ax", action="store_false",
+                   help="MNLI: do not predict the diagnostic set AX")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the first visible GPU (CUDA_VISIBLE_DEVICES) if any, else CPU")
 
 
 # -- layer-wise learning rates -------------------------------------------------------------------
@@ -179,13 +193,21 @@ def _load_data(task, args) -> tuple:
             tests[split] = []
         else:
             tests[split] = load_split(task, split, **source)
+    if task.name == "mnli" and getattr(args, "predict_ax", True):
+        ax_file = split_path("ax", "test", args.data_dir) if args.data_dir is not None else None
+        if ax_file is not None and not ax_file.is_file():
+            notes["ax"] = f"no {ax_file}; AX not predicted"
+            log.warning("%s: %s", task.name, notes["ax"])
+        else:
+            tests["ax"] = load_split("ax", "test", **source)
     if args.max_train_examples and args.max_train_examples < len(train):
         keep = sorted(random.Random(0).sample(range(len(train)), args.max_train_examples))  # same subset per seed
         train = [train[i] for i in keep]
     return train, dev, tests, notes
 
 
-def _load_model(model_dir: Path, task):
+def _load_model(model_dir: Path, task, init_from: Path | None = None):
+    """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head)."""
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -199,13 +221,38 @@ def _load_model(model_dir: Path, task):
                       id2label=dict(enumerate(task.labels)), label2id={s: i for i, s in enumerate(task.labels)})
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
+        if init_from is None:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model or tokenizer: {exc}", path=model_dir,
                         fix="pass the export stage's discriminator folder") from None
     if tokenizer.pad_token_id is None:
         raise UserError("the tokenizer has no [PAD] token", path=model_dir)
+    if init_from is not None:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(init_from, ignore_mismatched_sizes=True,
+                                                                       **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load the model to start from: {exc}", path=init_from,
+                            fix="pass a fine-tuned model folder (finetune --keep-model writes <output-dir>/model)") from None
+        _reset_head(model)
     return tokenizer, model
+
+
+def _reset_head(model) -> None:
+    """Re-initialise the task head (a new task's label set), as ELECTRA's per-task heads start fresh."""
+    import torch
+
+    head = getattr(model, "classifier", None)
+    if head is None:
+        return
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for module in head.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def _check_args(args) -> None:
@@ -219,8 +266,24 @@ def _check_args(args) -> None:
             raise UserError(f"{value} is out of range; must be {bounds}", field="--" + name.replace("_", "-"))
 
 
+def _pick_device(requested: str):
+    """auto: cuda:0 - the first GPU in the job's CUDA_VISIBLE_DEVICES - when one is visible, else CPU."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if requested == "cuda":
+        raise UserError(f"no usable GPU (CUDA_VISIBLE_DEVICES={visible!r}, torch {torch.__version__}, "
+                        f"CUDA build: {torch.version.cuda})", field="--device",
+                        fix="run on a GPU node (finetune.gpus in the config requests one), or use --device auto/cpu")
+    return torch.device("cpu")
+
+
 @contextlib.contextmanager
-def _torch_runtime(seed: int, threads: int | None):
+def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto"):
     """Seed everything, pick the device; restore torch's process-wide settings afterwards."""
     import numpy as np
     import torch
@@ -234,7 +297,7 @@ def _torch_runtime(seed: int, threads: int | None):
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA; must precede the classifier head's initialisation
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _pick_device(requested_device)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def autocast():
@@ -256,19 +319,24 @@ def run(args, tracker) -> None:
         raise UserError("is not an exported model folder (no config.json)", path=model_dir,
                         fix="pass the export stage's discriminator folder as --model-dir")
     _check_output_dir(out)
+    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    if init_from is not None and not (init_from / "config.json").is_file():
+        raise UserError("has no fine-tuned model to start from (no config.json)", path=init_from, field="--init-from",
+                        fix="run that fine-tuning job with --keep-model (finetune.init_from_mnli: true does this "
+                            "for MNLI)")
     train, dev, tests, notes = _load_data(task, args)
     epochs = args.epochs or task.epochs
     hparams = {k: getattr(args, k) for k in ("learning_rate", "layer_decay", "batch_size", "max_length",
                                              "warmup_fraction", "weight_decay", "max_train_examples",
                                              "max_steps")}
     tracker.log_params({"task": task.name, "seed": args.seed, "epochs": epochs, "model_dir": str(model_dir),
-                        "train_examples": len(train), **hparams})
+                        "train_examples": len(train), "init_from": str(init_from or ""), **hparams})
 
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    with _torch_runtime(args.seed, args.threads) as (device, use_bf16, autocast):
-        tokenizer, model = _load_model(model_dir, task)
+    with _torch_runtime(args.seed, args.threads, getattr(args, "device", "auto")) as (device, use_bf16, autocast):
+        tokenizer, model = _load_model(model_dir, task, init_from)
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
         model.to(device)
         enc_train = _encode(tokenizer, train, max_length)
@@ -289,7 +357,8 @@ def run(args, tracker) -> None:
         for split, examples in tests.items():
             preds = _predict(model, _encode(tokenizer, examples, max_length), 2 * args.batch_size,
                              tokenizer.pad_token_id, task.is_regression, device, autocast) if examples else []
-            test_preds[split] = [(ex["idx"], prediction_to_string(task, p)) for ex, p in zip(examples, preds)]
+            pred_task = get_task("ax") if split == "ax" else task
+            test_preds[split] = [(ex["idx"], prediction_to_string(pred_task, p)) for ex, p in zip(examples, preds)]
 
     first_dev = next(iter(task.dev_splits))
     single = list(task.dev_splits) == ["dev"]
@@ -304,6 +373,10 @@ def run(args, tracker) -> None:
         "test_predictions": {s: {"file": _prediction_file(task, s), "rows": len(p),
                                  **({"note": notes[s]} if s in notes else {})} for s, p in test_preds.items()},
         "history": history, "hparams": hparams, "device": str(device), "bf16": use_bf16,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "init_from": str(init_from.resolve()) if init_from is not None else None,
+        **({"notes": {k: v for k, v in notes.items() if k not in test_preds}}
+           if any(k not in test_preds for k in notes) else {}),
         "model_dir": str(model_dir.resolve()), "seconds": round(time.monotonic() - started, 3),
     }
     _write_outputs(out, metrics, test_preds, task, model if args.keep_model else None, tokenizer)

@@ -142,3 +142,68 @@ def test_bad_input_exits_2_without_output(tmp_path, monkeypatch, capsys, case, e
     if case != "duplicate":
         assert str(bad) in err
     assert not out_json.exists() and not out_md.exists()
+
+
+def test_common_convention_averages_each_tasks_metrics(results, tmp_path):
+    paths = list(results)
+    for seed, (acc, f1) in enumerate([(0.80, 0.86), (0.84, 0.88)]):
+        paths.append(write_metrics(tmp_path, "mrpc", seed, {"accuracy": acc, "f1": f1}, "accuracy", acc))
+    paths.append(write_metrics(tmp_path, "stsb", 0, {"pearson": 0.70, "spearman": 0.68}, "spearman", 0.68))
+    summary = evaluate.summarize(evaluate.read_results(paths))
+    common = summary["glue_score_common"]
+    # medians over seeds: MRPC acc 0.82, F1 0.87; MNLI-m 0.81 and MNLI-mm 0.82 are two entries; WNLI counted
+    assert common["entries"] == pytest.approx({"CoLA": 0.60, "MRPC": (0.82 + 0.87) / 2, "STS-B": 0.69,
+                                               "MNLI-m": 0.81, "MNLI-mm": 0.82, "RTE": 0.65, "WNLI": 0.10})
+    assert common["value"] == pytest.approx(statistics.fmean(common["entries"].values()))
+    assert common["missing"] == ["SST-2", "QQP", "QNLI"]
+    # the ELECTRA convention: accuracy for MRPC, Spearman for STS-B, no WNLI
+    assert summary["glue_score"]["value"] == pytest.approx((0.60 + 0.82 + 0.68 + 0.81 + 0.65) / 5)
+    md = evaluate.render_markdown(summary)
+    assert "| **GLUE score, common** | GLUE | 7 entries: CoLA, MRPC, STS-B, MNLI-m, MNLI-mm, RTE, WNLI" in md
+
+
+def test_full_report_submission_and_plots(tmp_path, monkeypatch, capsys):
+    from test_report import PRETRAIN_LOG
+    from test_submission import write_run
+
+    paths = [write_run(tmp_path / "ft", "rte", s, m) for s, m in [(1, 0.60), (2, 0.70), (3, 0.65)]]
+    paths += [write_run(tmp_path / "ft", "mnli", 1, 0.8), write_run(tmp_path / "ft", "cola", 1, 0.3)]
+    paths.append(write_run(tmp_path / "ft", "probe-acceptability", 1, 0.9, predictions={"test": ["1"]}))
+    (tmp_path / "pretrain.log").write_text(PRETRAIN_LOG)
+    out = tmp_path / "evaluate"
+    argv = ["evaluate", "--metrics", *map(str, paths), "--output-json", str(out / "results.json"),
+            "--output-md", str(out / "results.md"), "--output-html", str(out / "results.html"),
+            "--loss-plot", str(out / "pretrain_loss.png"), "--scores-plot", str(out / "task_scores.png"),
+            "--pretrain-log", str(tmp_path / "pretrain.log"), "--submission-zip", str(out / "glue_submission.zip"),
+            "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "GLUE score (ELECTRA convention, 3/8 tasks):" in printed and "GLUE score (common convention" in printed
+    assert "probe score (1 probe tasks, not GLUE): 90.0" in printed
+    summary = json.loads((out / "results.json").read_text())
+    sub = summary["submission"]
+    assert sub["seeds"] == {"cola": 1, "mnli": 1, "rte": 3} and sub["seed_choice"] == "median"
+    assert sorted(sub["files"]) == ["AX.tsv", "CoLA.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "RTE.tsv"]
+    assert summary["pretrain_history"]["train_points"] == 3 and summary["earlier_runs"] == []
+    md = (out / "results.md").read_text()
+    for text in ("## Comparison with published ELECTRA numbers and earlier runs", "ELECTRA-Base (paper)",
+                 "## Leaderboard submission", "- RTE.tsv: 2 rows from rte seed 3", "missing: SST-2.tsv",
+                 "![Pretraining loss](pretrain_loss.png)", "Earlier runs: MLflow is off"):
+        assert text in md
+    page = (out / "results.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    for png in ("pretrain_loss.png", "task_scores.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_bad_prediction_label_stops_without_outputs(tmp_path, monkeypatch, capsys):
+    from test_submission import write_run
+
+    path = write_run(tmp_path, "rte", 1, 0.6, predictions={"test": ["entailment", "contradiction"]})
+    out = tmp_path / "evaluate"
+    argv = ["evaluate", "--metrics", str(path), "--output-json", str(out / "r.json"), "--output-md",
+            str(out / "r.md"), "--submission-zip", str(out / "glue.zip"), "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "prediction 'contradiction' is not entailment, not_entailment" in err and "test_predictions.tsv" in err
+    assert not out.exists() or not any(out.iterdir())

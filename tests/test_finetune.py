@@ -114,8 +114,12 @@ def test_mnli_layout_two_dev_and_two_test_splits(model_dir, tmp_path, monkeypatc
     write_tsv(d / "dev_mismatched.tsv", [head + ["gold_label"]] + rows[6:])
     write_tsv(d / "test_matched.tsv", [head] + [r[:10] for r in rows[:4]])
     write_tsv(d / "test_mismatched.tsv", [head] + [r[:10] for r in rows[:3]])
+    write_tsv(tmp_path / "glue" / "diagnostic" / "diagnostic.tsv",
+              [["index", "sentence1", "sentence2"], [0, "The cat sat.", "The cat did not sit."],
+               [1, "Dogs bark.", "Some animals bark."]])
     out = tmp_path / "out"
-    assert finetune(model_dir, "mnli", out, tmp_path / "glue", "--batch-size", "4", monkeypatch=monkeypatch) == 0
+    assert finetune(model_dir, "mnli", out, tmp_path / "glue", "--batch-size", "4", "--keep-model",
+                    monkeypatch=monkeypatch) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dev"]) == {"dev_matched", "dev_mismatched"}
     assert metrics["main_metric"] == "dev_matched.accuracy"
@@ -123,6 +127,31 @@ def test_mnli_layout_two_dev_and_two_test_splits(model_dir, tmp_path, monkeypatc
     assert len(read_predictions(out / "test_predictions.tsv")) == 5
     mismatched = read_predictions(out / "test_mismatched_predictions.tsv")
     assert len(mismatched) == 4 and {r[1] for r in mismatched[1:]} <= set(labels)
+    # AX, predicted with the MNLI model, in the submission's label strings
+    ax = read_predictions(out / "ax_predictions.tsv")
+    assert ax[0] == ["index", "prediction"] and [r[0] for r in ax[1:]] == ["0", "1"] and {r[1] for r in ax[1:]} <= set(labels)
+    assert metrics["test_predictions"]["ax"] == {"file": "ax_predictions.tsv", "rows": 2}
+
+    # RTE started from this MNLI model: encoder weights from MNLI, a fresh 2-label head
+    rte = tmp_path / "glue" / "RTE"
+    pairs = [[i, f"The cat {i} sat.", "A cat sat.", ("entailment", "not_entailment")[i % 2]] for i in range(8)]
+    write_tsv(rte / "train.tsv", [["index", "sentence1", "sentence2", "label"]] + pairs)
+    write_tsv(rte / "dev.tsv", [["index", "sentence1", "sentence2", "label"]] + pairs[:4])
+    out_rte = tmp_path / "rte"
+    assert finetune(model_dir, "rte", out_rte, tmp_path / "glue", "--batch-size", "4", "--max-steps", "1",
+                    "--init-from", str(out / "model"), "--keep-model", "--learning-rate", "0", monkeypatch=monkeypatch) == 0
+    rte_metrics = json.loads((out_rte / "metrics.json").read_text())
+    assert rte_metrics["init_from"] == str((out / "model").resolve())
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    mnli_model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    rte_model = AutoModelForSequenceClassification.from_pretrained(out_rte / "model")
+    assert rte_model.config.num_labels == 2 and rte_model.config.id2label[1] == "not_entailment"
+    # learning rate 0: the encoder is still exactly MNLI's; the head is new
+    emb = "electra.embeddings.word_embeddings.weight"
+    assert torch.equal(dict(mnli_model.named_parameters())[emb], dict(rte_model.named_parameters())[emb])
+    assert not torch.equal(mnli_model.classifier.dense.weight, rte_model.classifier.dense.weight)
 
 
 @needs_glue
@@ -199,6 +228,7 @@ def _rte_copy(tmp_path, dev_lines=None):
     ("hub_offline", "HF_HUB_OFFLINE is set"),
     ("test_only", "task ax has no train/dev data"),
     ("no_source", "no data source given"),
+    ("init_without_model", "has no fine-tuned model to start from (no config.json)"),
 ])
 def test_bad_input_exits_2_without_output(model_dir, tmp_path, monkeypatch, capsys, case, expected):
     head = ["index", "sentence1", "sentence2", "label"]
@@ -211,6 +241,8 @@ def test_bad_input_exits_2_without_output(model_dir, tmp_path, monkeypatch, caps
             "--task", {"unknown_task": "rtee", "test_only": "ax"}.get(case, "rte"), "--seed", "1",
             "--output-dir", str(out), "--max-steps", "1", "--results-dir", str(tmp_path)]
     argv += {"hub_offline": ["--hub-id", "nyu-mll/glue"], "no_source": []}.get(case, ["--data-dir", str(data)])
+    if case == "init_without_model":
+        argv += ["--init-from", str(tmp_path / "mnli" / "model")]
     assert run_cli(argv, monkeypatch) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("electra-ds finetune: error: ") and expected in err[-1]
@@ -232,3 +264,62 @@ def test_out_of_range_option(model_dir, tmp_path, monkeypatch, capsys):
             str(tmp_path / "out"), "--data-dir", str(tmp_path), "--layer-decay", "1.5", "--results-dir", str(tmp_path)]
     assert run_cli(argv, monkeypatch) == 2
     assert "field '--layer-decay': 1.5 is out of range; must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_device_selection(monkeypatch, model_dir, tmp_path, capsys):
+    import torch
+
+    from electra_ds.finetune import _pick_device
+
+    assert _pick_device("cpu").type == "cpu"
+    if torch.cuda.is_available():  # the first GPU the job sees (CUDA_VISIBLE_DEVICES renumbers from 0)
+        assert _pick_device("auto") == torch.device("cuda", 0)
+        return
+    assert _pick_device("auto").type == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir",
+            str(tmp_path / "out"), "--data-dir", str(_rte_copy(tmp_path, [["index", "sentence1", "sentence2", "label"],
+                                                                        [0, "a", "b", "entailment"]])),
+            "--device", "cuda", "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "field '--device': no usable GPU (CUDA_VISIBLE_DEVICES=''" in err and not (tmp_path / "out").exists()
+
+
+@needs_glue
+def test_real_tasks_to_leaderboard_zip(model_dir, tmp_path, monkeypatch):
+    """RTE, MRPC, CoLA and STS-B from the real files, two seeds each, then evaluate with the submission."""
+    import zipfile
+
+    from electra_ds.submission import OFFICIAL_TEST_ROWS
+
+    paths = []
+    for name in ("rte", "mrpc", "cola", "stsb"):
+        for seed in ("1", "2"):
+            out = tmp_path / "ft" / name / f"seed{seed}"
+            argv = ["finetune", "--model-dir", str(model_dir), "--task", name, "--seed", seed, "--output-dir",
+                    str(out), "--data-dir", str(GLUE_DIR), "--max-train-examples", "32", "--max-steps", "1",
+                    "--threads", "1", "--max-length", "48", "--batch-size", "16", "--results-dir", str(tmp_path)]
+            assert run_cli(argv, monkeypatch) == 0
+            paths.append(str(out / "metrics.json"))
+    ev = tmp_path / "evaluate"
+    argv = ["evaluate", "--metrics", *paths, "--output-json", str(ev / "results.json"), "--output-md",
+            str(ev / "results.md"), "--submission-zip", str(ev / "glue_submission.zip"), "--results-dir", str(tmp_path)]
+    assert run_cli(argv, monkeypatch) == 0
+    summary = json.loads((ev / "results.json").read_text())
+    assert summary["glue_score"]["tasks"] == ["cola", "mrpc", "stsb", "rte"]
+    assert set(summary["glue_score_common"]["entries"]) == {"CoLA", "MRPC", "STS-B", "RTE"}
+    assert all(summary["tasks"][t]["n_seeds"] == 2 for t in ("rte", "mrpc", "cola", "stsb"))
+    with zipfile.ZipFile(ev / "glue_submission.zip") as zf:
+        assert zf.namelist() == ["CoLA.tsv", "MRPC.tsv", "STS-B.tsv", "RTE.tsv"]
+        for fname, task in [("CoLA.tsv", "cola"), ("MRPC.tsv", "mrpc"), ("STS-B.tsv", "stsb"), ("RTE.tsv", "rte")]:
+            lines = zf.read(fname).decode().splitlines()
+            assert lines[0] == "index\tprediction" and len(lines) - 1 == OFFICIAL_TEST_ROWS[fname]
+            assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(OFFICIAL_TEST_ROWS[fname]))
+            values = {line.split("\t")[1] for line in lines[1:]}
+            if task == "stsb":
+                assert all(0.0 <= float(v) <= 5.0 for v in values)
+            else:
+                assert values <= set(get_task(task).labels)
+    assert summary["submission"]["missing"] == ["SST-2.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv",
+                                                "WNLI.tsv", "AX.tsv"]

@@ -1,42 +1,97 @@
-# Fine-tuning: one job per (task, seed), then one evaluation table.
+# Fine-tuning: one job per (task, seed), so a cluster runs them side by side; then one evaluation
+# job (tables, comparison with published and earlier runs, plots, GLUE leaderboard zip).
+
+FT = config["finetune"]
+MNLI_INIT_TASKS = ("rte", "mrpc", "stsb")  # the ELECTRA paper starts these from the MNLI model
+HAS_GLUE = any(not get_task(t).is_probe for t in FT["tasks"])
+
+
+def starts_from_mnli(task):
+    return FT["init_from_mnli"] and get_task(task).name in MNLI_INIT_TASKS
+
+
+def mnli_dir(seed):
+    return f"{R}/finetune/mnli/seed{seed}"
+
+
+def finetune_job_inputs(wildcards):
+    """The exported model (and probes); with init_from_mnli, RTE/MRPC/STS-B wait for MNLI of the same seed."""
+    inputs = finetune_inputs(wildcards)
+    if starts_from_mnli(wildcards.task):
+        inputs["mnli"] = f"{mnli_dir(wildcards.seed)}/metrics.json"
+    return inputs
+
+
+def finetune_model_args(wildcards):
+    """--init-from for tasks started from MNLI; --keep-model where the weights are wanted or needed."""
+    args = []
+    if starts_from_mnli(wildcards.task):
+        args.append(f"--init-from {shlex.quote(mnli_dir(wildcards.seed) + '/model')}")
+    mnli_needed = wildcards.task == "mnli" and any(starts_from_mnli(t) for t in FT["tasks"])
+    if FT["keep_model"] or mnli_needed:
+        args.append("--keep-model")
+    return " ".join(args)
 
 
 rule finetune:
     input:
-        unpack(finetune_inputs),
+        unpack(finetune_job_inputs),
     output:
         metrics=f"{R}/finetune/{{task}}/seed{{seed}}/metrics.json",
         predictions=f"{R}/finetune/{{task}}/seed{{seed}}/test_predictions.tsv",
     params:
         data=finetune_data_args,
         out=lambda wildcards: f"{R}/finetune/{wildcards.task}/seed{wildcards.seed}",
-        epochs=lambda wildcards: f"--epochs {config['finetune']['epochs']}" if config["finetune"]["epochs"] else "",
+        epochs=lambda wildcards: f"--epochs {FT['epochs']}" if FT["epochs"] else "",
+        model=finetune_model_args,
+        device="cuda" if FT["gpus"] else "auto",
         track=track,
-    threads: config["finetune"]["threads"]
+    threads: FT["threads"]
     log:
         f"{R}/logs/finetune/{{task}}-seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{{task}}-seed{{seed}}.tsv"
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=FT["mem_mb"],
+        runtime=FT["runtime"],
+        gpu=FT["gpus"],
     shell:
         "electra-ds finetune --model-dir {input.model}/discriminator --task {wildcards.task} --seed {wildcards.seed} "
-        "--output-dir {params.out} {params.data} {params.epochs} "
+        "--output-dir {params.out} {params.data} {params.epochs} {params.model} --device {params.device} "
         "--learning-rate {config[finetune][learning_rate]} --layer-decay {config[finetune][layer_decay]} "
         "--batch-size {config[finetune][batch_size]} --max-length {config[finetune][max_length]} "
+        "--warmup-fraction {config[finetune][warmup_fraction]} "
         "--max-train-examples {config[finetune][max_train_examples]} --threads {threads} "
         "--rule {rule} {params.track} > {log} 2>&1"
 
 
+EVALUATE_OUTPUTS = {
+    "json": f"{R}/evaluate/results.json",
+    "md": report(f"{R}/evaluate/results.md", caption="../report/results.rst", category="Evaluation"),
+    "html": report(f"{R}/evaluate/results.html", caption="../report/results_html.rst", category="Evaluation"),
+    "loss_plot": report(f"{R}/evaluate/pretrain_loss.png", caption="../report/pretrain_loss.rst",
+                        category="Pretraining"),
+    "scores_plot": report(f"{R}/evaluate/task_scores.png", caption="../report/task_scores.rst",
+                          category="Evaluation"),
+}
+if HAS_GLUE:  # the leaderboard zip only when GLUE tasks are fine-tuned (never for probes)
+    EVALUATE_OUTPUTS["submission"] = report(f"{R}/evaluate/glue_submission.zip",
+                                            caption="../report/submission.rst", category="Submission")
+
+
 rule evaluate:
     input:
-        expand(f"{R}/finetune/{{task}}/seed{{seed}}/metrics.json",
-               task=config["finetune"]["tasks"], seed=config["finetune"]["seeds"]),
+        metrics=expand(f"{R}/finetune/{{task}}/seed{{seed}}/metrics.json", task=FT["tasks"], seed=FT["seeds"]),
+        predictions=expand(f"{R}/finetune/{{task}}/seed{{seed}}/test_predictions.tsv", task=FT["tasks"],
+                           seed=FT["seeds"]),
+        pretrain=rules.pretrain.output.summary,
     output:
-        json=f"{R}/evaluate/results.json",
-        md=report(f"{R}/evaluate/results.md", caption="../report/results.rst", category="Evaluation"),
+        **EVALUATE_OUTPUTS,
     params:
+        pretrain_log=f"{R}/logs/pretrain.log",
+        submission=lambda wildcards, output: (
+            f"--submission-zip {output.submission} --submission-seed {config['evaluate']['submission_seed']}"
+            if HAS_GLUE else ""),
         track=track,
     log:
         f"{R}/logs/evaluate.log",
@@ -46,5 +101,7 @@ rule evaluate:
         mem_mb=2000,
         runtime=10,
     shell:
-        "electra-ds evaluate --metrics {input} --output-json {output.json} --output-md {output.md} "
-        "--rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds evaluate --metrics {input.metrics} --output-json {output.json} --output-md {output.md} "
+        "--output-html {output.html} --loss-plot {output.loss_plot} --scores-plot {output.scores_plot} "
+        "--pretrain-log {params.pretrain_log} {params.submission} "
+        "--compare-runs {config[evaluate][compare_runs]} --rule {rule} {params.track} > {log} 2>&1"
