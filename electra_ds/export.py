@@ -38,7 +38,11 @@ def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag).items()}
+    from electra_ds.checkpoint import weights_only_loading
+
+    with weights_only_loading():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    return {k: v.float() for k, v in state.items()}
 
 
 def run(args, tracker) -> None:

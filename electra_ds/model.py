@@ -68,23 +68,56 @@ def electra_configs(shape: ModelShape):
     return disc, gen
 
 
-def mask_positions(input_ids: torch.Tensor, mask_prob: float, generator: torch.Generator | None = None):
-    """Choose round(n_real_tokens x mask_prob) positions per row (at least one), never specials."""
+def masks_per_row(input_ids, mask_prob: float):
+    """How many positions each row masks: round(n_candidates x mask_prob), at least one (numpy or torch)."""
     candidates = (input_ids != PAD_ID) & (input_ids != CLS_ID) & (input_ids != SEP_ID)
-    n_candidates = candidates.sum(dim=1)
-    n_mask = torch.clamp(torch.round(n_candidates.float() * mask_prob).long(), min=1)
-    n_mask = torch.minimum(n_mask, n_candidates)
-    scores = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    n_candidates = candidates.sum(1)
+    if isinstance(input_ids, torch.Tensor):
+        n_mask = torch.clamp(torch.round(n_candidates.double() * mask_prob).long(), min=1)
+        return candidates, torch.minimum(n_mask, n_candidates)
+    import numpy as np
+
+    n_mask = np.maximum(np.round(n_candidates.astype(np.float64) * mask_prob).astype(np.int64), 1)
+    return candidates, np.minimum(n_mask, n_candidates)
+
+
+def mask_positions(input_ids: torch.Tensor, mask_prob: float, scores: torch.Tensor) -> torch.Tensor:
+    """Choose round(n_real_tokens x mask_prob) positions per row (at least one), never specials; ``scores``
+    are uniform draws of the same shape deciding which."""
+    candidates, n_mask = masks_per_row(input_ids, mask_prob)
     scores = scores.masked_fill(~candidates, 2.0)  # candidates first when sorted ascending
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return ranks < n_mask.unsqueeze(1)
 
 
-def gumbel_sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample from softmax(logits) with the Gumbel-max trick."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(u.clamp_(1e-9, 1.0 - 1e-9)))
+def gumbel_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Sample from softmax(logits) with the Gumbel-max trick, given uniform draws of the same shape."""
+    gumbel = -torch.log(-torch.log(uniform.float().clamp(1e-9, 1.0 - 1e-9)))
     return (logits.float() + gumbel).argmax(dim=-1)
+
+
+class RowRandom:
+    """Random draws per sequence from its own seed, so an example gets the same masks and samples whatever
+    micro-batch, rank or world size it lands in (``seeds=None``: torch's global generator)."""
+
+    def __init__(self, seeds, batch: int, device):
+        self.device = device
+        self.batch = batch
+        self.generators = None if seeds is None else [
+            torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def rows(self, *shape) -> torch.Tensor:
+        """(batch, *shape) uniform draws."""
+        if self.generators is None:
+            return torch.rand((self.batch, *shape), device=self.device)
+        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.generators])
+
+    def ragged(self, counts, width: int) -> torch.Tensor:
+        """(sum(counts), width) uniform draws, counts[i] rows from sequence i's stream."""
+        if self.generators is None:
+            return torch.rand((int(sum(counts)), width), device=self.device)
+        return torch.cat([torch.rand((int(c), width), generator=g, device=self.device)
+                          for g, c in zip(self.generators, counts)])
 
 
 def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
@@ -114,13 +147,22 @@ class ElectraPretrainer(nn.Module):
         self.generator.electra.embeddings = self.discriminator.electra.embeddings
         self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def forward(self, input_ids: torch.Tensor, seeds=None, gen_denominator: float | None = None,
+                disc_denominator: float | None = None) -> dict:
+        """One ELECTRA step on ``input_ids`` (B, L).
+
+        ``seeds``: one seed per row for every random draw (see :class:`RowRandom`). The losses are token
+        means over this micro-batch, or, with ``*_denominator`` given, sums divided by them: the trainer
+        passes the global batch's token counts / (world x accumulation) so the gradient is the exact
+        token-level mean over the global batch, however it is split across ranks and micro-batches.
+        """
         attention_mask = (input_ids != PAD_ID).long()
         token_type_ids = token_type_ids_for(input_ids)
+        rand = RowRandom(seeds, input_ids.shape[0], input_ids.device)
+        draws = rand.rows(2, input_ids.shape[1])
 
-        masked = mask_positions(input_ids, self.mask_prob, generator)
-        use_mask_token = masked & (torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-                                   < self.mask_replace_prob)
+        masked = mask_positions(input_ids, self.mask_prob, draws[:, 0])
+        use_mask_token = masked & (draws[:, 1] < self.mask_replace_prob)
         generator_input = input_ids.masked_fill(use_mask_token, MASK_ID)
 
         # Generator: hidden states everywhere, vocabulary logits only at masked positions.
@@ -129,10 +171,11 @@ class ElectraPretrainer(nn.Module):
         hidden = hidden[masked]
         gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden))
         originals = input_ids[masked]
-        gen_loss = F.cross_entropy(gen_logits.float(), originals)
+        gen_losses = F.cross_entropy(gen_logits.float(), originals, reduction="none")
+        gen_loss = gen_losses.sum() / gen_denominator if gen_denominator else gen_losses.mean()
 
         with torch.no_grad():
-            sampled = gumbel_sample(gen_logits.detach(), generator)
+            sampled = gumbel_sample(gen_logits.detach(), rand.ragged(masked.sum(1).tolist(), gen_logits.shape[-1]))
             disc_input = input_ids.clone()
             disc_input[masked] = sampled
             replaced = (disc_input != input_ids)
@@ -140,7 +183,8 @@ class ElectraPretrainer(nn.Module):
         disc_logits = self.discriminator(disc_input, attention_mask=attention_mask,
                                          token_type_ids=token_type_ids).logits.float()
         real = attention_mask.bool()
-        disc_loss = F.binary_cross_entropy_with_logits(disc_logits[real], replaced[real].float())
+        disc_losses = F.binary_cross_entropy_with_logits(disc_logits[real], replaced[real].float(), reduction="none")
+        disc_loss = disc_losses.sum() / disc_denominator if disc_denominator else disc_losses.mean()
         loss = gen_loss + self.disc_weight * disc_loss
 
         with torch.no_grad():

@@ -7,8 +7,9 @@ every random draw (masking, sampling, dropout) is seeded from (seed, step, rank,
 restart from a checkpoint therefore continues exactly where the run stopped.
 
 Outputs under ``--output-dir``: ``checkpoints/<tag>/`` (DeepSpeed, the last N kept, ``latest``
-written only after a complete save) and ``summary.json`` (final metrics and the checkpoint to
-export), written last and atomically.
+written only after a complete save), ``train_log.jsonl`` (one line of metrics per log interval and
+validation pass; cut back to the checkpoint on resume) and ``summary.json`` (final metrics and the
+checkpoint to export), written last and atomically.
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def global_batch_indices(n_examples: int, global_batch: int, step: int, seed: in
     epoch, within = divmod(step, steps_per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
     return perm[within * global_batch:(within + 1) * global_batch]
+
+
+def global_token_counts(global_ids: np.ndarray, mask_prob: float) -> tuple[float, float]:
+    """(masked positions, real tokens) in the whole global batch: known from the ids alone."""
+    from electra_ds.model import masks_per_row
+
+    _, n_mask = masks_per_row(global_ids, mask_prob)
+    return float(n_mask.sum()), float((global_ids != 0).sum())
 
 
 def rank_micro_batches(indices: np.ndarray, rank: int, world: int, micro: int) -> list[np.ndarray]:
@@ -165,7 +174,10 @@ def run(args, tracker) -> None:
 
     start_step = 0
     if (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
+        from electra_ds.checkpoint import weights_only_loading
+
+        with weights_only_loading():
+            _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
         if client is None:
             raise UserError("the latest checkpoint could not be loaded", path=ckpt_dir,
                             fix="delete the incomplete checkpoint directory named in 'latest'")
@@ -174,6 +186,7 @@ def run(args, tracker) -> None:
                             fix="use a new results directory or delete the old checkpoints")
         start_step = int(client["step"])
         log.info("resumed from %s at step %d", ckpt_dir, start_step)
+    train_log = TrainLog(out / "train_log.jsonl", start_step) if rank == 0 else None
 
     if rank == 0:
         tracker.log_params({"model": shape.to_dict(), "global_batch_size": args.global_batch_size,
@@ -195,12 +208,14 @@ def run(args, tracker) -> None:
     while step < args.max_steps:
         engine.train()
         indices = global_batch_indices(len(train), args.global_batch_size, step, args.seed)
+        n_masked, n_real = global_token_counts(train.batch(indices), args.mask_prob)
+        parts = world * accum  # each micro-batch's loss sum is divided by the global count / parts
         for m, rows in enumerate(rank_micro_batches(indices, rank, world, micro)):
-            seed = step_seed(args.seed, step, rank, m)
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=device).manual_seed(seed)
+            first_row = rank * (len(indices) // world) + m * micro  # position in the global batch
+            torch.manual_seed(step_seed(args.seed, step, rank, m))  # dropout
+            seeds = [step_seed(args.seed, step, 0, first_row + i) for i in range(len(rows))]
             batch = torch.from_numpy(train.batch(rows)).to(device)
-            outputs = engine(batch, generator=gen)
+            outputs = engine(batch, seeds=seeds, gen_denominator=n_masked / parts, disc_denominator=n_real / parts)
             engine.backward(outputs["loss"])
             engine.step()
             acc[:4] += torch.stack([outputs["loss"].detach().double(), outputs["gen_loss"].double(),
@@ -229,6 +244,7 @@ def run(args, tracker) -> None:
                 last["mfu"] = last["model_tflops"] / (args.peak_tflops * world)
             if rank == 0:
                 tracker.log_metrics({f"train/{k}": v for k, v in last.items()}, step=step)
+                train_log.write("train", step, last)
                 eta = (time.time() - t_start) / max(step - start_step, 1) * (args.max_steps - step)
                 log.info("step %d/%d [%3.0f%%] loss %.4f gen %.4f disc %.4f gen_acc %.3f disc_acc %.3f lr %.2e "
                          "%.0f tok/s eta %s", step, args.max_steps, 100 * step / args.max_steps, last["loss"],
@@ -238,7 +254,7 @@ def run(args, tracker) -> None:
             tokens_since, t_last = 0.0, time.time()
 
         if valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            _evaluate(engine, valid, args, rank, world, micro, step, tracker)
+            _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
 
         due_time = args.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * args.checkpoint_minutes
         due_time = _agree(due_time, device)
@@ -246,7 +262,9 @@ def run(args, tracker) -> None:
             _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank)
             last_ckpt_time = time.time()
 
-    final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker) if valid is not None else {}
+    final_valid = {}
+    if valid is not None:
+        final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
     if rank == 0:
         tag = (ckpt_dir / "latest").read_text().strip()
         write_json(out / "summary.json", {
@@ -255,6 +273,23 @@ def run(args, tracker) -> None:
             "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
             "seconds": time.time() - t_start})
     torch.distributed.barrier()
+
+
+class TrainLog:
+    """``train_log.jsonl``: metrics per log interval; on resume, lines past the checkpoint are dropped so the
+    file always describes one uninterrupted run."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, split: str, step: int, metrics: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"split": split, "step": step, **metrics}) + "\n")
 
 
 def _open_optional(shard_dir, split):
@@ -302,7 +337,7 @@ def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: 
         log.info("checkpoint %s saved", tag)
 
 
-def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker) -> dict:
+def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker, train_log) -> dict:
     import torch
 
     from electra_ds.model import summarise_stats
@@ -313,8 +348,9 @@ def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int,
     acc = torch.zeros(4 + 7, dtype=torch.float64, device=engine.device)
     with torch.no_grad():
         for i in range(0, len(rows), micro):
-            gen = torch.Generator(device=engine.device).manual_seed(step_seed(args.seed, EVAL_STREAM, 0, int(rows[i])))
-            out = engine(torch.from_numpy(valid.batch(rows[i:i + micro])).to(engine.device), generator=gen)
+            part = rows[i:i + micro]
+            seeds = [step_seed(args.seed, EVAL_STREAM, 0, int(r)) for r in part]  # the same draws at every eval
+            out = engine(torch.from_numpy(valid.batch(part)).to(engine.device), seeds=seeds)
             acc[:4] += torch.stack([out["loss"].double(), out["gen_loss"].double(), out["disc_loss"].double(),
                                     torch.ones((), dtype=torch.float64, device=engine.device)])
             acc[4:] += out["stats"].double()
@@ -324,6 +360,7 @@ def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int,
                **summarise_stats(acc[4:].float().cpu())}
     if rank == 0:
         tracker.log_metrics({f"valid/{key}": v for key, v in metrics.items()}, step=step)
+        train_log.write("valid", step, metrics)
         log.info("valid at step %d: loss %.4f gen_acc %.3f disc_acc %.3f", step, metrics["loss"],
                  metrics["gen_acc"], metrics["disc_acc"])
     engine.train()

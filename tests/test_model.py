@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.model import (ElectraPretrainer, ModelShape, electra_configs, gumbel_sample, mask_positions,
-                              summarise_stats, token_type_ids_for)
+from electra_ds.model import (ElectraPretrainer, ModelShape, RowRandom, electra_configs, gumbel_sample,
+                              mask_positions, summarise_stats, token_type_ids_for)
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
                    intermediate_size=128, max_position_embeddings=64, dropout=0.0)
@@ -26,7 +26,7 @@ def batch(rows=8, length=40, pad_from=30):
 
 def test_mask_positions_count_and_never_specials():
     ids = batch()
-    masked = mask_positions(ids, 0.15, torch.Generator().manual_seed(1))
+    masked = mask_positions(ids, 0.15, torch.rand(ids.shape))
     real = (ids != PAD_ID) & (ids != CLS_ID) & (ids != SEP_ID)
     assert not (masked & ~real).any()
     expected = torch.clamp(torch.round(real.sum(1).float() * 0.15), min=1).long()
@@ -50,7 +50,7 @@ def test_embeddings_are_shared_and_lm_head_tied():
 def test_loss_is_mlm_plus_weighted_detection_and_mask_token_share():
     torch.manual_seed(0)
     model = ElectraPretrainer(SHAPE, disc_weight=50.0).eval()
-    out = model(batch(rows=64), generator=torch.Generator().manual_seed(3))
+    out = model(batch(rows=64), seeds=range(64))
     assert math.isclose(out["loss"].item(), out["gen_loss"].item() + 50 * out["disc_loss"].item(), rel_tol=1e-5)
     stats = summarise_stats(out["stats"])
     assert 0 <= stats["disc_acc"] <= 1 and 0 <= stats["gen_acc"] <= 1
@@ -69,11 +69,11 @@ def test_85_percent_of_masked_positions_become_mask_token(monkeypatch):
 
     monkeypatch.setattr(model.generator.electra, "forward", spy)
     ids = batch(rows=256, length=60, pad_from=59)
-    model(ids, generator=torch.Generator().manual_seed(5))
+    model(ids, seeds=range(256))
     is_mask = seen["ids"] == MASK_ID
     changed = seen["ids"] != ids
     assert torch.equal(is_mask, changed)  # only [MASK] replacements, nothing random
-    masked_total = mask_positions(ids, 0.15, torch.Generator().manual_seed(5)).sum().item()
+    masked_total = mask_positions(ids, 0.15, RowRandom(range(256), 256, "cpu").rows(2, 60)[:, 0]).sum().item()
     frac = is_mask.sum().item() / masked_total
     assert 0.80 < frac < 0.90
 
@@ -81,7 +81,7 @@ def test_85_percent_of_masked_positions_become_mask_token(monkeypatch):
 def test_sample_equal_to_original_is_not_replaced():
     """A generator that always predicts the original token leaves nothing 'replaced'."""
     ids = batch()
-    masked = mask_positions(ids, 0.15, torch.Generator().manual_seed(9))
+    masked = mask_positions(ids, 0.15, RowRandom(range(8), 8, "cpu").rows(2, ids.shape[1])[:, 0])
     originals = ids[masked]
 
     class OracleHead(torch.nn.Module):
@@ -93,7 +93,7 @@ def test_sample_equal_to_original_is_not_replaced():
     model = ElectraPretrainer(SHAPE).eval()
     model.generator.generator_predictions = torch.nn.Identity()
     model.generator.generator_lm_head = OracleHead()
-    out = model(ids, generator=torch.Generator().manual_seed(9))
+    out = model(ids, seeds=range(8))
     s = dict(zip(("gen_correct", "masked", "disc_correct", "tokens", "tp", "pred", "replaced"), out["stats"].tolist()))
     assert s["masked"] == masked.sum().item()
     assert s["replaced"] == 0 and s["gen_correct"] == s["masked"]
@@ -101,7 +101,7 @@ def test_sample_equal_to_original_is_not_replaced():
 
 def test_gumbel_sampling_matches_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
-    samples = gumbel_sample(logits, torch.Generator().manual_seed(0))
+    samples = gumbel_sample(logits, torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(samples, minlength=4).float() / len(samples)
     assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
 
@@ -121,6 +121,28 @@ def test_attention_implementations_agree(attn):
     other = ElectraPretrainer(ModelShape(**{**SHAPE.to_dict(), "attn_implementation": attn})).eval()
     other.load_state_dict(ref.state_dict())
     ids = batch()
-    a = ref(ids, generator=torch.Generator().manual_seed(1))
-    b = other(ids, generator=torch.Generator().manual_seed(1))
+    a = ref(ids, seeds=range(8))
+    b = other(ids, seeds=range(8))
     assert torch.allclose(a["loss"], b["loss"], atol=1e-4)
+
+
+def test_rows_get_the_same_draws_in_any_micro_batch_split():
+    """Per-row seeds and global denominators: two half batches give the full batch's loss and gradient."""
+    torch.manual_seed(0)
+    model = ElectraPretrainer(SHAPE).eval()  # no dropout
+    ids = batch(rows=8)
+    from electra_ds.pretrain import global_token_counts
+
+    n_masked, n_real = global_token_counts(ids.numpy(), 0.15)
+    full = model(ids, seeds=range(8), gen_denominator=n_masked, disc_denominator=n_real)
+    full["loss"].backward()
+    grad_full = model.discriminator.electra.embeddings.word_embeddings.weight.grad.clone()
+    model.zero_grad()
+    halves = [model(ids[i:i + 4], seeds=range(i, i + 4), gen_denominator=n_masked / 2, disc_denominator=n_real / 2)
+              for i in (0, 4)]
+    loss = sum(h["loss"] for h in halves) / 2  # DeepSpeed averages the parts' gradients over ranks/accumulation
+    loss.backward()
+    assert torch.allclose(loss, full["loss"], atol=1e-5)
+    assert torch.equal(halves[0]["stats"] + halves[1]["stats"], full["stats"])
+    grad_halves = model.discriminator.electra.embeddings.word_embeddings.weight.grad
+    assert torch.allclose(grad_halves, grad_full, atol=1e-6)
