@@ -54,8 +54,9 @@ def run(args, tracker) -> None:
     summary = read_json(args.pretrain_summary)
     tag = args.tag or summary["tag"]
     shape = ModelShape(**summary["model"])
+    objective = summary.get("objective", "electra")
     state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
-    model = ElectraPretrainer(shape)
+    model = ElectraPretrainer(shape, objective=objective)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied/shared tensors may be stored once under either name.
     tied = {"generator.generator_lm_head.weight"} | {k for k in missing if k.startswith("generator.electra.embeddings.")}
@@ -63,6 +64,14 @@ def run(args, tracker) -> None:
         raise UserError(f"checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
                         f"unexpected {sorted(unexpected)[:5]})", path=summary["checkpoint_dir"])
     model.eval()
+    if objective == "mlm":
+        # The MLM baseline has no discriminator: fine-tuning starts from its encoder, so export it as one
+        # (a new, untrained replaced-token head on top) next to the MLM itself.
+        from transformers import ElectraForPreTraining
+
+        model.discriminator = ElectraForPreTraining(model.generator.config)
+        model.discriminator.electra.load_state_dict(model.generator.electra.state_dict())
+        model.discriminator.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:

@@ -127,19 +127,41 @@ def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
     return (((is_sep.cumsum(dim=1) - is_sep) > 0) & (input_ids != PAD_ID)).long()
 
 
+OBJECTIVES = ("electra", "mlm", "adversarial")
+
+
 class ElectraPretrainer(nn.Module):
-    """Generator + discriminator trained jointly on replaced token detection."""
+    """Generator + discriminator trained jointly on replaced token detection.
+
+    ``objective``:
+
+    * ``electra`` (default): generator MLM loss + ``disc_weight`` x replaced-token detection;
+    * ``mlm``: a BERT-style masked-LM baseline on the discriminator-sized backbone (80% [MASK], 10% random,
+      10% unchanged), for comparisons at equal compute; the "generator" is then the full-size MLM and no
+      discriminator is trained;
+    * ``adversarial`` (experimental; the paper found it worse): the generator is also trained to fool the
+      discriminator by policy gradient (REINFORCE, reward = the discriminator's loss on the sampled token,
+      batch-mean baseline), added to ``adversarial_mle_weight`` x its MLM loss.
+    """
 
     def __init__(self, shape: ModelShape, mask_prob: float = 0.15, mask_replace_prob: float = 0.85,
-                 disc_weight: float = 50.0):
+                 disc_weight: float = 50.0, objective: str = "electra", adversarial_mle_weight: float = 1.0):
         super().__init__()
         from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         self.shape = shape
+        self.objective = objective
         self.mask_prob = mask_prob
         self.mask_replace_prob = mask_replace_prob
         self.disc_weight = disc_weight
+        self.adversarial_mle_weight = adversarial_mle_weight
         disc_config, gen_config = electra_configs(shape)
+        if objective == "mlm":
+            self.generator = ElectraForMaskedLM(disc_config)
+            self.discriminator = None
+            return
         self.discriminator = ElectraForPreTraining(disc_config)
         self.generator = ElectraForMaskedLM(gen_config)
         # Share token, position and type embeddings (and their LayerNorm); the generator's output
@@ -149,7 +171,7 @@ class ElectraPretrainer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, seeds=None, gen_denominator: float | None = None,
                 disc_denominator: float | None = None) -> dict:
-        """One ELECTRA step on ``input_ids`` (B, L).
+        """One pretraining step on ``input_ids`` (B, L).
 
         ``seeds``: one seed per row for every random draw (see :class:`RowRandom`). The losses are token
         means over this micro-batch, or, with ``*_denominator`` given, sums divided by them: the trainer
@@ -159,11 +181,17 @@ class ElectraPretrainer(nn.Module):
         attention_mask = (input_ids != PAD_ID).long()
         token_type_ids = token_type_ids_for(input_ids)
         rand = RowRandom(seeds, input_ids.shape[0], input_ids.device)
-        draws = rand.rows(2, input_ids.shape[1])
+        draws = rand.rows(3, input_ids.shape[1])
 
         masked = mask_positions(input_ids, self.mask_prob, draws[:, 0])
-        use_mask_token = masked & (draws[:, 1] < self.mask_replace_prob)
-        generator_input = input_ids.masked_fill(use_mask_token, MASK_ID)
+        if self.objective == "mlm":  # BERT: 80% [MASK], 10% a random token, 10% unchanged
+            use_mask_token = masked & (draws[:, 1] < 0.8)
+            use_random = masked & (draws[:, 1] >= 0.8) & (draws[:, 1] < 0.9)
+            random_ids = 5 + (draws[:, 2] * (self.shape.vocab_size - 5)).long()
+            generator_input = torch.where(use_random, random_ids, input_ids.masked_fill(use_mask_token, MASK_ID))
+        else:  # ELECTRA: 85% [MASK], 15% unchanged
+            use_mask_token = masked & (draws[:, 1] < self.mask_replace_prob)
+            generator_input = input_ids.masked_fill(use_mask_token, MASK_ID)
 
         # Generator: hidden states everywhere, vocabulary logits only at masked positions.
         hidden = self.generator.electra(generator_input, attention_mask=attention_mask,
@@ -173,6 +201,12 @@ class ElectraPretrainer(nn.Module):
         originals = input_ids[masked]
         gen_losses = F.cross_entropy(gen_logits.float(), originals, reduction="none")
         gen_loss = gen_losses.sum() / gen_denominator if gen_denominator else gen_losses.mean()
+        real = attention_mask.bool()
+        gen_correct = (gen_logits.detach().argmax(-1) == originals).float().sum()
+        if self.objective == "mlm":
+            zero = torch.zeros((), device=input_ids.device)
+            stats = torch.stack([gen_correct, masked.sum().float(), zero, real.sum().float(), zero, zero, zero])
+            return {"loss": gen_loss, "gen_loss": gen_loss.detach(), "disc_loss": zero, "stats": stats}
 
         with torch.no_grad():
             sampled = gumbel_sample(gen_logits.detach(), rand.ragged(masked.sum(1).tolist(), gen_logits.shape[-1]))
@@ -182,15 +216,22 @@ class ElectraPretrainer(nn.Module):
 
         disc_logits = self.discriminator(disc_input, attention_mask=attention_mask,
                                          token_type_ids=token_type_ids).logits.float()
-        real = attention_mask.bool()
-        disc_losses = F.binary_cross_entropy_with_logits(disc_logits[real], replaced[real].float(), reduction="none")
+        disc_losses_all = F.binary_cross_entropy_with_logits(disc_logits, replaced.float(), reduction="none")
+        disc_losses = disc_losses_all[real]
         disc_loss = disc_losses.sum() / disc_denominator if disc_denominator else disc_losses.mean()
         loss = gen_loss + self.disc_weight * disc_loss
+        if self.objective == "adversarial":
+            reward = disc_losses_all[masked].detach()  # the generator wants the discriminator to be wrong
+            log_prob = F.log_softmax(gen_logits.float(), -1).gather(1, sampled.unsqueeze(1)).squeeze(1)
+            policy = -((reward - reward.mean()) * log_prob)
+            policy_loss = policy.sum() / gen_denominator if gen_denominator else policy.mean()
+            gen_objective = self.adversarial_mle_weight * gen_loss + policy_loss
+            loss = gen_objective + self.disc_weight * disc_loss
 
         with torch.no_grad():
             disc_pred = disc_logits > 0
             stats = torch.stack([
-                (gen_logits.argmax(-1) == originals).float().sum(),  # generator correct
+                gen_correct,                                          # generator correct
                 masked.sum().float(),                                 # masked positions
                 (disc_pred == replaced)[real].float().sum(),          # discriminator correct
                 real.sum().float(),                                   # real tokens

@@ -37,6 +37,10 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="{}", help="JSON model shape: embedding_size, hidden_size, num_layers, "
                    "num_heads, intermediate_size, generator_fraction, dropout, attn_implementation")
+    g.add_argument("--objective", default="electra", choices=["electra", "mlm", "adversarial"],
+                   help="electra; mlm = BERT-style baseline on the same backbone; adversarial = experimental")
+    g.add_argument("--adversarial-mle-weight", type=float, default=1.0,
+                   help="adversarial objective: weight of the generator's MLM loss beside the policy gradient")
     g.add_argument("--mask-prob", type=float, default=0.15)
     g.add_argument("--disc-weight", type=float, default=50.0)
     g = p.add_argument_group("optimisation")
@@ -152,11 +156,13 @@ def run(args, tracker) -> None:
     shape = ModelShape(vocab_size=train.vocab_size, **shape_fields)
     shape.max_position_embeddings = max(shape.max_position_embeddings, train.max_seq_len)
     _check_token_ids(train, shape.vocab_size)
-    run_config = {"model": shape.to_dict(), "mask_prob": args.mask_prob, "disc_weight": args.disc_weight,
+    run_config = {"model": shape.to_dict(), "objective": args.objective, "mask_prob": args.mask_prob,
+                  "disc_weight": args.disc_weight,
                   "global_batch_size": args.global_batch_size, "max_seq_len": train.max_seq_len, "seed": args.seed}
 
     torch.manual_seed(args.seed)
-    model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight)
+    model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight, objective=args.objective,
+                              adversarial_mle_weight=args.adversarial_mle_weight)
     groups = param_groups(model, args.weight_decay)
     if offloads_optimizer(ds_cfg):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -193,7 +199,7 @@ def run(args, tracker) -> None:
                             "micro_batch_size": micro, "grad_accum": accum, "world_size": world,
                             "zero_stage": zero_stage(ds_cfg), "precision": args.precision,
                             "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
-                            "max_steps": args.max_steps, "mask_prob": args.mask_prob,
+                            "max_steps": args.max_steps, "mask_prob": args.mask_prob, "objective": args.objective,
                             "disc_weight": args.disc_weight, "seed": args.seed, "device": device_type,
                             "parameters": sum(p.numel() for p in model.parameters()),
                             "start_step": start_step})
@@ -270,6 +276,7 @@ def run(args, tracker) -> None:
         write_json(out / "summary.json", {
             "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
             "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
+            "objective": args.objective,
             "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
             "seconds": time.time() - t_start})
     torch.distributed.barrier()

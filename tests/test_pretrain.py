@@ -238,3 +238,27 @@ def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_p
                        for i, r in enumerate(resumed_log)]
     w_ref, w_resumed = final_weights(reference), final_weights(killed)
     assert all(torch.equal(w_ref[k], w_resumed[k]) for k in w_ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mlm", "adversarial"])
+def test_other_objectives_train_under_deepspeed_and_export(prepared, tmp_path, objective):
+    """ZeRO-0 on one process (stage 0 has its own export path), then the exported models load."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    out = tmp_path / "pretrain"
+    res = run_cli(["launch", "--nproc-per-node", "1", "--",
+                   *pretrain_args(prepared, out, stage=0, steps=4, extra=["--objective", objective])])
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = train_log(out)
+    assert all(r["loss"] == r["loss"] for r in log)  # finite, no NaN
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == objective and summary["zero_stage"] == 0
+    res = run_cli(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
+                   str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "export" / "generator")
+    # mlm: the MLM is discriminator-sized; electra/adversarial: generator_fraction 0.5 of 32
+    assert gen.config.hidden_size == (32 if objective == "mlm" else 16)
+    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export" / "discriminator", num_labels=2)
+    assert clf.config.hidden_size == 32

@@ -21,17 +21,29 @@ rule pretrain:
     resources:
         mem_mb=config["pretrain"]["mem_mb"],
         runtime=config["pretrain"]["runtime"],
+        # Under SLURM (profiles/slurm): one sbatch job of `nodes` nodes with one task per process (per GPU);
+        # `mpi` makes the job run this shell line directly, and the launcher starts the processes with
+        # `{resources.mpi} -n {resources.tasks} -N {resources.nodes} -c {resources.cpus_per_task} ...`.
+        # Locally the same line starts them with torchrun; these resources then only label the job.
         nodes=config["pretrain"]["nodes"],
         tasks=config["pretrain"]["nodes"] * config["pretrain"]["processes_per_node"],
+        mpi="srun",
+        cpus_per_task=max(1, config["pretrain"]["threads"] // config["pretrain"]["processes_per_node"]),
+        # GPUs per node as GRES (sbatch --gres=gpu:N, per node); tasks_per_gpu=0 keeps the plugin from
+        # adding --ntasks-per-gpu, which would bind each process to one GPU and hide its peers from NCCL.
+        **({"gres": f"gpu:{config['pretrain']['gpus_per_node']}", "tasks_per_gpu": 0}
+           if config["pretrain"]["gpus_per_node"] else {}),
     shell:
         "electra-ds launch --nproc-per-node {config[pretrain][processes_per_node]} "
-        "--nnodes {config[pretrain][nodes]} --launcher {config[pretrain][launcher]} -- "
+        "--nnodes {resources.nodes} --launcher {config[pretrain][launcher]} "
+        "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task} -- "
         "pretrain --shards {input.shards} --output-dir {params.out} --model {params.model} "
         "--ds-config {input.ds_config} --global-batch-size {config[pretrain][global_batch_size]} "
         "--micro-batch-size {config[pretrain][micro_batch_size]} --learning-rate {config[pretrain][learning_rate]} "
         "--weight-decay {config[pretrain][weight_decay]} --warmup-steps {config[pretrain][warmup_steps]} "
         "--max-steps {config[pretrain][max_steps]} --precision {config[pretrain][precision]} "
-        "--device {config[pretrain][device]} --mask-prob {config[pretrain][mask_prob]} "
+        "--device {config[pretrain][device]} --objective {config[pretrain][objective]} "
+        "--mask-prob {config[pretrain][mask_prob]} "
         "--disc-weight {config[pretrain][disc_weight]} --seed {config[seed]} "
         "--checkpoint-every {config[pretrain][checkpoint_every]} "
         "--checkpoint-minutes {config[pretrain][checkpoint_minutes]} "
