@@ -206,6 +206,7 @@ def run(args, tracker) -> None:
         log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s",
                  world, micro, accum, args.global_batch_size, zero_stage(ds_cfg), args.precision, device_type)
 
+    stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
     fpt = flops_per_token(shape, train.max_seq_len)
     acc = torch.zeros(4 + 7, dtype=torch.float64, device=device)  # loss, gen, disc, n, stats...
     t_last, tokens_since, last_ckpt_time, t_start = time.time(), 0.0, time.time(), time.time()
@@ -262,11 +263,15 @@ def run(args, tracker) -> None:
         if valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
             _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
 
-        due_time = args.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * args.checkpoint_minutes
-        due_time = _agree(due_time, device)
-        if step % args.checkpoint_every == 0 or step == args.max_steps or due_time:
+        minutes = (time.time() - last_ckpt_time) / 60
+        due_time = rank == 0 and 0 < args.checkpoint_minutes < minutes
+        due_time, stopping = _agree([due_time, stop_signal.received], device)
+        if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
             _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank)
             last_ckpt_time = time.time()
+        if stopping and step < args.max_steps:
+            raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
+                             f"in {ckpt_dir} -- run the same command (or rule) again to resume")
 
     final_valid = {}
     if valid is not None:
@@ -321,20 +326,40 @@ def _local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")).split("(")[0] or 1)
 
 
-def _agree(flag: bool, device) -> bool:
-    """All ranks act on rank 0's wall-clock decision."""
+class StopSignal:
+    """Remembers SIGTERM/SIGUSR1 (sent by SLURM before a time limit or on preemption) instead of dying."""
+
+    def __init__(self):
+        import signal
+
+        self.received = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+
+def _agree(flags: list, device) -> list[bool]:
+    """Every rank acts on a flag raised on any rank (one small all-reduce per step)."""
     import torch
 
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.broadcast(t, src=0)
-    return bool(t.item())
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int) -> None:
     import torch
 
     tag = f"step{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "run_config": run_config})
+    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, \
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE
+
+    # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this checkpoint for another world size.
+    client_state = {"step": step, "run_config": run_config,
+                    UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
     torch.distributed.barrier()
     if rank == 0 and keep > 0:
         tags = sorted(p.name for p in ckpt_dir.glob("step*") if p.is_dir())

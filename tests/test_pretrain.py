@@ -262,3 +262,64 @@ def test_other_objectives_train_under_deepspeed_and_export(prepared, tmp_path, o
     assert gen.config.hidden_size == (32 if objective == "mlm" else 16)
     clf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export" / "discriminator", num_labels=2)
     assert clf.config.hidden_size == 32
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_through_a_universal_checkpoint(prepared, tmp_path):
+    """2 ranks train 4 steps; DeepSpeed's ds_to_universal converts the ZeRO-2 checkpoint; 1 rank resumes
+    to step 6 and matches 2 ranks resuming the same checkpoint normally (dropout off)."""
+
+    def args(out, steps, ds_config):
+        a = pretrain_args(prepared, out, stage=2, steps=steps)
+        a[a.index("--model") + 1] = NO_DROPOUT
+        a[a.index("--ds-config") + 1] = str(ds_config)
+        a[a.index("--global-batch-size") + 1] = "8"
+        a[a.index("--checkpoint-every") + 1] = "4"
+        return a
+
+    zero2 = REPO / "ds_configs/zero2.json"
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    for out, steps in ((reference, 4), (reference, 6), (moved, 4)):
+        res = run_cli(["launch", "--nproc-per-node", "2", "--", *args(out, steps, zero2)])
+        assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = moved / "checkpoints"
+    conv = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                           str(ckpt / "step00000004"), "--output_folder", str(ckpt / "step00000004_universal")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert conv.returncode == 0, conv.stderr[-3000:]
+    (ckpt / "latest").write_text("step00000004_universal")
+    universal = tmp_path / "zero2_universal.json"
+    universal.write_text(json.dumps({**json.loads(zero2.read_text()), "checkpoint": {"load_universal": True}}))
+    res = run_cli(["launch", "--nproc-per-node", "1", "--", *args(moved, 6, universal)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stderr and "world size 1" in res.stderr
+    ref = {r["step"]: r for r in train_log(reference) if r["split"] == "train"}
+    resumed = {r["step"]: r for r in train_log(moved) if r["split"] == "train"}
+    for step in (5, 6):
+        assert resumed[step]["loss"] == pytest.approx(ref[step]["loss"], rel=2e-4)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits_for_a_resume(prepared, tmp_path):
+    """What SLURM sends before a time limit or on preemption: the run saves where it is and stops."""
+    out = tmp_path / "pretrain"
+    a = pretrain_args(prepared, out, stage=2, steps=400)
+    a[a.index("--checkpoint-every") + 1] = "1000"  # no periodic checkpoint: only the signal makes one
+    a[a.index("--log-every") + 1] = "1"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "electra_ds", "launch", "--nproc-per-node", "1", "--", *a],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "train_log.jsonl").exists():
+        time.sleep(0.1)
+    while time.time() < deadline and len(train_log(out)) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the launcher (torchrun), which forwards it to the workers
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by signal" in stderr, stderr[-3000:]
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    stopped_at = int(tag.removeprefix("step"))
+    assert 3 <= stopped_at < 400 and not (out / "summary.json").exists()
+    a[a.index("--max-steps") + 1] = str(stopped_at + 2)
+    res = run_cli(["launch", "--nproc-per-node", "1", "--", *a])
+    assert res.returncode == 0 and f"at step {stopped_at}" in res.stderr, res.stderr[-3000:]
