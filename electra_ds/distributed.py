@@ -1,17 +1,25 @@
 """Process launch and the environment mapping for distributed training, in one place.
 
 Locally ``electra-ds launch --nproc-per-node N -- pretrain ...`` starts N processes with torchrun;
-inside a SLURM allocation (``SLURM_JOB_ID`` set) it starts them with ``srun -n <tasks>`` instead.
+inside a SLURM allocation (``SLURM_JOB_ID`` set) it starts them with
+``srun -n <nodes x N> -N <nodes> --ntasks-per-node N -c <cpus> --kill-on-bad-exit=1`` instead
+(the rule's ``{resources.mpi} -n {resources.tasks}`` pattern; ``--srun`` takes the rule's ``mpi``
+resource, e.g. ``srun --mpi=pmix`` on sites that need it).
 Each started process calls :func:`setup_env`, which maps SLURM's variables (SLURM_PROCID,
 SLURM_LOCALID, SLURM_NTASKS, the job's first node, a port derived from the job id) onto the
 torch.distributed ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and gives a single
 process started without a launcher a one-process world (DeepSpeed otherwise looks for MPI).
+
+The ``slurm_*``/``check_*`` functions at the end are the preflight checks the Snakemake workflow runs
+before submitting anything with the SLURM profile: SLURM reachable, partition present, GPUs on it,
+a world size that divides the global batch. Each failure is a :class:`UserError` naming the fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -70,17 +78,24 @@ def setup_env(environ=os.environ) -> dict:
 
 
 def launch_command(stage_args: list[str], nproc_per_node: int, nnodes: int = 1, launcher: str = "auto",
-                   environ=os.environ) -> list[str]:
-    """The command that runs ``electra-ds <stage_args>`` on nnodes x nproc_per_node processes."""
+                   environ=os.environ, srun: str = "srun", cpus_per_task: int = 0) -> list[str]:
+    """The command that runs ``electra-ds <stage_args>`` on nnodes x nproc_per_node processes.
+
+    ``srun`` is the SLURM starter (the rule's ``mpi`` resource); ``cpus_per_task`` > 0 is passed to it
+    as ``-c`` (since SLURM 22.11 a step no longer inherits the job's --cpus-per-task).
+    """
     if launcher == "auto":
         launcher = "srun" if environ.get("SLURM_JOB_ID") else "torchrun"
     python = [sys.executable, "-m", "electra_ds", *stage_args]
     total = nproc_per_node * nnodes
     if launcher == "srun":
-        if not shutil.which("srun"):
-            raise UserError("launcher 'srun' requested but srun is not on PATH", field="pretrain.launcher",
-                            fix="run inside a SLURM allocation or set pretrain.launcher: torchrun")
-        return ["srun", "-n", str(total), "--kill-on-bad-exit=1", *python]
+        starter = shlex.split(srun or "srun")
+        if not shutil.which(starter[0]):
+            raise UserError(f"launcher 'srun' requested but {starter[0]} is not on PATH", field="pretrain.launcher",
+                            fix="run inside a SLURM allocation (the SLURM profile) or set pretrain.launcher: torchrun")
+        cpus = ["-c", str(cpus_per_task)] if cpus_per_task > 0 else []
+        return [*starter, "-n", str(total), "-N", str(nnodes), f"--ntasks-per-node={nproc_per_node}", *cpus,
+                "--kill-on-bad-exit=1", *python]
     if launcher == "torchrun":
         if nnodes > 1:
             raise UserError(f"torchrun here starts one node; {nnodes} nodes need SLURM (srun)",
@@ -100,6 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nnodes", type=int, default=1, help="number of nodes")
     p.add_argument("--launcher", default="auto", choices=["auto", "torchrun", "srun", "none"],
                    help="auto: srun inside a SLURM allocation, else torchrun")
+    p.add_argument("--srun", default="srun", help="SLURM starter command (the rule's mpi resource), e.g. 'srun'")
+    p.add_argument("--cpus-per-task", type=int, default=0, help="CPUs per process under srun (0 = SLURM default)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- <stage> [stage options]")
 
 
@@ -109,7 +126,8 @@ def run_launch(args) -> int:
         print("electra-ds launch: error: give the stage to run after --", file=sys.stderr)
         return 2
     try:
-        cmd = launch_command(command, args.nproc_per_node, args.nnodes, args.launcher)
+        cmd = launch_command(command, args.nproc_per_node, args.nnodes, args.launcher,
+                             srun=args.srun, cpus_per_task=args.cpus_per_task)
     except UserError as exc:
         print(f"electra-ds launch: error: {exc}", file=sys.stderr)
         return 2
@@ -121,3 +139,102 @@ def run_launch(args) -> int:
 
 def _has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+# ---- SLURM preflight: checks the workflow runs before it submits anything -------------------------
+
+def _slurm_query(cmd: list[str], run=subprocess.run, timeout: int = 20) -> str:
+    """stdout of a SLURM client command, or a UserError saying SLURM is not usable here."""
+    fix = ("run on a SLURM login node (sbatch, sinfo and squeue on PATH, slurmctld reachable), "
+           "or drop --profile/--executor slurm to run locally")
+    try:
+        res = run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise UserError(f"the SLURM executor is selected but {cmd[0]} is not installed here", fix=fix)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the SLURM executor is selected but `{' '.join(cmd)}` did not answer in {timeout} s",
+                        fix=fix)
+    if res.returncode != 0:
+        detail = (res.stderr or res.stdout).strip().splitlines()
+        raise UserError(f"the SLURM executor is selected but `{' '.join(cmd)}` failed"
+                        + (f": {detail[-1]}" if detail else ""), fix=fix)
+    return res.stdout
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs per node in a sinfo %G field: ``gpu:a100:8(S:0-1),nvme:1`` -> 8, ``(null)`` -> 0."""
+    best = 0
+    for item in gres.split(","):
+        item = item.split("(")[0].strip()
+        parts = item.split(":")
+        if parts[0] != "gpu":
+            continue
+        count = parts[-1] if len(parts) > 1 else "1"
+        best = max(best, int(count) if count.isdigit() else 1)
+    return best
+
+
+def parse_partitions(sinfo_out: str) -> tuple[dict[str, int], str | None]:
+    """``sinfo -h -o '%P|%G'`` -> ({partition: max GPUs per node}, default partition)."""
+    gpus: dict[str, int] = {}
+    default = None
+    for line in sinfo_out.splitlines():
+        if "|" not in line:
+            continue
+        name, gres = line.strip().split("|", 1)
+        if name.endswith("*"):
+            name = name[:-1]
+            default = name
+        gpus[name] = max(gpus.get(name, 0), gres_gpus(gres))
+    return gpus, default
+
+
+def check_slurm_jobs(jobs: list[dict], run=subprocess.run, which=shutil.which) -> None:
+    """Preflight for the SLURM executor. ``jobs``: one dict per job to submit with keys
+    rule, partition, account, gpus (GPUs per node the job asks for)."""
+    for tool in ("sbatch", "sinfo", "squeue"):
+        if not which(tool):
+            raise UserError(f"the SLURM executor is selected (profiles/slurm) but `{tool}` is not on PATH",
+                            fix="run on a SLURM login node, or run locally without --profile profiles/slurm")
+    partitions, default = parse_partitions(_slurm_query(["sinfo", "-h", "-o", "%P|%G"], run=run))
+    for job in jobs:
+        for key, value in (("slurm_partition", job.get("partition")), ("slurm_account", job.get("account"))):
+            if isinstance(value, str) and value.startswith("<"):
+                raise UserError(f"rule {job['rule']}: resource {key} is still the placeholder {value!r}",
+                                field=key, fix=f"set {key} for your site in your SLURM profile "
+                                               "(see profiles/README.md)")
+        partition = job.get("partition") or default
+        if partition is None:
+            raise UserError(f"rule {job['rule']}: no partition given and the cluster has no default partition",
+                            field="slurm_partition", fix="set default-resources: slurm_partition in your profile")
+        if partition not in partitions:
+            raise UserError(f"rule {job['rule']}: partition {partition!r} does not exist (sinfo lists: "
+                            f"{', '.join(sorted(partitions)) or 'none'})", field="slurm_partition",
+                            fix="set slurm_partition in your SLURM profile to one of those")
+        if job.get("gpus", 0) > partitions[partition]:
+            have = partitions[partition]
+            raise UserError(f"rule {job['rule']} asks for {job['gpus']} GPUs per node but partition {partition!r} "
+                            + (f"has at most {have} per node" if have else "has no GPUs (sinfo %G shows no gpu GRES)"),
+                            field="pretrain.gpus_per_node",
+                            fix="submit pretrain to a GPU partition (set-resources: pretrain: slurm_partition: ... "
+                                "in your profile) or set pretrain.gpus_per_node: 0 for CPU processes")
+
+
+def check_world_size(global_batch: int, micro_batch: int, nodes: int, processes_per_node: int,
+                     gpus_per_node: int = 0) -> int:
+    """World size = nodes x processes_per_node; it must divide the global batch (with the micro-batch)."""
+    from electra_ds.ds_config import derive_batch
+
+    if gpus_per_node and processes_per_node != gpus_per_node:
+        raise UserError(f"processes_per_node {processes_per_node} != gpus_per_node {gpus_per_node}: "
+                        "pretraining starts one process per GPU", field="pretrain.processes_per_node",
+                        fix=f"set pretrain.processes_per_node: {gpus_per_node}")
+    world = nodes * processes_per_node
+    try:
+        derive_batch(global_batch, micro_batch, world)
+    except UserError:
+        raise UserError(f"world size {world} (nodes {nodes} x processes_per_node {processes_per_node}) "
+                        f"with micro-batch {micro_batch or 'auto'} does not divide the global batch {global_batch}",
+                        field="pretrain.global_batch_size",
+                        fix="make global_batch_size a multiple of micro_batch_size x nodes x processes_per_node")
+    return world

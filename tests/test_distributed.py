@@ -54,3 +54,29 @@ def test_srun_without_slurm_is_a_clear_error(monkeypatch):
         launch_command(["pretrain"], 2, launcher="srun", environ={})
     with pytest.raises(UserError, match="pretrain.nodes"):
         launch_command(["pretrain"], 2, nnodes=2, launcher="torchrun", environ={})
+
+
+def test_srun_command_places_tasks_per_node_with_cpus(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    cmd = launch_command(["pretrain"], 8, nnodes=2, environ={"SLURM_JOB_ID": "7"}, srun="srun --mpi=pmix",
+                         cpus_per_task=12)
+    assert cmd[:10] == ["srun", "--mpi=pmix", "-n", "16", "-N", "2", "--ntasks-per-node=8", "-c", "12",
+                        "--kill-on-bad-exit=1"]
+    cmd = launch_command(["pretrain"], 2, environ={"SLURM_JOB_ID": "7"})
+    assert "-c" not in cmd and cmd[:5] == ["srun", "-n", "2", "-N", "1"]
+
+
+def test_the_same_rule_runs_with_torchrun_outside_slurm():
+    cmd = launch_command(["pretrain"], 2, environ={}, srun="srun", cpus_per_task=1)
+    assert cmd[2] == "torch.distributed.run" and "--nproc_per_node=2" in cmd and "srun" not in cmd
+
+
+def test_launch_cli_takes_the_rule_resources(monkeypatch):
+    import argparse
+
+    from electra_ds.distributed import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--nproc-per-node", "2", "--srun", "srun", "--cpus-per-task", "3", "--", "pretrain", "--x"])
+    assert (args.srun, args.cpus_per_task, args.command) == ("srun", 3, ["--", "pretrain", "--x"])

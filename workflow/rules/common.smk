@@ -57,6 +57,7 @@ TRACKING_URI = tracking.tracking_uri_for(R, config["mlflow"]["tracking_uri"])
 
 
 onstart:
+    slurm_preflight()  # with the SLURM profile: a clear error before anything is submitted
     os.makedirs(R, exist_ok=True)
     parent = tracking.start_pipeline_run(
         TRACKING_URI, config["mlflow"]["experiment"], tracking.artifact_root_for(R),
@@ -78,3 +79,41 @@ onsuccess:
 
 onerror:
     tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=False)
+
+
+# ---- SLURM: checks before anything is submitted (see profiles/README.md) -------------------------
+from electra_ds import distributed
+from electra_ds.errors import UserError
+
+
+def _user_error(check, *args, **kwargs):
+    try:
+        return check(*args, **kwargs)
+    except UserError as exc:
+        raise WorkflowError(str(exc))
+
+
+# A world size that does not divide the global batch stops the DAG here, locally and on SLURM.
+WORLD_SIZE = _user_error(distributed.check_world_size, config["pretrain"]["global_batch_size"],
+                         config["pretrain"]["micro_batch_size"], config["pretrain"]["nodes"],
+                         config["pretrain"]["processes_per_node"], config["pretrain"]["gpus_per_node"])
+
+
+def _gpus_per_node(res):
+    if res.get("gres") and "gpu" in str(res.get("gres")):
+        return distributed.gres_gpus(str(res.get("gres")))
+    if res.get("gpu"):
+        return -(-int(res.get("gpu")) // int(res.get("nodes") or 1))
+    return 0
+
+
+def slurm_preflight():
+    """Under the SLURM executor: SLURM reachable, partitions exist, GPUs where GPUs are asked for."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name.removeprefix("snakemake-executor-plugin-") != "slurm":
+        return
+    jobs = [{"rule": job.rule.name, "partition": job.resources.get("slurm_partition"),
+             "account": job.resources.get("slurm_account"), "gpus": _gpus_per_node(job.resources)}
+            for job in workflow.dag.needrun_jobs()]
+    _user_error(distributed.check_slurm_jobs, jobs)
+
