@@ -6,6 +6,9 @@ Sources (``--sources``: a JSON list, or the path of a JSON file holding one):
   and the standard library's long docstrings (parsed with ``ast``, nothing is imported).
 * ``{"type": "local", "paths": [...], "format": "auto|txt|jsonl|parquet", "text_field": "text",
   "documents": "file|line|paragraph", "strip_gutenberg": false}``: local files (globs allowed).
+* ``{"type": "url", "url": "https://...", "sha256": "<64 hex>", "cache_dir": null, ...}`` plus the
+  keys of a local source: one HTTP(S) file, downloaded resumably and atomically into ``cache_dir``
+  (default ``<output dir>/downloads``) and verified against ``sha256`` (:mod:`electra_ds.download`).
 * ``{"type": "hf", "name": ..., "config": null, "split": "train", "text_column": "text",
   "revision": null, "streaming": true, "max_documents": 0}``: a Hugging Face Hub dataset (fails fast
   when offline; ``max_documents`` > 0 reads only that many rows).
@@ -34,6 +37,10 @@ from electra_ds.fileio import write_json, write_jsonl
 log = logging.getLogger(__name__)
 
 DECODE_POLICIES = ("fail", "replace", "skip")
+# per-source counts (stats file and MLflow): documents and bytes in/out, and what each rule removed
+COUNTS = ("documents_in", "bytes_in", "documents_out", "bytes_out", "decode_errors", "binary_files", "too_short",
+          "too_long", "removed_control_chars", "removed_trailing_space_chars", "nfc_changed_documents",
+          "gutenberg_documents", "removed_gutenberg_header_chars", "removed_gutenberg_footer_chars")
 SOURCE_KEYS = {
     "demo": {"type", "name"},
     "local": {"type", "name", "paths", "format", "text_field", "documents", "strip_gutenberg", "on_decode_error"},
@@ -41,7 +48,10 @@ SOURCE_KEYS = {
 }
 SOURCE_CHOICES = {"format": ("auto", "txt", "jsonl", "parquet"), "documents": ("file", "line", "paragraph"),
                   "on_decode_error": DECODE_POLICIES}
-SOURCE_REQUIRED = {"local": "paths", "hf": "name"}
+SOURCE_KEYS["url"] = {"type", "name", "url", "sha256", "cache_dir", "format", "text_field", "documents",
+                      "strip_gutenberg", "on_decode_error"}
+SOURCE_REQUIRED = {"local": "paths", "hf": "name", "url": ("url", "sha256")}
+DEFAULT_DOWNLOADS = "downloads"  # beside the corpus output, unless cache_dir / $ELECTRA_DS_DOWNLOADS say otherwise
 DEMO_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter",
                   "turtledemo", "__pycache__"}
 DEMO_MIN_DOCSTRING = 200
@@ -118,49 +128,154 @@ def expand_paths(patterns: list[str], field: str) -> list[tuple[Path, str]]:
 def _format_of(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".zst")]
     last = suffixes[-1] if suffixes else ""
     return {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}.get(last, "txt")
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
+    """A binary reader of ``path``, decompressing ``.gz`` (gzip) and ``.zst`` (zstandard) files."""
+    path = Path(path)
     if path.name.endswith(".gz"):
         import gzip
 
         return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        import io
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
     return open(path, "rb")
 
 
 def _decode_error(path: Path, offset: int, where: str = "") -> UserError:
-    gz = " (uncompressed)" if path.name.endswith(".gz") else ""
+    gz = " (uncompressed)" if path.name.endswith((".gz", ".zst")) else ""
     return UserError(f"{where}not valid UTF-8 at byte offset {offset}{gz}", path=path,
                      fix="convert the file to UTF-8, or set `on_decode_error: replace` (or `skip`) in the "
                          "corpus config (command line: --on-decode-error replace)")
 
 
-def iter_txt(path: Path, stem: str, documents: str, policy: str, stats: dict, gutenberg: bool = False):
-    """(id, text) of a text file: the whole file, each line or each blank-line-separated paragraph.
-    The text is None for a document skipped for bytes that are not UTF-8."""
-    with _open_binary(path) as f:
-        data = f.read()
+READ_BLOCK = 1 << 20
+BINARY_PROBE = 8192
+TOO_LONG = object()  # yielded instead of a text too long to be kept (it was never held in memory)
+
+
+def _check_binary(path: Path, first: bytes, policy: str, stats: dict) -> bool:
+    """True (and counted) if the file looks binary: a NUL byte in its first block. With the ``fail``
+    policy that is a UserError."""
+    if b"\x00" not in first[:BINARY_PROBE]:
+        return False
     if policy == "fail":
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _decode_error(path, exc.start) from None
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if gutenberg:
-        text = strip_gutenberg(text)
-    if documents == "file":
-        units = [(f"local:{stem}", text)]
-    elif documents == "line":
-        units = ((f"local:{stem}:{i + 1}", line) for i, line in enumerate(text.split("\n")) if line.strip())
+        raise UserError("looks like a binary file (NUL bytes in its first 8 KiB), not text", path=path,
+                        fix="remove it from the source's paths, or set `on_decode_error: skip` to skip such files")
+    stats["binary_files"] += 1
+    log.warning("%s: skipped, looks binary (NUL bytes)", path)
+    return True
+
+
+def _decoded_blocks(path: Path, policy: str, stats: dict) -> Iterator[str]:
+    """The file's text in blocks, LF line ends (CRLF and lone CR converted across block boundaries), BOM
+    dropped; bytes that are not UTF-8 kept as surrogates (``_BAD_BYTES``) unless the policy is ``fail``."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if policy == "fail" else "surrogateescape")
+    consumed, carry, first = 0, "", True
+    with open_binary(path) as f:
+        while True:
+            block = f.read(READ_BLOCK)
+            try:
+                piece = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(path, max(0, consumed + exc.start)) from None
+            consumed += len(block)
+            if first:
+                piece, first = piece.removeprefix("\ufeff"), False
+            piece = carry + piece
+            carry = ""
+            if block and piece.endswith("\r"):
+                piece, carry = piece[:-1], "\r"
+            piece = piece.replace("\r\n", "\n").replace("\r", "\n")
+            if piece:
+                yield piece
+            if not block:
+                return
+
+
+def _file_unit(blocks: Iterator[str], bound: int):
+    """The whole text, or TOO_LONG as soon as it passes ``bound`` characters (0: no bound)."""
+    parts, n = [], 0
+    for piece in blocks:
+        n += len(piece)
+        if bound and n > bound:
+            for _ in blocks:  # still read to the end: decoding errors are reported as for any file
+                pass
+            return TOO_LONG
+        parts.append(piece)
+    return "".join(parts)
+
+
+def _line_units(blocks: Iterator[str], bound: int) -> Iterator[tuple[int, object]]:
+    """(line number, line or TOO_LONG) of the non-blank lines; a line past ``bound`` characters is
+    dropped as it streams in, so one huge line never sits in memory."""
+    parts: list[str] = []
+    n, lineno, skipping = 0, 0, False
+    for piece in blocks:
+        lines = piece.split("\n")
+        for i, line in enumerate(lines):
+            last = i == len(lines) - 1
+            if not skipping:
+                parts.append(line)
+                n += len(line)
+                if bound and n > bound:
+                    parts, n, skipping = [], 0, True
+            if last:
+                break
+            lineno += 1
+            if skipping:
+                yield lineno, TOO_LONG
+            else:
+                text = "".join(parts)
+                if text.strip():
+                    yield lineno, text
+            parts, n, skipping = [], 0, False
+    lineno += 1
+    if skipping:
+        yield lineno, TOO_LONG
+    elif parts and "".join(parts).strip():
+        yield lineno, "".join(parts)
+
+
+def iter_txt(path: Path, stem: str, documents: str, policy: str, stats: dict, gutenberg: bool = False,
+             max_chars: int = 0):
+    """(id, text) of a text file: the whole file, each line or each blank-line-separated paragraph.
+
+    Read in blocks: a file or line longer than 4 x ``max_chars`` characters is never held in memory
+    (the text is :data:`TOO_LONG`). The text is None for a document skipped for bytes that are not
+    UTF-8. A binary file (NUL bytes) is skipped and counted, or a UserError with the ``fail`` policy."""
+    bound = 4 * max_chars if max_chars else 0  # normalisation never shrinks text to a quarter
+    with open_binary(path) as f:
+        if _check_binary(path, f.read(BINARY_PROBE), policy, stats):
+            return
+    blocks = _decoded_blocks(path, policy, stats)
+    if documents == "line" and not gutenberg:
+        units = ((f"local:{stem}:{n}", line) for n, line in _line_units(blocks, bound))
     else:
-        paragraphs = (p for p in re.split(r"\n[^\S\n]*\n", text) if p.strip())
-        units = ((f"local:{stem}:p{i + 1}", p) for i, p in enumerate(paragraphs))
+        text = _file_unit(blocks, 0 if gutenberg else bound)
+        if text is TOO_LONG:
+            yield f"local:{stem}", TOO_LONG
+            return
+        if gutenberg:
+            text = strip_gutenberg(text, stats)
+        if documents == "file":
+            units = [(f"local:{stem}", text)]
+        elif documents == "line":
+            units = ((f"local:{stem}:{i + 1}", line) for i, line in enumerate(text.split("\n")) if line.strip())
+        else:
+            paragraphs = (p for p in re.split(r"\n[^\S\n]*\n", text) if p.strip())
+            units = ((f"local:{stem}:p{i + 1}", p) for i, p in enumerate(paragraphs))
     for doc_id, unit in units:
-        if _BAD_BYTES.search(unit):
+        if unit is not TOO_LONG and _BAD_BYTES.search(unit):
             stats["decode_errors"] += 1
             unit = None if policy == "skip" else _BAD_BYTES.sub("\ufffd", unit)
         yield doc_id, unit
@@ -169,7 +284,7 @@ def iter_txt(path: Path, stem: str, documents: str, policy: str, stats: dict, gu
 def iter_jsonl(path: Path, stem: str, text_field: str, policy: str, stats: dict):
     """(id, text) per JSON line; the id is ``local:<dir>/<file>:<line number>``."""
     offset = 0
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
             if not raw.strip():
@@ -215,17 +330,33 @@ def iter_parquet(path: Path, stem: str, text_field: str):
             yield f"local:{stem}:{row}", text or ""
 
 
-def iter_local(source: dict, field: str, policy: str, stats: dict):
+def iter_local(source: dict, field: str, policy: str, stats: dict, max_chars: int = 0, files=None):
     fmt, documents = source.get("format", "auto"), source.get("documents", "file")
     text_field = source.get("text_field", "text")
-    for path, stem in expand_paths(source["paths"], f"{field}.paths"):
+    for path, stem in files or expand_paths(source["paths"], f"{field}.paths"):
         kind = _format_of(path, fmt)
         if kind == "txt":
-            yield from iter_txt(path, stem, documents, policy, stats, bool(source.get("strip_gutenberg")))
+            yield from iter_txt(path, stem, documents, policy, stats, bool(source.get("strip_gutenberg")), max_chars)
         elif kind == "jsonl":
             yield from iter_jsonl(path, stem, text_field, policy, stats)
         else:
             yield from iter_parquet(path, stem, text_field)
+
+
+def download_dir(source: dict, default) -> Path:
+    return Path(source.get("cache_dir") or os.environ.get("ELECTRA_DS_DOWNLOADS") or default)
+
+
+def iter_url(source: dict, field: str, policy: str, stats: dict, max_chars: int, cache_dir):
+    """A downloaded file read like a local one; ids ``url:<file name>...`` (the URL's last path part)."""
+    from urllib.parse import urlparse
+
+    from electra_ds.download import fetch
+
+    path = fetch(source["url"], source["sha256"], download_dir(source, cache_dir), field)
+    stem = Path(urlparse(source["url"]).path).name or "download"
+    for doc_id, text in iter_local(source, field, policy, stats, max_chars, files=[(path, stem)]):
+        yield "url:" + doc_id.removeprefix("local:"), text
 
 
 def hub_unreachable_reason() -> str | None:
@@ -295,14 +426,15 @@ def parse_sources(value) -> list[dict]:
     for i, src in enumerate(value):
         field = f"corpus.sources[{i}]"
         if not isinstance(src, dict) or src.get("type") not in SOURCE_KEYS:
-            raise UserError(f"unknown source {src!r}", field=field, fix="type must be demo, local or hf")
+            raise UserError(f"unknown source {src!r}", field=field, fix="type must be demo, local, url or hf")
         unknown = set(src) - SOURCE_KEYS[src["type"]]
         if unknown:
             raise UserError(f"unknown key(s) {sorted(unknown)} for a {src['type']} source", field=field,
                             fix=f"allowed keys: {sorted(SOURCE_KEYS[src['type']])}")
-        required = SOURCE_REQUIRED.get(src["type"])
-        if required and not src.get(required):
-            raise UserError(f"a {src['type']} source needs `{required}`", field=f"{field}.{required}")
+        required = SOURCE_REQUIRED.get(src["type"], ())
+        for key in (required,) if isinstance(required, str) else required:
+            if not src.get(key):
+                raise UserError(f"a {src['type']} source needs `{key}`", field=f"{field}.{key}")
         if isinstance(src.get("paths"), str):
             src["paths"] = [src["paths"]]
         for key, choices in SOURCE_CHOICES.items():
@@ -311,10 +443,14 @@ def parse_sources(value) -> list[dict]:
     return value
 
 
-def preflight(sources: list[dict]) -> None:
-    """Check what can fail before any text is read: local paths match files, the Hub is reachable."""
+def preflight(sources: list[dict], cache_dir=DEFAULT_DOWNLOADS) -> None:
+    """Check what can fail before any text is read: local paths match files, remote hosts are reachable."""
     for i, src in enumerate(sources):
-        if src["type"] == "local":
+        if src["type"] == "url":
+            from electra_ds.download import check_url
+
+            check_url(src["url"], src["sha256"], download_dir(src, cache_dir), f"corpus.sources[{i}]")
+        elif src["type"] == "local":
             expand_paths(src["paths"], f"corpus.sources[{i}].paths")
         elif src["type"] == "hf":
             check_hub(src, f"corpus.sources[{i}]")
@@ -331,24 +467,28 @@ def source_labels(sources: list[dict]) -> list[str]:
 
 
 def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max_chars: int = 0,
-                    on_decode_error: str = "fail") -> Iterator[dict]:
+                    on_decode_error: str = "fail", cache_dir=DEFAULT_DOWNLOADS) -> Iterator[dict]:
     """Normalised, length-filtered records of all sources; fills ``stats`` (per source) as it goes."""
     for i, (source, label) in enumerate(zip(sources, source_labels(sources), strict=True)):
         field = f"corpus.sources[{i}]"
-        s = stats.setdefault(label, dict.fromkeys(
-            ("documents_in", "bytes_in", "documents_out", "bytes_out", "decode_errors", "too_short", "too_long"), 0))
+        s = stats.setdefault(label, dict.fromkeys(COUNTS, 0))
         if source["type"] == "demo":
             items = iter_demo()
         elif source["type"] == "local":
-            items = iter_local(source, field, source.get("on_decode_error", on_decode_error), s)
+            items = iter_local(source, field, source.get("on_decode_error", on_decode_error), s, max_chars)
+        elif source["type"] == "url":
+            items = iter_url(source, field, source.get("on_decode_error", on_decode_error), s, max_chars, cache_dir)
         else:
             items = iter_hf(source, field)
         for doc_id, raw in items:  # raw None: skipped for bytes that are not UTF-8
             s["documents_in"] += 1
             if raw is None:
                 continue
+            if raw is TOO_LONG:  # never read into memory
+                s["too_long"] += 1
+                continue
             s["bytes_in"] += len(raw.encode("utf-8"))
-            text = normalise_text(raw)
+            text = normalise_text(raw, s)
             if len(text) < min_chars:
                 s["too_short"] += 1
                 continue
@@ -379,7 +519,8 @@ def add_arguments(parser) -> None:
 
 def run(args, tracker) -> None:
     sources = parse_sources(args.sources)
-    preflight(sources)
+    cache_dir = Path(args.output).parent / DEFAULT_DOWNLOADS
+    preflight(sources, cache_dir)
     tracker.log_params({"sources": json.dumps(sources), "min_chars": args.min_chars,
                         "max_chars": args.max_chars, "on_decode_error": args.on_decode_error})
     stats: dict = {}
@@ -387,6 +528,7 @@ def run(args, tracker) -> None:
     def checked():
         n = 0
         for record in build_documents(sources, stats, min_chars=args.min_chars, max_chars=args.max_chars,
+                                      cache_dir=cache_dir,
                                       on_decode_error=args.on_decode_error):
             n += 1
             yield record

@@ -18,7 +18,9 @@ arrays (uint16, or uint32 for vocabularies over 65535) and ``index.json`` with c
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -37,9 +39,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "electra-ds-shards-v1"
 SPLITS = ("train", "valid")
+PACKINGS = ("electra", "plain")
 SINGLE_SEGMENT_PROB = 0.1  # as in build_pretraining_dataset.py: sometimes only one segment
 BATCH_DOCUMENTS = 2_000
-BATCH_CHARS = 8_000_000
+BATCH_CHARS = 2_000_000  # with two batches in flight, bounds memory (Python int lists: ~36 B per token)
 
 
 # -- example building -------------------------------------------------------------------------
@@ -76,8 +79,10 @@ def document_examples(sentences: list[list[int]], max_seq_len: int, short_seq_pr
     current: list[list[int]] = []
     length = 0
     for sentence in sentences:
-        for start in range(0, len(sentence), budget):  # over-long sentences become example-sized pieces
-            piece = sentence[start:start + budget]
+        # over-long sentences become example-sized pieces
+        pieces = (sentence,) if len(sentence) <= budget else [sentence[s:s + budget]
+                                                              for s in range(0, len(sentence), budget)]
+        for piece in pieces:
             current.append(piece)
             length += len(piece)
             if length >= target:
@@ -86,6 +91,14 @@ def document_examples(sentences: list[list[int]], max_seq_len: int, short_seq_pr
                 target = _next_target(max_seq_len, short_seq_prob, rng)
     if current:
         yield _segments(current, target, max_seq_len, rng)
+
+
+def plain_examples(sentences: list[list[int]], max_seq_len: int) -> Iterator[tuple[list[int], list[int], int]]:
+    """Plain packing: the document's tokens in order, cut into ``[CLS] piece [SEP]`` rows (one segment)."""
+    tokens = [t for sentence in sentences for t in sentence]
+    budget = max_seq_len - 2
+    for start in range(0, len(tokens), budget):
+        yield tokens[start:start + budget], [], 0
 
 
 def example_row(first: list[int], second: list[int], max_seq_len: int, dtype) -> np.ndarray:
@@ -157,6 +170,39 @@ def _batches(documents: Iterable[dict]) -> Iterator[list[dict]]:
         yield batch
 
 
+def _encoded_batches(documents: Iterable[dict], sp, threads: int, split_of):
+    """([(doc, split, number of sentences)], ids of all their sentences) per batch of documents.
+
+    The next batch is encoded in a background thread (sentencepiece releases the GIL) while the caller
+    packs this one; at most two batches are in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(1) as pool:
+        for batch in _batches(documents):
+            docs, lines = [], []
+            for doc in batch:
+                split = split_of(doc)
+                sentences = split_sentences(doc["text"]) if split != "heldout" else []
+                docs.append((doc, split, len(sentences)))
+                lines += sentences
+            pending.append((docs, pool.submit(sp.encode, lines, num_threads=threads) if lines else None))
+            if len(pending) > 1:
+                docs, job = pending.popleft()
+                yield docs, job.result() if job else []
+        while pending:
+            docs, job = pending.popleft()
+            yield docs, job.result() if job else []
+
+
+def _rows(flat: list[int], lengths: list[int], max_seq_len: int, dtype) -> np.ndarray:
+    """Right-padded (examples, max_seq_len) array from the concatenated example ids."""
+    lengths = np.asarray(lengths)
+    rows = np.full((len(lengths), max_seq_len), PAD_ID, dtype=dtype)
+    rows[np.arange(max_seq_len) < lengths[:, None]] = np.asarray(flat, dtype=dtype)
+    return rows
+
+
 def load_sentencepiece(tokenizer_dir):
     """The vocab stage's ``spm.model``, checked for ELECTRA's special ids."""
     import sentencepiece as spm
@@ -174,35 +220,47 @@ def load_sentencepiece(tokenizer_dir):
 
 def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: int = 128,
                  valid_fraction: float = 0.01, heldout_fraction: float = 0.0, short_seq_prob: float = 0.1,
-                 seed: int = 0, threads: int = 1, examples_per_shard: int = 100_000) -> dict:
+                 seed: int = 0, threads: int = 1, examples_per_shard: int = 100_000, packing: str = "electra") -> dict:
     """Write every split's shards into ``out_dir``; return the split summaries and the held-out count."""
     vocab_size = sp.get_piece_size()
     dtype = np.uint16 if vocab_size <= 65535 else np.uint32
     writers = {s: ShardWriter(out_dir, s, examples_per_shard) for s in SPLITS}
     heldout = 0
-    for batch in _batches(documents):
-        docs = []
-        for doc in batch:
-            split = document_split(str(doc["id"]), valid_fraction=valid_fraction,
-                                   heldout_fraction=heldout_fraction, seed=seed)
+
+    def split_of(doc):
+        return document_split(str(doc["id"]), valid_fraction=valid_fraction, heldout_fraction=heldout_fraction,
+                              seed=seed)
+
+    for docs, encoded in _encoded_batches(documents, sp, threads, split_of):
+        encoded = iter(encoded)
+        flat = {s: [] for s in SPLITS}
+        lengths = {s: [] for s in SPLITS}
+        for doc, split, n_sentences in docs:
             if split == "heldout":
                 heldout += 1
+                continue
+            tokenized = list(itertools.islice(encoded, n_sentences))
+            if not all(tokenized):
+                tokenized = [ids for ids in tokenized if ids]
+            n_before = len(lengths[split])
+            if packing == "plain":
+                examples = plain_examples(tokenized, max_seq_len)
             else:
-                docs.append((doc, split, split_sentences(doc["text"])))
-        flat = [s for _, _, sentences in docs for s in sentences]
-        encoded = iter(sp.encode(flat, num_threads=threads)) if flat else iter(())
-        rows = {s: [] for s in SPLITS}
-        for doc, split, sentences in docs:
-            tokenized = [ids for ids in (next(encoded) for _ in sentences) if ids]
-            rng = random.Random(f"{seed}:{doc['id']}")
-            n_before = len(rows[split])
-            for first, second, cut in document_examples(tokenized, max_seq_len, short_seq_prob, rng):
-                rows[split].append(example_row(first, second, max_seq_len, dtype))
+                examples = document_examples(tokenized, max_seq_len, short_seq_prob, random.Random(f"{seed}:{doc['id']}"))
+            out, lens = flat[split], lengths[split]
+            for first, second, cut in examples:
+                out.append(CLS_ID)
+                out += first
+                out.append(SEP_ID)
+                if second:
+                    out += second
+                    out.append(SEP_ID)
+                lens.append(len(first) + len(second) + (3 if second else 2))
                 writers[split].truncated_tokens += cut
-            writers[split].documents += len(rows[split]) > n_before
-        for split, split_rows in rows.items():
-            if split_rows:
-                writers[split].add(np.stack(split_rows))
+            writers[split].documents += len(lens) > n_before
+        for split in SPLITS:
+            if lengths[split]:
+                writers[split].add(_rows(flat[split], lengths[split], max_seq_len, dtype))
     return {"splits": {s: w.close() for s, w in writers.items()}, "heldout_documents": heldout,
             "vocab_size": vocab_size, "dtype": np.dtype(dtype).name}
 
@@ -295,6 +353,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="sentencepiece encode threads")
     parser.add_argument("--examples-per-shard", type=int, default=100_000)
+    parser.add_argument("--packing", choices=PACKINGS, default="electra",
+                        help="electra: [CLS] A [SEP] B [SEP] from consecutive sentences (official recipe); "
+                             "plain: [CLS] + the next max_seq_len-2 tokens of the document + [SEP]")
 
 
 def _check_args(args) -> None:
@@ -316,7 +377,7 @@ def run(args, tracker) -> None:
     sp = load_sentencepiece(args.tokenizer_dir)
     settings = {"max_seq_len": args.max_seq_len, "valid_fraction": args.valid_fraction,
                 "heldout_fraction": args.heldout_fraction, "short_seq_prob": args.short_seq_prob,
-                "seed": args.seed, "examples_per_shard": args.examples_per_shard}
+                "seed": args.seed, "examples_per_shard": args.examples_per_shard, "packing": args.packing}
     tracker.log_params(settings)
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         result = write_shards(read_jsonl(args.input), sp, tmp, threads=args.threads,

@@ -13,22 +13,30 @@ _GUTENBERG_END = re.compile(r"^[ \t]*(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBER
                             re.MULTILINE | re.IGNORECASE)
 
 
-def normalise_text(text: str) -> str:
-    """NFC, LF line ends, no control characters (except tab/newline), no trailing spaces, stripped."""
-    text = unicodedata.normalize("NFC", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+def normalise_text(text: str, counts: dict | None = None) -> str:
+    """NFC, LF line ends, no control characters (except tab/newline), no trailing spaces, stripped.
+    With ``counts``, add what each rule changed (``removed_control_chars``, ...) to it."""
+    nfc = unicodedata.normalize("NFC", text)
+    if counts is not None and nfc != text:
+        counts["nfc_changed_documents"] = counts.get("nfc_changed_documents", 0) + 1
+    text = nfc.replace("\r\n", "\n").replace("\r", "\n")
+    n = len(text)
     text = _CONTROL.sub("", text)
+    m = len(text)
     text = _TRAILING_SPACE.sub("", text)
+    if counts is not None:
+        counts["removed_control_chars"] = counts.get("removed_control_chars", 0) + n - m
+        counts["removed_trailing_space_chars"] = counts.get("removed_trailing_space_chars", 0) + m - len(text)
     return text.strip()
 
 
 def split_sentences(text: str, long_line: int = 300) -> list[str]:
     """Non-empty lines of ``text``; lines longer than ``long_line`` characters are cut at sentence ends."""
+    lines = [line for line in map(str.strip, text.split("\n")) if line]
+    if not lines or max(map(len, lines)) <= long_line:
+        return lines
     out = []
-    for line in text.split("\n"):
-        line = line.strip()
-        if not line:
-            continue
+    for line in lines:
         if len(line) <= long_line:
             out.append(line)
         else:
@@ -36,13 +44,20 @@ def split_sentences(text: str, long_line: int = 300) -> list[str]:
     return out
 
 
-def strip_gutenberg(text: str) -> str:
+def strip_gutenberg(text: str, counts: dict | None = None) -> str:
     """Drop a Project Gutenberg header (up to ``*** START OF ...``) and licence footer (from ``End of the
-    Project Gutenberg ...`` or ``*** END OF ...``)."""
+    Project Gutenberg ...`` or ``*** END OF ...``). With ``counts``, add the characters removed."""
     start = _GUTENBERG_START.search(text)
+    head = foot = 0
     if start:
-        text = text[start.end():]
+        head = start.end()
+        text = text[head:]
     end = _GUTENBERG_END.search(text)
     if end:
+        foot = len(text) - end.start()
         text = text[:end.start()]
+    if counts is not None:
+        counts["gutenberg_documents"] = counts.get("gutenberg_documents", 0) + bool(head or foot)
+        counts["removed_gutenberg_header_chars"] = counts.get("removed_gutenberg_header_chars", 0) + head
+        counts["removed_gutenberg_footer_chars"] = counts.get("removed_gutenberg_footer_chars", 0) + foot
     return text

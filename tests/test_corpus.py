@@ -228,3 +228,179 @@ def test_hf_source_fails_fast_without_a_connection(tmp_path, capsys, monkeypatch
                     "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
     assert "unreachable" in msg and "cannot connect to huggingface.co:443" in msg
     assert_no_output(tmp_path)
+
+
+# -- compressed files, streaming, per-rule counts ----------------------------------------------
+def test_zstd_and_gzip_txt_and_jsonl(tmp_path):
+    import zstandard
+
+    (tmp_path / "a.txt.zst").write_bytes(zstandard.ZstdCompressor().compress("Zstd text,\r\nline two.".encode()))
+    with gzip.open(tmp_path / "b.txt.gz", "wb") as f:
+        f.write(b"Gzip text.")
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        (json.dumps({"text": "zstd json"}) + "\n").encode()))
+    rc, out, _ = run_corpus(tmp_path, local([tmp_path / "a.txt.zst", tmp_path / "b.txt.gz", tmp_path / "c.jsonl.zst"]))
+    assert rc == 0
+    assert [(r["id"].split("/")[-1], r["text"]) for r in read_records(out)] == [
+        ("a.txt.zst", "Zstd text,\nline two."), ("b.txt.gz", "Gzip text."), ("c.jsonl.zst:1", "zstd json")]
+
+
+def test_line_mode_streams_across_blocks_with_crlf(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "READ_BLOCK", 7)  # CRLF pairs and multi-byte characters split across reads
+    text = "\ufeffone \u00e9t\u00e9\r\ntwo\r\rfour line\r\n\r\nsix\n"
+    (tmp_path / "t.txt").write_bytes(text.encode())
+    rc, out, _ = run_corpus(tmp_path, local([tmp_path / "t.txt"], documents="line"))
+    assert rc == 0
+    got = [(r["id"].rsplit(":", 1)[1], r["text"]) for r in read_records(out)]
+    assert got == [("1", "one \u00e9t\u00e9"), ("2", "two"), ("4", "four line"), ("6", "six")]
+
+
+def test_fifty_megabyte_line_dropped_by_max_chars_without_reading_it_into_memory(tmp_path):
+    import tracemalloc
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.write(b"A short line first.\n")
+        for _ in range(50):
+            f.write(b"word " * 209_715)  # 50 MiB, no newline
+    (tmp_path / "small.txt").write_text("A small file.")
+    tracemalloc.start()
+    try:
+        for mode, kept in (("line", ["A short line first.", "A small file."]), ("file", ["A small file."])):
+            rc, out, stats = run_corpus(tmp_path, local([big, tmp_path / "small.txt"], documents=mode),
+                                        "--max-chars", 100_000)
+            assert rc == 0 and [r["text"] for r in read_records(out)] == kept
+            assert json.loads(stats.read_text())["total"]["too_long"] == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 2**20  # blocks of 1 MiB, never the 50 MB line
+
+
+def test_fifty_megabyte_line_kept_without_a_limit(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"word " * 10_485_760)  # 50 MiB, one line, no newline
+    rc, out, stats = run_corpus(tmp_path, local([big], documents="line"))
+    assert rc == 0
+    (record,) = read_records(out)
+    assert len(record["text"]) == 50 * 2**20 - 1 and record["id"].endswith("big.txt:1")
+
+
+def test_binary_file_fails_clearly_or_is_skipped_and_counted(tmp_path, capsys):
+    (tmp_path / "ok.txt").write_text("A fine document.")
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 10)
+    sources = json.dumps(local([tmp_path / "image.txt", tmp_path / "ok.txt"]))
+    args = ("corpus", "--sources", sources, "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
+    msg = cli_error(capsys, *args)
+    assert str(tmp_path / "image.txt") in msg and "binary" in msg and "on_decode_error: skip" in msg
+    assert_no_output(tmp_path)
+    assert cli(*args, "--on-decode-error", "skip") == 0
+    assert [r["text"] for r in read_records(tmp_path / "docs.jsonl")] == ["A fine document."]
+    total = json.loads((tmp_path / "stats.json").read_text())["total"]
+    assert (total["binary_files"], total["documents_in"], total["documents_out"]) == (1, 1, 1)
+
+
+def test_per_rule_counts_on_gutenberg_and_controls(tmp_path):
+    book = gutenberg_files()[0]
+    (tmp_path / "ctl.txt").write_text("tab\there\x07\x1b and trailing   \nCafe\u0301")
+    rc, out, stats = run_corpus(tmp_path, local([book], strip_gutenberg=True) + local([tmp_path / "ctl.txt"]))
+    assert rc == 0
+    per = json.loads(stats.read_text())["sources"]
+    g, c = per["local"], per["local-1"]
+    assert g["gutenberg_documents"] == 1 and g["removed_gutenberg_header_chars"] > 300
+    assert g["removed_gutenberg_footer_chars"] > 10_000  # the licence
+    assert (c["removed_control_chars"], c["removed_trailing_space_chars"], c["nfc_changed_documents"]) == (2, 3, 1)
+
+
+def test_empty_documents_are_counted_not_written(tmp_path):
+    (tmp_path / "docs.jsonl.in").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("", " \n\t", "kept")))
+    rc, out, stats = run_corpus(tmp_path, local([tmp_path / "docs.jsonl.in"], format="jsonl"))
+    assert rc == 0 and [r["text"] for r in read_records(out)] == ["kept"]
+    assert json.loads(stats.read_text())["total"]["too_short"] == 2
+
+
+# -- url sources (a local HTTP server; never the web) -------------------------------------------
+class _Server:
+    """A threaded HTTP server on 127.0.0.1 serving ``files`` with Range support; records Range headers."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+
+        ranges = self.ranges = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                data = files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    ranges.append(self.headers["Range"])
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_error(416)
+                        return
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_url_source_downloads_verifies_resumes_and_caches(tmp_path):
+    import hashlib
+
+    book = gutenberg_files()[0].read_bytes()
+    digest = hashlib.sha256(book).hexdigest()
+    server = _Server({"/books/pg11.txt": book})
+    try:
+        src = [{"type": "url", "url": f"{server.url}/books/pg11.txt", "sha256": digest, "strip_gutenberg": True}]
+        downloads = tmp_path / "downloads"
+        part = downloads / f"{digest[:12]}-pg11.txt.part"
+        downloads.mkdir()
+        part.write_bytes(book[:50_000])  # an interrupted earlier download
+        rc, out, _ = run_corpus(tmp_path, src)
+        assert rc == 0 and server.ranges == ["bytes=50000-"]
+        (record,) = read_records(out)
+        assert record["id"] == "url:pg11.txt" and "START OF THE PROJECT" not in record["text"]
+        assert not part.exists() and (downloads / f"{digest[:12]}-pg11.txt").read_bytes() == book
+        first = out.read_bytes()
+    finally:
+        server.close()
+    rc, out, _ = run_corpus(tmp_path, src)  # server gone: the verified cache is used, same output
+    assert rc == 0 and out.read_bytes() == first
+
+
+def test_url_checksum_mismatch_and_unreachable_host(tmp_path, capsys):
+    server = _Server({"/a.txt": b"Some text that is not what the checksum says."})
+    try:
+        src = [{"type": "url", "url": f"{server.url}/a.txt", "sha256": "0" * 64}]
+        msg = cli_error(capsys, "corpus", "--sources", json.dumps(src), "--output", tmp_path / "docs.jsonl",
+                        "--stats", tmp_path / "stats.json")
+        assert f"{server.url}/a.txt" in msg and "checksum mismatch" in msg and "sha256" in msg
+        assert_no_output(tmp_path)
+        assert not list((tmp_path / "downloads").iterdir())  # neither a final nor a partial file
+    finally:
+        server.close()
+    start = time.perf_counter()
+    msg = cli_error(capsys, "corpus", "--sources", json.dumps(src), "--output", tmp_path / "docs.jsonl",
+                    "--stats", tmp_path / "stats.json")  # the server is gone: refused at once
+    assert time.perf_counter() - start < 5
+    assert "unreachable" in msg and "local source" in msg
+    bad = [{"type": "url", "url": "ftp://x/y.txt", "sha256": "0" * 64}]
+    msg = cli_error(capsys, "corpus", "--sources", json.dumps(bad), "--output", tmp_path / "docs.jsonl",
+                    "--stats", tmp_path / "stats.json")
+    assert "corpus.sources[0].url" in msg
+    assert_no_output(tmp_path)

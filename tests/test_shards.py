@@ -15,6 +15,7 @@ from electra_ds.errors import UserError
 from electra_ds.fileio import read_jsonl
 from electra_ds.shards import document_examples, load_sentencepiece, open_split, token_type_ids, write_shards
 from electra_ds.splits import document_split
+from electra_ds.text import split_sentences
 from helpers_data import cli, cli_error, demo_documents, demo_vocab, leftovers, scratch
 
 L = 64
@@ -194,3 +195,19 @@ def test_empty_train_split_is_a_user_error(tmp_path, capsys):
                     tmp_path / "out", "--valid-fraction", 0.4, "--heldout-fraction", 0.5)
     assert "no training examples" in msg and str(docs) in msg
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_plain_packing_fills_rows_with_one_documents_tokens(tmp_path):
+    sp = load_sentencepiece(demo_vocab())
+    docs = list(read_jsonl(demo_documents()))[:300]
+    result = write_shards(docs, sp, tmp_path, max_seq_len=L, valid_fraction=0.0, packing="plain", threads=2)
+    rows = np.fromfile(tmp_path / "train-00000.bin", dtype=np.uint16).reshape(-1, L)
+    assert len(rows) == result["splits"]["train"]["examples"] > 300
+    assert (rows[:, 0] == CLS_ID).all() and ((rows == SEP_ID).sum(axis=1) == 1).all()
+    assert token_type_ids(rows).max() == 0  # one segment
+    full = np.count_nonzero(rows, axis=1) == L
+    assert full.mean() > 0.5  # every row but a document's last is full
+    tokens = sum(len(ids) for d in docs for ids in sp.encode(split_sentences(d["text"])))
+    assert result["splits"]["train"]["tokens"] == tokens + 2 * len(rows)  # nothing lost or cut
+    assert cli(*shard_args(tmp_path / "cli"), "--packing", "plain") == 0
+    assert json.loads((tmp_path / "cli" / "index.json").read_text())["settings"]["packing"] == "plain"

@@ -28,7 +28,10 @@ rule dedup:
         docs=f"{R}/dedup/documents.jsonl",
         stats=f"{R}/dedup/stats.json",
     params:
+        exact="--exact" if config["dedup"]["exact"] else "--no-exact",
+        near="--near" if config["dedup"]["near"] else "--no-near",
         track=track,
+    threads: config["dedup"]["threads"]
     log:
         f"{R}/logs/dedup.log",
     benchmark:
@@ -37,8 +40,10 @@ rule dedup:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds dedup --input {input} --output {output.docs} --stats {output.stats} "
-        "--rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds dedup --input {input} --output {output.docs} --stats {output.stats} {params.exact} {params.near} "
+        "--shingle {config[dedup][shingle]} --ngram {config[dedup][ngram]} --num-perm {config[dedup][num_perm]} "
+        "--threshold {config[dedup][threshold]} --bands {config[dedup][bands]} --rows {config[dedup][rows]} "
+        "--workers {threads} --rule {rule} {params.track} > {log} 2>&1"
 
 
 rule vocab:
@@ -84,7 +89,8 @@ rule shards:
         "electra-ds shards --input {input.docs} --tokenizer-dir {input.vocab} --output-dir {output} "
         "--max-seq-len {config[shards][max_seq_len]} --valid-fraction {config[shards][valid_fraction]} "
         "--heldout-fraction {config[shards][heldout_fraction]} --short-seq-prob {config[shards][short_seq_prob]} "
-        "--examples-per-shard {config[shards][examples_per_shard]} --seed {config[seed]} --threads {threads} "
+        "--examples-per-shard {config[shards][examples_per_shard]} --packing {config[shards][packing]} "
+        "--seed {config[seed]} --threads {threads} "
         "--rule {rule} {params.track} > {log} 2>&1"
 
 
