@@ -65,10 +65,10 @@ def test_plots_are_pngs_even_without_data(tmp_path):
 
 def test_published_numbers():
     small, base = PUBLISHED["ELECTRA-Small (paper)"], PUBLISHED["ELECTRA-Base (paper)"]
-    assert small["scores"] == {"cola": 54.6, "sst2": 89.1, "mrpc": 83.7, "stsb": 80.3, "qqp": 88.0, "mnli": 79.7,
-                               "qnli": 87.7, "rte": 60.8}
-    assert base["scores"]["rte"] == 73.1 and base["reported_average"] == 85.1 and small["reported_average"] == 79.9
-    assert report.published_average("ELECTRA-Small (paper)") == pytest.approx(77.9875)
+    assert base["reported_average"] == 85.1 and small["reported_average"] == 79.9
+    assert report.published_average("ELECTRA-Small (paper)") == 79.9  # no per-task values: the quoted average
+    assert PUBLISHED["ELECTRA-Small-OWT (README)"]["scores"]["rte"] == 68.5
+    assert report.published_average("ELECTRA-Small++ (README)") == pytest.approx(81.1375)
     assert report.published_average("ELECTRA-Base (README)") == pytest.approx(87.4625)
 
 
@@ -77,12 +77,15 @@ def test_comparison_table_with_glue_and_earlier_runs():
     table = comparison_table(summary(), earlier)
     assert table["columns"] == ["task", "this run", *PUBLISHED, "exp 2025-01-01 10:00 (abcdef12)"]
     rows = {r[0]: r for r in table["rows"]}
-    assert rows["CoLA (MCC)"][1] == "35.0 ± 1.0" and rows["CoLA (MCC)"][2] == "54.6" and rows["CoLA (MCC)"][-1] == "25.0"
-    assert rows["SST-2 (acc)"][1] == "-" and rows["SST-2 (acc)"][2] == "89.1"   # not run here, published shown
+    owt = 2 + list(PUBLISHED).index("ELECTRA-Small-OWT (README)")
+    assert rows["CoLA (MCC)"][1] == "35.0 ± 1.0" and rows["CoLA (MCC)"][owt] == "56.8" and rows["CoLA (MCC)"][-1] == "25.0"
+    assert rows["CoLA (MCC)"][2] == "-"  # the paper's per-task values are not shown
+    assert rows["SST-2 (acc)"][1] == "-" and rows["SST-2 (acc)"][owt] == "88.3"   # not run here, published shown
+    assert rows["**GLUE score** (ELECTRA: 8 tasks)"][2] == "79.9"
     assert rows["**GLUE score** (ELECTRA: 8 tasks)"][1] == "47.0 (2/8 tasks)"
     assert rows["**GLUE score** (ELECTRA: 8 tasks)"][-1] == "40.0"
     assert rows["**probe score** (offline probes, not GLUE)"][1] == "70.0"
-    assert any("quoted average is 79.9" in n for n in table["notes"])
+    assert any("quoted average 79.9" in n for n in table["notes"])
     md = report.table_markdown(table)
     assert md.splitlines()[0].startswith("| task | this run | ELECTRA-Small (paper)")
     page = report.render_html("# Title\n\n" + md, {})
