@@ -15,6 +15,7 @@ import sys
 
 STAGES = {
     "corpus": "Read the configured sources and write normalised UTF-8 documents (JSONL).",
+    "scatter": "Split a documents JSONL into N contiguous parts (scatter step of a split dedup).",
     "dedup": "Remove exact duplicates (normalised-text hash), then near-duplicates (MinHash LSH); report counts.",
     "vocab": "Train a sentencepiece vocabulary with ELECTRA's special tokens; save a HF tokenizer dir.",
     "shards": "Tokenize documents and pack fixed-length examples into binary shards with an index.",

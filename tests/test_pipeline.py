@@ -117,3 +117,18 @@ def test_missing_corpus_path_stops_the_pipeline_with_one_clear_line(tmp_path):
     log = (results / "logs/corpus.log").read_text()
     assert "electra-ds corpus: error:" in log and "nope/*.txt" in log and "Traceback" not in log
     assert not (results / "corpus/documents.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_dedup_split_into_scatter_and_gather_jobs_equals_one_job(tmp_path):
+    outputs = {}
+    for parts in (1, 3):
+        results = tmp_path / f"parts{parts}"
+        res = snakemake(micro_config(tmp_path, **{"dedup.parts": parts}), results, extra=["--until", "dedup"],
+                        env_extra={"ELECTRA_DS_MLFLOW": "0"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        outputs[parts] = results
+    assert len(list((outputs[3] / "dedup/parts").glob("signatures-*"))) == 3  # three signing jobs ran
+    assert (outputs[1] / "dedup/documents.jsonl").read_bytes() == (outputs[3] / "dedup/documents.jsonl").read_bytes()
+    one, three = (json.loads((outputs[p] / "dedup/stats.json").read_text()) for p in (1, 3))
+    assert one["documents_out"] == three["documents_out"] and one["documents_out"] > 1000

@@ -21,15 +21,73 @@ rule corpus:
         "--on-decode-error {config[corpus][on_decode_error]} --rule {rule} {params.track} > {log} 2>&1"
 
 
-rule dedup:
+DEDUP_SETTINGS = (
+    "{params.exact} {params.near} --shingle {config[dedup][shingle]} --ngram {config[dedup][ngram]} "
+    "--num-perm {config[dedup][num_perm]} --threshold {config[dedup][threshold]} "
+    "--bands {config[dedup][bands]} --rows {config[dedup][rows]} --workers {threads}"
+)
+DEDUP_PARTS = [f"{part:05d}" for part in range(config["dedup"]["parts"])]
+
+
+rule corpus_parts:
+    # scatter (only with dedup.parts > 1): contiguous parts of the corpus, one signing job each
     input:
         rules.corpus.output.docs,
+    output:
+        expand(f"{R}/dedup/parts/documents-{{part}}.jsonl", part=DEDUP_PARTS),
+    params:
+        track=track,
+    log:
+        f"{R}/logs/corpus_parts.log",
+    benchmark:
+        f"{R}/benchmarks/corpus_parts.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "electra-ds scatter --input {input} --outputs {output} --rule {rule} {params.track} > {log} 2>&1"
+
+
+rule dedup_sign:
+    input:
+        f"{R}/dedup/parts/documents-{{part}}.jsonl",
+    output:
+        directory(f"{R}/dedup/parts/signatures-{{part}}"),
+    params:
+        exact="--exact" if config["dedup"]["exact"] else "--no-exact",
+        near="--near" if config["dedup"]["near"] else "--no-near",
+        track=track,
+    threads: config["dedup"]["threads"]
+    log:
+        f"{R}/logs/dedup_sign/{{part}}.log",
+    benchmark:
+        f"{R}/benchmarks/dedup_sign/{{part}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "electra-ds dedup --sign-only --input {input} --output {output} " + DEDUP_SETTINGS
+        + " --rule {rule} {params.track} > {log} 2>&1"
+
+
+def dedup_inputs(wildcards):
+    if len(DEDUP_PARTS) == 1:
+        return {"docs": rules.corpus.output.docs}
+    return {"docs": expand(f"{R}/dedup/parts/documents-{{part}}.jsonl", part=DEDUP_PARTS),
+            "signatures": expand(f"{R}/dedup/parts/signatures-{{part}}", part=DEDUP_PARTS)}
+
+
+rule dedup:
+    # one job; with dedup.parts > 1 the gather step over the parts' signatures
+    input:
+        unpack(dedup_inputs),
     output:
         docs=f"{R}/dedup/documents.jsonl",
         stats=f"{R}/dedup/stats.json",
     params:
         exact="--exact" if config["dedup"]["exact"] else "--no-exact",
         near="--near" if config["dedup"]["near"] else "--no-near",
+        signatures=lambda wildcards, input: f"--signatures {' '.join(input.signatures)}" if "signatures" in input.keys() else "",
         track=track,
     threads: config["dedup"]["threads"]
     log:
@@ -40,10 +98,8 @@ rule dedup:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds dedup --input {input} --output {output.docs} --stats {output.stats} {params.exact} {params.near} "
-        "--shingle {config[dedup][shingle]} --ngram {config[dedup][ngram]} --num-perm {config[dedup][num_perm]} "
-        "--threshold {config[dedup][threshold]} --bands {config[dedup][bands]} --rows {config[dedup][rows]} "
-        "--workers {threads} --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds dedup --input {input.docs} {params.signatures} --output {output.docs} --stats {output.stats} "
+        + DEDUP_SETTINGS + " --rule {rule} {params.track} > {log} 2>&1"
 
 
 rule vocab:
