@@ -53,6 +53,7 @@ def add_arguments(p) -> None:
     g.add_argument("--max-steps", type=int, default=1000000)
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (DeepSpeed engine.compile)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
@@ -177,6 +178,8 @@ def run(args, tracker) -> None:
                                                            lr_scheduler=scheduler, config=ds_cfg,
                                                            dist_init_required=True)
     device = engine.device
+    if args.compile:
+        engine.compile()
 
     start_step = 0
     if (ckpt_dir / "latest").exists():
@@ -198,7 +201,7 @@ def run(args, tracker) -> None:
         tracker.log_params({"model": shape.to_dict(), "global_batch_size": args.global_batch_size,
                             "micro_batch_size": micro, "grad_accum": accum, "world_size": world,
                             "zero_stage": zero_stage(ds_cfg), "precision": args.precision,
-                            "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
+                            "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "compile": args.compile,
                             "max_steps": args.max_steps, "mask_prob": args.mask_prob, "objective": args.objective,
                             "disc_weight": args.disc_weight, "seed": args.seed, "device": device_type,
                             "parameters": sum(p.numel() for p in model.parameters()),

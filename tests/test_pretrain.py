@@ -241,6 +241,19 @@ def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_p
 
 
 @pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(prepared, tmp_path):
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        args = pretrain_args(prepared, out, stage=2, steps=2, extra=extra)
+        args[args.index("--model") + 1] = NO_DROPOUT
+        res = run_cli(["launch", "--nproc-per-node", "1", "--", *args])
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = [r["loss"] for r in train_log(out) if r["split"] == "train"]
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mlm", "adversarial"])
 def test_other_objectives_train_under_deepspeed_and_export(prepared, tmp_path, objective):
     """ZeRO-0 on one process (stage 0 has its own export path), then the exported models load."""

@@ -11,6 +11,7 @@ rule pretrain:
         summary=f"{R}/pretrain/summary.json",
     params:
         model=as_json(config["pretrain"]["model"]),
+        compile="--compile" if config["pretrain"]["compile"] else "",
         out=f"{R}/pretrain",
         track=track,
     threads: config["pretrain"]["threads"]
@@ -42,7 +43,7 @@ rule pretrain:
         "--micro-batch-size {config[pretrain][micro_batch_size]} --learning-rate {config[pretrain][learning_rate]} "
         "--weight-decay {config[pretrain][weight_decay]} --warmup-steps {config[pretrain][warmup_steps]} "
         "--max-steps {config[pretrain][max_steps]} --precision {config[pretrain][precision]} "
-        "--device {config[pretrain][device]} --objective {config[pretrain][objective]} "
+        "--device {config[pretrain][device]} {params.compile} --objective {config[pretrain][objective]} "
         "--mask-prob {config[pretrain][mask_prob]} "
         "--disc-weight {config[pretrain][disc_weight]} --seed {config[seed]} "
         "--checkpoint-every {config[pretrain][checkpoint_every]} "
