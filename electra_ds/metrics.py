@@ -47,26 +47,26 @@ def _constant(values) -> bool:
     return max(values) == min(values)
 
 
-def pearson(predictions, labels) -> float:
-    from scipy.stats import pearsonr
-
+def _correlation(statistic, predictions, labels) -> float:
+    """A scipy correlation; 0.0 where it is undefined (fewer than 2 points, a constant side)."""
     preds, golds = _as_lists(predictions, labels)
     preds, golds = [float(p) for p in preds], [float(g) for g in golds]
     if len(preds) < 2 or _constant(preds) or _constant(golds):
         return 0.0
-    value = float(pearsonr(preds, golds)[0])
+    value = float(statistic(preds, golds)[0])
     return value if math.isfinite(value) else 0.0
+
+
+def pearson(predictions, labels) -> float:
+    from scipy.stats import pearsonr
+
+    return _correlation(pearsonr, predictions, labels)
 
 
 def spearman(predictions, labels) -> float:
     from scipy.stats import spearmanr
 
-    preds, golds = _as_lists(predictions, labels)
-    preds, golds = [float(p) for p in preds], [float(g) for g in golds]
-    if len(preds) < 2 or _constant(preds) or _constant(golds):
-        return 0.0
-    value = float(spearmanr(preds, golds)[0])
-    return value if math.isfinite(value) else 0.0
+    return _correlation(spearmanr, predictions, labels)
 
 
 _FUNCTIONS = {"mcc": mcc, "accuracy": accuracy, "f1": f1, "pearson": pearson, "spearman": spearman}
