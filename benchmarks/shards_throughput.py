@@ -1,6 +1,7 @@
 """Shards throughput: the shards stage (split, tokenize, pack, write) against raw sentencepiece batch
-encoding of the same lines with the same threads. The LAST line is the throughput ratio
-shards / raw encoding (the goal is >= 0.8: packing and writing cost at most a quarter).
+encoding of the same lines, with as many encode threads as the stage has worker processes. The LAST
+line is the throughput ratio shards / raw encoding (goal >= 0.8: packing and writing cost at most a
+quarter).
 
     python benchmarks/shards_throughput.py [--threads N] [--packing electra|plain]
 """
@@ -21,7 +22,8 @@ def main():
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--packing", choices=["electra", "plain"], default="electra")
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs of each side")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs of each side (the "
+                        "first shards run also starts the worker processes)")
     args = parser.parse_args()
     import sentencepiece as spm
 
@@ -51,8 +53,9 @@ def main():
             out.mkdir()
             with Timer() as t_shards:
                 result = write_shards(docs, sp, out, max_seq_len=args.max_seq_len, valid_fraction=0.01,
-                                      threads=args.threads, packing=args.packing)
+                                      workers=args.threads, packing=args.packing)
             shards.append(t_shards.seconds)
+        print("runs (s): raw " + " ".join(f"{t:.2f}" for t in raw) + "; shards " + " ".join(f"{t:.2f}" for t in shards))
         t_raw, t_sh = min(raw), min(shards)
         examples = sum(s["examples"] for s in result["splits"].values())
         print(f"raw sentencepiece encode: {t_raw:6.2f} s  {tokens / t_raw / 1e6:6.2f} M tokens/s")

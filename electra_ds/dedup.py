@@ -21,7 +21,6 @@ and writes the kept documents of every part, in order, to one output.
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ import numpy as np
 from electra_ds.errors import UserError
 from electra_ds.fileio import _open_text, atomic_path, write_json
 from electra_ds.minhash import MinHashConfig, Signer, clusters, near_duplicate_pairs, true_jaccard
+from electra_ds.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _lines(path) -> Iterator[str]:
     """Non-blank lines of a (possibly gzip/zstd-compressed) JSONL file; one per document."""
     import io
 
-    from electra_ds.corpus import open_binary
+    from electra_ds.readers import open_binary
 
     with open_binary(Path(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as f:
         for line in f:
@@ -123,25 +123,6 @@ def _sign_batch(lines: list[str], first: int, path: str, config: MinHashConfig |
     return (hashes, *_SIGNER["signer"].sign(texts))
 
 
-def _ordered_results(func, batches, workers: int):
-    """func(*args) over ``batches`` in order, on ``workers`` processes with a bounded read-ahead."""
-    if workers <= 1:
-        for args in batches:
-            yield func(*args)
-        return
-    import multiprocessing as mp
-
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(workers) as pool:
-        pending: collections.deque = collections.deque()
-        for args in batches:
-            pending.append(pool.apply_async(func, args))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
 def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: int = 1) -> dict:
     """Pass 1 over one input file: write its signature directory; return its meta."""
     out_dir = Path(out_dir)
@@ -157,7 +138,7 @@ def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: i
 
     with open(out_dir / "hashes.u64", "wb") as fh, open(out_dir / "sigs.u32", "wb") as fs, \
             open(out_dir / "keys.u64", "wb") as fk, open(out_dir / "shingled.bool", "wb") as fo:
-        for hashes, sigs, keys, ok in _ordered_results(_sign_batch, jobs(), workers):
+        for hashes, sigs, keys, ok in ordered_map(_sign_batch, jobs(), workers):
             fh.write(hashes.tobytes())
             n += len(hashes)
             if sigs is not None:

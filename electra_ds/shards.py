@@ -1,14 +1,16 @@
 """Shards stage: tokenize documents and pack fixed-length ELECTRA examples into binary shards.
 
 Each document goes to train, valid or held-out by :func:`electra_ds.splits.document_split` (held-out
-documents are skipped: they feed the probe tasks). Its lines (long ones cut at sentence ends) are
-tokenized with sentencepiece's multi-threaded batch encoder, a batch of documents at a time, and
-packed like google-research/electra's ``build_pretraining_dataset.py``: consecutive sentences of one
-document are collected up to a target length (``max_seq_len``, or with ``--short-seq-prob`` a random
-shorter one), split into segments A and B, truncated and written as ``[CLS] A [SEP] B [SEP]``
-(``[CLS] A [SEP]`` when B is empty), right-padded with [PAD]. A sentence longer than one example is
-cut into example-sized pieces first. Each document draws from its own RNG (seed, document id), so its
-examples do not depend on the other documents.
+documents are skipped: they feed the probe tasks). Batches of documents are tokenized and packed on
+``--threads`` worker processes and come back in order. A document's lines (long ones cut at sentence
+ends) are encoded with sentencepiece's batch encoder and packed like google-research/electra's
+``build_pretraining_dataset.py``: consecutive sentences of one document are collected up to a target
+length (``max_seq_len``, or with ``--short-seq-prob`` a random shorter one), split into segments A and
+B, truncated and written as ``[CLS] A [SEP] B [SEP]`` (``[CLS] A [SEP]`` when B is empty), right-padded
+with [PAD]. A sentence longer than one example is cut into example-sized pieces first. Each document
+draws from its own RNG (seed, document id), so its examples depend neither on the other documents nor
+on the number of workers. Packing is planned on sentence lengths and done with numpy copies; no
+Python list of token ids is built.
 
 Layout of the output directory: ``<split>-00000.bin`` ... raw row-major ``(examples, max_seq_len)``
 arrays (uint16, or uint32 for vocabularies over 65535) and ``index.json`` with counts and sha256s.
@@ -18,7 +20,6 @@ arrays (uint16, or uint32 for vocabularies over 65535) and ``index.json`` with c
 from __future__ import annotations
 
 import bisect
-import collections
 import hashlib
 import itertools
 import logging
@@ -33,6 +34,7 @@ from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path, read_json, read_jsonl, sha256_file, write_json
+from electra_ds.parallel import ordered_map
 from electra_ds.splits import document_split
 
 log = logging.getLogger(__name__)
@@ -42,70 +44,115 @@ SPLITS = ("train", "valid")
 PACKINGS = ("electra", "plain")
 SINGLE_SEGMENT_PROB = 0.1  # as in build_pretraining_dataset.py: sometimes only one segment
 BATCH_DOCUMENTS = 2_000
-BATCH_CHARS = 2_000_000  # with two batches in flight, bounds memory (Python int lists: ~36 B per token)
+BATCH_CHARS = 1_000_000  # at most 2 x workers batches in flight: bounds memory (and the idle tail)
 
 
 # -- example building -------------------------------------------------------------------------
+# Examples are planned on sentence lengths only: each is a list of token spans of the batch's flat id
+# array, and _Batch.rows() copies all spans at once with numpy. No Python list of token ids is built.
 def _next_target(max_seq_len: int, short_seq_prob: float, rng: random.Random) -> int:
     """Content tokens (without the 3 specials) to collect for the next example."""
     total = rng.randint(5, max_seq_len) if rng.random() < short_seq_prob else max_seq_len
     return total - 3
 
 
-def _segments(sentences: list[list[int]], target: int, max_seq_len: int, rng: random.Random):
-    """Split collected sentences into (A, B) as the official code does; truncate to fit. Returns (A, B, cut)."""
+class _Batch:
+    """The examples of one batch of documents for one split, as spans of the batch's flat id array."""
+
+    def __init__(self, max_seq_len: int):
+        self.max_seq_len = max_seq_len
+        self.src: list[int] = []  # span starts in the flat ids
+        self.dst: list[int] = []  # span starts in the row-major output
+        self.size: list[int] = []  # span lengths
+        self.seps: list[int] = []  # [SEP] positions in the row-major output
+        self.examples = 0
+        self.documents = 0
+        self.truncated_tokens = 0
+
+    def add(self, first: list, n_first: int, second: list, n_second: int) -> None:
+        """One ``[CLS] A [SEP] B [SEP]`` example from (start, length) spans; A and B truncated to fit."""
+        keep_first = min(n_first, self.max_seq_len - 2)
+        keep_second = min(n_second, max(0, self.max_seq_len - keep_first - 3))
+        self.truncated_tokens += n_first + n_second - keep_first - keep_second
+        pos = self.examples * self.max_seq_len + 1
+        for spans, left in ((first, keep_first), (second, keep_second)):
+            if not left:
+                continue
+            for start, size in spans:
+                size = min(size, left)
+                self.src.append(start)
+                self.dst.append(pos)
+                self.size.append(size)
+                pos += size
+                left -= size
+                if not left:
+                    break
+            self.seps.append(pos)
+            pos += 1
+        self.examples += 1
+
+    def rows(self, flat: np.ndarray, dtype) -> np.ndarray:
+        """The (examples, max_seq_len) array: [CLS], the copied spans, [SEP]s, right-padded with [PAD]."""
+        out = np.full(self.examples * self.max_seq_len, PAD_ID, dtype=dtype)
+        out[::self.max_seq_len] = CLS_ID
+        out[np.asarray(self.seps, dtype=np.int64)] = SEP_ID
+        size = np.asarray(self.size, dtype=np.int64)
+        within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+        out[np.repeat(np.asarray(self.dst, dtype=np.int64), size) + within] = \
+            flat[np.repeat(np.asarray(self.src, dtype=np.int64), size) + within]
+        return out.reshape(self.examples, self.max_seq_len)
+
+
+def _add_segments(batch: _Batch, spans: list, target: int, rng: random.Random) -> None:
+    """Split collected sentences into A and B as google-research/electra does, then add the example.
+
+    A takes a sentence while empty, while it stays under its target, or half of the time when it would go
+    over (as long as B is still empty); everything else goes to B, so a later short sentence can still
+    join A. With probability 0.1 A's target is unbounded and the example has one segment."""
     first_target = 10**9 if rng.random() < SINGLE_SEGMENT_PROB else target // 2
-    first: list[int] = []
-    second: list[int] = []
-    for sentence in sentences:
-        # A takes a sentence while empty, while it stays under its target, or half of the time when it
-        # would go over (as long as B is still empty); everything after goes to B
-        if (not first or len(first) + len(sentence) < first_target
-                or (not second and len(first) < first_target and rng.random() < 0.5)):
-            first += sentence
+    first, second, n_first, n_second = [], [], 0, 0
+    for span in spans:
+        size = span[1]
+        if (not n_first or n_first + size < first_target
+                or (not n_second and n_first < first_target and rng.random() < 0.5)):
+            first.append(span)
+            n_first += size
         else:
-            second += sentence
-    n = len(first) + len(second)
-    first = first[:max_seq_len - 2]
-    second = second[:max(0, max_seq_len - len(first) - 3)]
-    return first, second, n - len(first) - len(second)
+            second.append(span)
+            n_second += size
+    batch.add(first, n_first, second, n_second)
 
 
-def document_examples(sentences: list[list[int]], max_seq_len: int, short_seq_prob: float,
-                      rng: random.Random) -> Iterator[tuple[list[int], list[int], int]]:
-    """(segment A, segment B, tokens cut off) for one document's tokenized sentences."""
+def _plan_document(batch: _Batch, starts: list, sizes: list, short_seq_prob: float, rng: random.Random) -> None:
+    """ELECTRA examples of one document whose sentences are the spans (starts[i], sizes[i]).
+
+    Consecutive sentences are collected until they reach the target length (``max_seq_len``, or with
+    ``short_seq_prob`` a random shorter one); a sentence longer than one example is cut into pieces first."""
+    max_seq_len = batch.max_seq_len
     budget = max_seq_len - 3
     target = _next_target(max_seq_len, short_seq_prob, rng)
-    current: list[list[int]] = []
-    length = 0
-    for sentence in sentences:
-        # over-long sentences become example-sized pieces
-        pieces = (sentence,) if len(sentence) <= budget else [sentence[s:s + budget]
-                                                              for s in range(0, len(sentence), budget)]
+    spans, length = [], 0
+    for start, size in zip(starts, sizes):
+        if not size:
+            continue
+        pieces = ((start, size),) if size <= budget else [
+            (start + s, min(budget, size - s)) for s in range(0, size, budget)]
         for piece in pieces:
-            current.append(piece)
-            length += len(piece)
+            spans.append(piece)
+            length += piece[1]
             if length >= target:
-                yield _segments(current, target, max_seq_len, rng)
-                current, length = [], 0
+                _add_segments(batch, spans, target, rng)
+                spans, length = [], 0
                 target = _next_target(max_seq_len, short_seq_prob, rng)
-    if current:
-        yield _segments(current, target, max_seq_len, rng)
+    if spans:
+        _add_segments(batch, spans, target, rng)
 
 
-def plain_examples(sentences: list[list[int]], max_seq_len: int) -> Iterator[tuple[list[int], list[int], int]]:
-    """Plain packing: the document's tokens in order, cut into ``[CLS] piece [SEP]`` rows (one segment)."""
-    tokens = [t for sentence in sentences for t in sentence]
-    budget = max_seq_len - 2
-    for start in range(0, len(tokens), budget):
-        yield tokens[start:start + budget], [], 0
-
-
-def example_row(first: list[int], second: list[int], max_seq_len: int, dtype) -> np.ndarray:
-    ids = [CLS_ID, *first, SEP_ID] + ([*second, SEP_ID] if second else [])
-    row = np.full(max_seq_len, PAD_ID, dtype=dtype)
-    row[:len(ids)] = ids
-    return row
+def _plan_plain(batch: _Batch, start: int, end: int) -> None:
+    """Plain packing: the document's tokens [start, end) in order, as ``[CLS] piece [SEP]`` rows."""
+    budget = batch.max_seq_len - 2
+    for s in range(start, end, budget):
+        batch.add([(s, min(budget, end - s))], min(budget, end - s), [], 0)
 
 
 def token_type_ids(input_ids: np.ndarray, sep_id: int = SEP_ID, pad_id: int = PAD_ID) -> np.ndarray:
@@ -158,49 +205,75 @@ class ShardWriter:
                 "documents": self.documents, "truncated_tokens": self.truncated_tokens, "shards": self.shards}
 
 
-def _batches(documents: Iterable[dict]) -> Iterator[list[dict]]:
+def _batches(documents: Iterable[dict]) -> Iterator[tuple[list[tuple[str, str]]]]:
+    """(id, text) pairs in batches of at most BATCH_DOCUMENTS documents or about BATCH_CHARS characters."""
     batch, chars = [], 0
     for doc in documents:
-        batch.append(doc)
+        batch.append((str(doc["id"]), doc["text"]))
         chars += len(doc["text"])
         if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-            yield batch
+            yield (batch,)
             batch, chars = [], 0
     if batch:
-        yield batch
+        yield (batch,)
 
 
-def _encoded_batches(documents: Iterable[dict], sp, threads: int, split_of):
-    """([(doc, split, number of sentences)], ids of all their sentences) per batch of documents.
+class _Packer:
+    """Splits, tokenizes and packs one batch of documents into example rows per split.
 
-    The next batch is encoded in a background thread (sentencepiece releases the GIL) while the caller
-    packs this one; at most two batches are in flight."""
-    from concurrent.futures import ThreadPoolExecutor
+    Batches are independent (each document draws from its own RNG), so they run on worker processes
+    and come back in order: the output is the same for any number of workers."""
 
-    pending: collections.deque = collections.deque()
-    with ThreadPoolExecutor(1) as pool:
-        for batch in _batches(documents):
-            docs, lines = [], []
-            for doc in batch:
-                split = split_of(doc)
-                sentences = split_sentences(doc["text"]) if split != "heldout" else []
-                docs.append((doc, split, len(sentences)))
-                lines += sentences
-            pending.append((docs, pool.submit(sp.encode, lines, num_threads=threads) if lines else None))
-            if len(pending) > 1:
-                docs, job = pending.popleft()
-                yield docs, job.result() if job else []
-        while pending:
-            docs, job = pending.popleft()
-            yield docs, job.result() if job else []
+    def __init__(self, sp, *, max_seq_len: int, valid_fraction: float, heldout_fraction: float,
+                 short_seq_prob: float, seed: int, packing: str):
+        self.sp, self.max_seq_len, self.short_seq_prob = sp, max_seq_len, short_seq_prob
+        self.valid_fraction, self.heldout_fraction, self.seed, self.packing = valid_fraction, heldout_fraction, seed, packing
+        self.dtype = np.uint16 if sp.get_piece_size() <= 65535 else np.uint32
+
+    def __call__(self, batch: list[tuple[str, str]]) -> tuple[dict, int]:
+        """({split: (rows or None, documents, truncated tokens)}, held-out documents) of one batch."""
+        docs, lines, heldout = [], [], 0
+        for doc_id, text in batch:
+            split = document_split(doc_id, valid_fraction=self.valid_fraction,
+                                   heldout_fraction=self.heldout_fraction, seed=self.seed)
+            if split == "heldout":
+                heldout += 1
+                continue
+            sentences = split_sentences(text)
+            docs.append((doc_id, split, len(sentences)))
+            lines += sentences
+        # one flat id array and the sentence lengths; the encoder's Python lists are freed at once
+        encoded = self.sp.encode(lines, num_threads=1) if lines else []
+        sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=int(sizes.sum()))
+        del encoded
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()  # sentence i: flat[offsets[i]:offsets[i+1]]
+        sizes = sizes.tolist()
+        planned = {s: _Batch(self.max_seq_len) for s in SPLITS}
+        i = 0
+        for doc_id, split, n in docs:
+            batch_of_split = planned[split]
+            before = batch_of_split.examples
+            if self.packing == "plain":
+                _plan_plain(batch_of_split, offsets[i], offsets[i + n])
+            else:
+                _plan_document(batch_of_split, offsets[i:i + n], sizes[i:i + n], self.short_seq_prob,
+                               random.Random(f"{self.seed}:{doc_id}"))
+            batch_of_split.documents += batch_of_split.examples > before
+            i += n
+        return {s: (b.rows(flat, self.dtype) if b.examples else None, b.documents, b.truncated_tokens)
+                for s, b in planned.items()}, heldout
 
 
-def _rows(flat: list[int], lengths: list[int], max_seq_len: int, dtype) -> np.ndarray:
-    """Right-padded (examples, max_seq_len) array from the concatenated example ids."""
-    lengths = np.asarray(lengths)
-    rows = np.full((len(lengths), max_seq_len), PAD_ID, dtype=dtype)
-    rows[np.arange(max_seq_len) < lengths[:, None]] = np.asarray(flat, dtype=dtype)
-    return rows
+_WORKER: dict = {}
+
+
+def _set_packer(packer: _Packer) -> None:
+    _WORKER["packer"] = packer
+
+
+def _pack(batch: list[tuple[str, str]]):
+    return _WORKER["packer"](batch)
 
 
 def load_sentencepiece(tokenizer_dir):
@@ -220,49 +293,22 @@ def load_sentencepiece(tokenizer_dir):
 
 def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: int = 128,
                  valid_fraction: float = 0.01, heldout_fraction: float = 0.0, short_seq_prob: float = 0.1,
-                 seed: int = 0, threads: int = 1, examples_per_shard: int = 100_000, packing: str = "electra") -> dict:
-    """Write every split's shards into ``out_dir``; return the split summaries and the held-out count."""
-    vocab_size = sp.get_piece_size()
-    dtype = np.uint16 if vocab_size <= 65535 else np.uint32
+                 seed: int = 0, workers: int = 1, examples_per_shard: int = 100_000, packing: str = "electra") -> dict:
+    """Write every split's shards into ``out_dir``; return the split summaries and the held-out count.
+    ``workers`` processes tokenize and pack batches in parallel (each encodes with one thread)."""
+    packer = _Packer(sp, max_seq_len=max_seq_len, valid_fraction=valid_fraction, heldout_fraction=heldout_fraction,
+                     short_seq_prob=short_seq_prob, seed=seed, packing=packing)
     writers = {s: ShardWriter(out_dir, s, examples_per_shard) for s in SPLITS}
     heldout = 0
-
-    def split_of(doc):
-        return document_split(str(doc["id"]), valid_fraction=valid_fraction, heldout_fraction=heldout_fraction,
-                              seed=seed)
-
-    for docs, encoded in _encoded_batches(documents, sp, threads, split_of):
-        encoded = iter(encoded)
-        flat = {s: [] for s in SPLITS}
-        lengths = {s: [] for s in SPLITS}
-        for doc, split, n_sentences in docs:
-            if split == "heldout":
-                heldout += 1
-                continue
-            tokenized = list(itertools.islice(encoded, n_sentences))
-            if not all(tokenized):
-                tokenized = [ids for ids in tokenized if ids]
-            n_before = len(lengths[split])
-            if packing == "plain":
-                examples = plain_examples(tokenized, max_seq_len)
-            else:
-                examples = document_examples(tokenized, max_seq_len, short_seq_prob, random.Random(f"{seed}:{doc['id']}"))
-            out, lens = flat[split], lengths[split]
-            for first, second, cut in examples:
-                out.append(CLS_ID)
-                out += first
-                out.append(SEP_ID)
-                if second:
-                    out += second
-                    out.append(SEP_ID)
-                lens.append(len(first) + len(second) + (3 if second else 2))
-                writers[split].truncated_tokens += cut
-            writers[split].documents += len(lens) > n_before
-        for split in SPLITS:
-            if lengths[split]:
-                writers[split].add(_rows(flat[split], lengths[split], max_seq_len, dtype))
+    for packed, n_heldout in ordered_map(_pack, _batches(documents), workers, _set_packer, (packer,)):
+        heldout += n_heldout
+        for split, (rows, documents_, truncated) in packed.items():
+            if rows is not None:
+                writers[split].add(rows)
+            writers[split].documents += documents_
+            writers[split].truncated_tokens += truncated
     return {"splits": {s: w.close() for s, w in writers.items()}, "heldout_documents": heldout,
-            "vocab_size": vocab_size, "dtype": np.dtype(dtype).name}
+            "vocab_size": sp.get_piece_size(), "dtype": np.dtype(packer.dtype).name}
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -351,7 +397,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--short-seq-prob", type=float, default=0.1,
                         help="probability of a random shorter target length")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="sentencepiece encode threads")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker processes that tokenize and pack (one encode thread each)")
     parser.add_argument("--examples-per-shard", type=int, default=100_000)
     parser.add_argument("--packing", choices=PACKINGS, default="electra",
                         help="electra: [CLS] A [SEP] B [SEP] from consecutive sentences (official recipe); "
@@ -380,7 +426,7 @@ def run(args, tracker) -> None:
                 "seed": args.seed, "examples_per_shard": args.examples_per_shard, "packing": args.packing}
     tracker.log_params(settings)
     with atomic_path(args.output_dir, is_dir=True) as tmp:
-        result = write_shards(read_jsonl(args.input), sp, tmp, threads=args.threads,
+        result = write_shards(read_jsonl(args.input), sp, tmp, workers=args.threads,
                               **{k: v for k, v in settings.items()})
         if result["splits"]["train"]["examples"] == 0:
             raise UserError("no training examples (every document went to valid/held-out, or none had text)",

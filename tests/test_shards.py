@@ -13,7 +13,8 @@ import pytest
 from electra_ds import CLS_ID, PAD_ID, SEP_ID
 from electra_ds.errors import UserError
 from electra_ds.fileio import read_jsonl
-from electra_ds.shards import document_examples, load_sentencepiece, open_split, token_type_ids, write_shards
+from electra_ds import shards as shards_module
+from electra_ds.shards import load_sentencepiece, open_split, token_type_ids, write_shards
 from electra_ds.splits import document_split
 from electra_ds.text import split_sentences
 from helpers_data import cli, cli_error, demo_documents, demo_vocab, leftovers, scratch
@@ -43,22 +44,99 @@ def all_rows(shard_dir, split):
 
 
 # -- example building ----------------------------------------------------------------------
-def test_document_examples_keep_every_token_or_count_it():
-    rng = random.Random(0)
-    sentences = [[5 + (i * 7 + j) % 50 for j in range(rng.randint(1, 90))] for i in range(300)]
-    examples = list(document_examples(sentences, L, 0.1, random.Random(1)))
-    assert sum(len(a) + len(b) + cut for a, b, cut in examples) == sum(map(len, sentences))
-    assert all(len(a) >= 1 and 2 + len(a) + (len(b) + 1 if b else 0) <= L for a, b, _ in examples)
-    assert sum(bool(b) for _, b, _ in examples) > len(examples) / 2  # mostly two segments
-    lengths = [len(a) + len(b) for a, b, _ in examples[:-1]]
-    assert np.median(lengths) == L - 3  # targets are full length unless short_seq_prob hits
+# The reference: google-research/electra's build_pretraining_dataset.py example logic, written plainly
+# on lists of ids. The stage plans the same examples on sentence lengths and copies with numpy; the
+# tests below require byte-identical rows.
+def reference_examples(sentences, max_seq_len, short_seq_prob, rng):
+    """(A, B, tokens cut off) per example of one document's tokenized sentences."""
+    def next_target():
+        return (rng.randint(5, max_seq_len) if rng.random() < short_seq_prob else max_seq_len) - 3
+
+    def segments(current, target):
+        first_target = 10**9 if rng.random() < 0.1 else target // 2
+        first, second = [], []
+        for sentence in current:
+            if (not first or len(first) + len(sentence) < first_target
+                    or (not second and len(first) < first_target and rng.random() < 0.5)):
+                first += sentence
+            else:
+                second += sentence
+        n = len(first) + len(second)
+        first = first[:max_seq_len - 2]
+        second = second[:max(0, max_seq_len - len(first) - 3)]
+        return first, second, n - len(first) - len(second)
+
+    budget = max_seq_len - 3
+    target, current, length = next_target(), [], 0
+    for sentence in (s for s in sentences if s):
+        for piece in [sentence[i:i + budget] for i in range(0, len(sentence), budget)]:
+            current.append(piece)
+            length += len(piece)
+            if length >= target:
+                yield segments(current, target)
+                current, length, target = [], 0, next_target()
+    if current:
+        yield segments(current, target)
+
+
+def reference_rows(docs, sp, max_seq_len, short_seq_prob, seed, split="train", **fractions):
+    """All rows of one split, built document by document with the reference logic."""
+    rows, cut = [], 0
+    for doc in docs:
+        if document_split(str(doc["id"]), seed=seed, **fractions) != split:
+            continue
+        sentences = sp.encode(split_sentences(doc["text"]))
+        for a, b, c in reference_examples(sentences, max_seq_len, short_seq_prob, random.Random(f"{seed}:{doc['id']}")):
+            ids = [CLS_ID, *a, SEP_ID] + ([*b, SEP_ID] if b else [])
+            rows.append(ids + [PAD_ID] * (max_seq_len - len(ids)))
+            cut += c
+    return np.array(rows, dtype=np.uint16).reshape(-1, max_seq_len), cut
+
+
+def planned_rows(sentences, max_seq_len, short_seq_prob, rng):
+    """The stage's planner on one document: (rows, tokens cut off)."""
+    sizes = [len(s) for s in sentences]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    flat = np.array([t for s in sentences for t in s], dtype=np.uint16)
+    batch = shards_module._Batch(max_seq_len)
+    shards_module._plan_document(batch, offsets[:-1], sizes, short_seq_prob, rng)
+    return batch.rows(flat, np.uint16), batch.truncated_tokens
+
+
+def synthetic_document(rng, n=300):
+    """Sentences of 0 to 160 ids: empty ones, and some longer than one example."""
+    return [[5 + (i * 7 + j) % 50 for j in range(rng.choice([0, rng.randint(1, 40), rng.randint(1, 160)]))]
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("short_seq_prob", [0.0, 0.1, 1.0])
+def test_planner_matches_the_reference_examples(short_seq_prob):
+    for doc in range(20):
+        sentences = synthetic_document(random.Random(doc))
+        rows, cut = planned_rows(sentences, L, short_seq_prob, random.Random(doc))
+        ref = list(reference_examples(sentences, L, short_seq_prob, random.Random(doc)))
+        assert len(rows) == len(ref) and cut == sum(c for _, _, c in ref)
+        for row, (a, b, _) in zip(rows.tolist(), ref):
+            ids = [CLS_ID, *a, SEP_ID] + ([*b, SEP_ID] if b else [])
+            assert row == ids + [PAD_ID] * (L - len(ids))
+
+
+def test_examples_keep_every_token_or_count_it():
+    sentences = synthetic_document(random.Random(0))
+    rows, cut = planned_rows(sentences, L, 0.1, random.Random(1))
+    n_sep = (rows == SEP_ID).sum(axis=1)
+    content = np.count_nonzero(rows) - len(rows) - n_sep.sum()  # without [CLS] and [SEP]s
+    assert content + cut == sum(map(len, sentences))
+    assert (rows[:, 0] == CLS_ID).all() and (rows[:, 1] != SEP_ID).all()  # A is never empty
+    assert (n_sep == 2).mean() > 0.5  # mostly two segments
+    assert np.median(np.count_nonzero(rows, axis=1)[:-1]) == L  # most examples are full
 
 
 def test_short_seq_prob_gives_shorter_examples():
     sentences = [[9] * 10 for _ in range(2000)]
-    full = [len(a) + len(b) for a, b, _ in document_examples(sentences, L, 0.0, random.Random(0))]
-    short = [len(a) + len(b) for a, b, _ in document_examples(sentences, L, 1.0, random.Random(0))]
-    assert min(full[:-1]) == L - 3 and np.mean(short) < 0.75 * (L - 3)
+    full = np.count_nonzero(planned_rows(sentences, L, 0.0, random.Random(0))[0], axis=1)
+    short = np.count_nonzero(planned_rows(sentences, L, 1.0, random.Random(0))[0], axis=1)
+    assert full[:-1].min() >= L - 1 and short.mean() < 0.75 * L
 
 
 def test_token_type_ids_1d_2d_and_like_the_hf_tokenizer():
@@ -96,6 +174,20 @@ def test_examples_are_well_formed(shards):
     assert len(index["splits"]["train"]["shards"]) == -(-index["splits"]["train"]["examples"] // 1000)
 
 
+def test_stage_rows_match_the_reference_for_any_number_of_workers(shards, tmp_path):
+    docs = list(read_jsonl(demo_documents()))
+    sp = load_sentencepiece(demo_vocab())
+    index = json.loads((shards / "index.json").read_text())
+    fractions = dict(valid_fraction=0.1, heldout_fraction=0.05)
+    for split in ("train", "valid"):  # the module fixture ran the CLI with --threads 2
+        expected, cut = reference_rows(docs, sp, L, 0.1, 3, split, **fractions)
+        assert np.array_equal(all_rows(shards, split), expected)
+        assert index["splits"][split]["truncated_tokens"] == cut
+    result = write_shards(docs, sp, tmp_path, **SETTINGS, workers=1, examples_per_shard=1000)
+    for split in ("train", "valid"):
+        assert result["splits"][split] == index["splits"][split]  # same counts and sha256s
+
+
 def test_splits_are_by_document(shards, tmp_path):
     docs = list(read_jsonl(demo_documents()))
     split_of = {d["id"]: document_split(d["id"], valid_fraction=0.1, heldout_fraction=0.05, seed=3) for d in docs}
@@ -105,7 +197,7 @@ def test_splits_are_by_document(shards, tmp_path):
     # the valid shards are exactly what the valid documents alone produce: no train document leaks in
     sp = load_sentencepiece(demo_vocab())
     only_valid = [d for d in docs if split_of[d["id"]] == "valid"]
-    result = write_shards(only_valid, sp, tmp_path, **SETTINGS, threads=2, examples_per_shard=10**6)
+    result = write_shards(only_valid, sp, tmp_path, **SETTINGS, workers=2, examples_per_shard=10**6)
     assert result["splits"]["train"]["examples"] == 0
     assert np.array_equal(np.fromfile(tmp_path / "valid-00000.bin", dtype=np.uint16).reshape(-1, L),
                           all_rows(shards, "valid"))
@@ -200,7 +292,7 @@ def test_empty_train_split_is_a_user_error(tmp_path, capsys):
 def test_plain_packing_fills_rows_with_one_documents_tokens(tmp_path):
     sp = load_sentencepiece(demo_vocab())
     docs = list(read_jsonl(demo_documents()))[:300]
-    result = write_shards(docs, sp, tmp_path, max_seq_len=L, valid_fraction=0.0, packing="plain", threads=2)
+    result = write_shards(docs, sp, tmp_path, max_seq_len=L, valid_fraction=0.0, packing="plain", workers=2)
     rows = np.fromfile(tmp_path / "train-00000.bin", dtype=np.uint16).reshape(-1, L)
     assert len(rows) == result["splits"]["train"]["examples"] > 300
     assert (rows[:, 0] == CLS_ID).all() and ((rows == SEP_ID).sum(axis=1) == 1).all()
