@@ -20,19 +20,18 @@ Every document is normalised (:func:`normalise_text`), filtered by length and wr
 from __future__ import annotations
 
 import ast
-import glob
 import itertools
 import json
 import logging
 import os
-import re
 import sysconfig
 from pathlib import Path
 from typing import Iterator
 
 from electra_ds.errors import UserError
-from electra_ds.text import normalise_text, strip_gutenberg
 from electra_ds.fileio import write_json, write_jsonl
+from electra_ds.readers import TOO_LONG, expand_paths, iter_local
+from electra_ds.text import normalise_text
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ DEFAULT_DOWNLOADS = "downloads"  # beside the corpus output, unless cache_dir / 
 DEMO_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter",
                   "turtledemo", "__pycache__"}
 DEMO_MIN_DOCSTRING = 200
-_BAD_BYTES = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, kept by surrogateescape
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -98,249 +96,6 @@ def _docstrings(node, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield from _docstrings(child, qualname + ".")
         elif not isinstance(child, ast.Module):
             yield from _docstrings(child, prefix)  # defs inside if/try blocks
-
-
-def expand_paths(patterns: list[str], field: str) -> list[tuple[Path, str]]:
-    """(file, id stem) for each file matched by each glob / path / directory, sorted per pattern.
-
-    The id stem is the file's path below the pattern's fixed directory, prefixed by that directory's
-    name (``gutenberg/11-0.txt``), so document ids do not change when the data moves elsewhere.
-    A pattern that matches nothing is an error.
-    """
-    files = []
-    for pattern in patterns:
-        p = Path(pattern)
-        if p.is_dir():
-            base = p
-            matches = sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        else:
-            fixed = [part for part in itertools.takewhile(lambda s: not glob.has_magic(s), p.parts)]
-            base = Path(*fixed).parent if len(fixed) == len(p.parts) else Path(*fixed) if fixed else Path(".")
-            matches = sorted(m for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
-        if not matches:
-            raise UserError("no file matches this path or glob", path=pattern, field=field,
-                            fix="correct the path (relative paths are taken from the working directory)")
-        prefix = base.resolve().name
-        files.extend((Path(m), f"{prefix}/{Path(m).relative_to(base).as_posix()}") for m in matches)
-    return files
-
-
-def _format_of(path: Path, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".zst")]
-    last = suffixes[-1] if suffixes else ""
-    return {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}.get(last, "txt")
-
-
-def open_binary(path: Path):
-    """A binary reader of ``path``, decompressing ``.gz`` (gzip) and ``.zst`` (zstandard) files."""
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        import io
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
-def _decode_error(path: Path, offset: int, where: str = "") -> UserError:
-    gz = " (uncompressed)" if path.name.endswith((".gz", ".zst")) else ""
-    return UserError(f"{where}not valid UTF-8 at byte offset {offset}{gz}", path=path,
-                     fix="convert the file to UTF-8, or set `on_decode_error: replace` (or `skip`) in the "
-                         "corpus config (command line: --on-decode-error replace)")
-
-
-READ_BLOCK = 1 << 20
-BINARY_PROBE = 8192
-TOO_LONG = object()  # yielded instead of a text too long to be kept (it was never held in memory)
-
-
-def _check_binary(path: Path, first: bytes, policy: str, stats: dict) -> bool:
-    """True (and counted) if the file looks binary: a NUL byte in its first block. With the ``fail``
-    policy that is a UserError."""
-    if b"\x00" not in first[:BINARY_PROBE]:
-        return False
-    if policy == "fail":
-        raise UserError("looks like a binary file (NUL bytes in its first 8 KiB), not text", path=path,
-                        fix="remove it from the source's paths, or set `on_decode_error: skip` to skip such files")
-    stats["binary_files"] += 1
-    log.warning("%s: skipped, looks binary (NUL bytes)", path)
-    return True
-
-
-def _decoded_blocks(path: Path, policy: str, stats: dict) -> Iterator[str]:
-    """The file's text in blocks, LF line ends (CRLF and lone CR converted across block boundaries), BOM
-    dropped; bytes that are not UTF-8 kept as surrogates (``_BAD_BYTES``) unless the policy is ``fail``."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if policy == "fail" else "surrogateescape")
-    consumed, carry, first = 0, "", True
-    with open_binary(path) as f:
-        while True:
-            block = f.read(READ_BLOCK)
-            try:
-                piece = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as exc:
-                raise _decode_error(path, max(0, consumed + exc.start)) from None
-            consumed += len(block)
-            if first:
-                piece, first = piece.removeprefix("\ufeff"), False
-            piece = carry + piece
-            carry = ""
-            if block and piece.endswith("\r"):
-                piece, carry = piece[:-1], "\r"
-            piece = piece.replace("\r\n", "\n").replace("\r", "\n")
-            if piece:
-                yield piece
-            if not block:
-                return
-
-
-def _file_unit(blocks: Iterator[str], bound: int):
-    """The whole text, or TOO_LONG as soon as it passes ``bound`` characters (0: no bound)."""
-    parts, n = [], 0
-    for piece in blocks:
-        n += len(piece)
-        if bound and n > bound:
-            for _ in blocks:  # still read to the end: decoding errors are reported as for any file
-                pass
-            return TOO_LONG
-        parts.append(piece)
-    return "".join(parts)
-
-
-def _line_units(blocks: Iterator[str], bound: int) -> Iterator[tuple[int, object]]:
-    """(line number, line or TOO_LONG) of the non-blank lines; a line past ``bound`` characters is
-    dropped as it streams in, so one huge line never sits in memory."""
-    parts: list[str] = []
-    n, lineno, skipping = 0, 0, False
-    for piece in blocks:
-        lines = piece.split("\n")
-        for i, line in enumerate(lines):
-            last = i == len(lines) - 1
-            if not skipping:
-                parts.append(line)
-                n += len(line)
-                if bound and n > bound:
-                    parts, n, skipping = [], 0, True
-            if last:
-                break
-            lineno += 1
-            if skipping:
-                yield lineno, TOO_LONG
-            else:
-                text = "".join(parts)
-                if text.strip():
-                    yield lineno, text
-            parts, n, skipping = [], 0, False
-    lineno += 1
-    if skipping:
-        yield lineno, TOO_LONG
-    elif parts and "".join(parts).strip():
-        yield lineno, "".join(parts)
-
-
-def iter_txt(path: Path, stem: str, documents: str, policy: str, stats: dict, gutenberg: bool = False,
-             max_chars: int = 0):
-    """(id, text) of a text file: the whole file, each line or each blank-line-separated paragraph.
-
-    Read in blocks: a file or line longer than 4 x ``max_chars`` characters is never held in memory
-    (the text is :data:`TOO_LONG`). The text is None for a document skipped for bytes that are not
-    UTF-8. A binary file (NUL bytes) is skipped and counted, or a UserError with the ``fail`` policy."""
-    bound = 4 * max_chars if max_chars else 0  # normalisation never shrinks text to a quarter
-    with open_binary(path) as f:
-        if _check_binary(path, f.read(BINARY_PROBE), policy, stats):
-            return
-    blocks = _decoded_blocks(path, policy, stats)
-    if documents == "line" and not gutenberg:
-        units = ((f"local:{stem}:{n}", line) for n, line in _line_units(blocks, bound))
-    else:
-        text = _file_unit(blocks, 0 if gutenberg else bound)
-        if text is TOO_LONG:
-            yield f"local:{stem}", TOO_LONG
-            return
-        if gutenberg:
-            text = strip_gutenberg(text, stats)
-        if documents == "file":
-            units = [(f"local:{stem}", text)]
-        elif documents == "line":
-            units = ((f"local:{stem}:{i + 1}", line) for i, line in enumerate(text.split("\n")) if line.strip())
-        else:
-            paragraphs = (p for p in re.split(r"\n[^\S\n]*\n", text) if p.strip())
-            units = ((f"local:{stem}:p{i + 1}", p) for i, p in enumerate(paragraphs))
-    for doc_id, unit in units:
-        if unit is not TOO_LONG and _BAD_BYTES.search(unit):
-            stats["decode_errors"] += 1
-            unit = None if policy == "skip" else _BAD_BYTES.sub("\ufffd", unit)
-        yield doc_id, unit
-
-
-def iter_jsonl(path: Path, stem: str, text_field: str, policy: str, stats: dict):
-    """(id, text) per JSON line; the id is ``local:<dir>/<file>:<line number>``."""
-    offset = 0
-    with open_binary(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                stats["decode_errors"] += 1
-                if policy == "fail":
-                    raise _decode_error(path, start + exc.start, f"line {lineno}: ") from None
-                if policy == "skip":
-                    yield f"local:{stem}:{lineno}", None
-                    continue
-                line = raw.decode("utf-8", errors="replace")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"not valid JSON ({exc.msg})", path=f"{path}:{lineno}",
-                                fix="write one JSON object per line (JSONL)") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                what = "missing" if not isinstance(record, dict) or text_field not in record else "not a string"
-                raise UserError(f"text field is {what}", path=f"{path}:{lineno}", field=text_field,
-                                fix="set `text_field` of this source to the field that holds the text")
-            yield f"local:{stem}:{lineno}", text
-
-
-def iter_parquet(path: Path, stem: str, text_field: str):
-    """(id, text) per parquet row; the id is ``local:<dir>/<file>:<row>`` (1-based)."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:
-        raise UserError(f"cannot read as parquet ({exc})", path=path) from None
-    if text_field not in pf.schema_arrow.names:
-        raise UserError(f"no such column (columns: {', '.join(pf.schema_arrow.names)})", path=path,
-                        field=text_field, fix="set `text_field` of this source to the text column")
-    row = 0
-    for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            yield f"local:{stem}:{row}", text or ""
-
-
-def iter_local(source: dict, field: str, policy: str, stats: dict, max_chars: int = 0, files=None):
-    fmt, documents = source.get("format", "auto"), source.get("documents", "file")
-    text_field = source.get("text_field", "text")
-    for path, stem in files or expand_paths(source["paths"], f"{field}.paths"):
-        kind = _format_of(path, fmt)
-        if kind == "txt":
-            yield from iter_txt(path, stem, documents, policy, stats, bool(source.get("strip_gutenberg")), max_chars)
-        elif kind == "jsonl":
-            yield from iter_jsonl(path, stem, text_field, policy, stats)
-        else:
-            yield from iter_parquet(path, stem, text_field)
 
 
 def download_dir(source: dict, default) -> Path:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import time
 
 
-from electra_ds import corpus
+from electra_ds import corpus, readers
 from electra_ds.text import normalise_text, split_sentences
 from helpers_data import cli, cli_error, demo_documents, gutenberg_files, leftovers, read_records
 
@@ -114,6 +115,11 @@ def test_gutenberg_books_with_headers_stripped(tmp_path):
         assert "*** END OF" not in text.upper()
     total = json.loads(stats.read_text())["total"]
     assert total["bytes_out"] < sum(p.stat().st_size for p in books)
+    # paragraph mode streams the same stripped text, one blank-line-separated paragraph per document
+    rc, out, _ = run_corpus(tmp_path, local(books[:1], strip_gutenberg=True, documents="paragraph"), "--min-chars", 1)
+    paragraphs = read_records(out)
+    assert rc == 0 and len(paragraphs) > 100 and paragraphs[0]["id"].endswith(":p1")
+    assert " ".join(" ".join(p["text"] for p in paragraphs).split()) == " ".join(records[0]["text"].split())
 
 
 def test_tracker_gets_counts(tmp_path):
@@ -245,14 +251,17 @@ def test_zstd_and_gzip_txt_and_jsonl(tmp_path):
         ("a.txt.zst", "Zstd text,\nline two."), ("b.txt.gz", "Gzip text."), ("c.jsonl.zst:1", "zstd json")]
 
 
-def test_line_mode_streams_across_blocks_with_crlf(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "READ_BLOCK", 7)  # CRLF pairs and multi-byte characters split across reads
+def test_every_mode_streams_across_blocks_with_crlf(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "READ_BLOCK", 7)  # CRLF pairs and multi-byte characters split across reads
     text = "\ufeffone \u00e9t\u00e9\r\ntwo\r\rfour line\r\n\r\nsix\n"
     (tmp_path / "t.txt").write_bytes(text.encode())
-    rc, out, _ = run_corpus(tmp_path, local([tmp_path / "t.txt"], documents="line"))
-    assert rc == 0
-    got = [(r["id"].rsplit(":", 1)[1], r["text"]) for r in read_records(out)]
-    assert got == [("1", "one \u00e9t\u00e9"), ("2", "two"), ("4", "four line"), ("6", "six")]
+    expected = {"line": [("1", "one \u00e9t\u00e9"), ("2", "two"), ("4", "four line"), ("6", "six")],
+                "paragraph": [("p1", "one \u00e9t\u00e9\ntwo"), ("p2", "four line"), ("p3", "six")],
+                "file": [("t.txt", "one \u00e9t\u00e9\ntwo\n\nfour line\n\nsix")]}
+    for mode, want in expected.items():
+        rc, out, _ = run_corpus(tmp_path, local([tmp_path / "t.txt"], documents=mode))
+        assert rc == 0
+        assert [(r["id"].rsplit(":", 1)[-1].rsplit("/", 1)[-1], r["text"]) for r in read_records(out)] == want
 
 
 def test_fifty_megabyte_line_dropped_by_max_chars_without_reading_it_into_memory(tmp_path):
@@ -260,17 +269,24 @@ def test_fifty_megabyte_line_dropped_by_max_chars_without_reading_it_into_memory
 
     big = tmp_path / "big.txt"
     with open(big, "wb") as f:
-        f.write(b"A short line first.\n")
+        f.write(b"A short line first.\n\n")
         for _ in range(50):
             f.write(b"word " * 209_715)  # 50 MiB, no newline
+    with open(tmp_path / "big.jsonl", "wb") as f:  # one 50 MB JSON line, then a small one
+        f.write(b'{"text": "' + b"word " * 10_485_760 + b'"}\n{"text": "A small record."}\n')
     (tmp_path / "small.txt").write_text("A small file.")
+    expected = {"line": ["A short line first.", "A small file."], "paragraph": ["A short line first.", "A small file."],
+                "file": ["A small file."]}
     tracemalloc.start()
     try:
-        for mode, kept in (("line", ["A short line first.", "A small file."]), ("file", ["A small file."])):
-            rc, out, stats = run_corpus(tmp_path, local([big, tmp_path / "small.txt"], documents=mode),
-                                        "--max-chars", 100_000)
-            assert rc == 0 and [r["text"] for r in read_records(out)] == kept
+        for (mode, kept), gutenberg in itertools.product(expected.items(), (False, True)):
+            rc, out, stats = run_corpus(tmp_path, local([big, tmp_path / "small.txt"], documents=mode,
+                                                        strip_gutenberg=gutenberg), "--max-chars", 100_000)
+            assert rc == 0 and [r["text"] for r in read_records(out)] == kept, (mode, gutenberg)
             assert json.loads(stats.read_text())["total"]["too_long"] == 1
+        rc, out, stats = run_corpus(tmp_path, local([tmp_path / "big.jsonl"]), "--max-chars", 100_000)
+        assert rc == 0 and [r["text"] for r in read_records(out)] == ["A small record."]
+        assert json.loads(stats.read_text())["total"]["too_long"] == 1
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
