@@ -32,7 +32,7 @@ def planted(docs, fraction, seed=0):
 
 
 def ours(texts, cfg, workers):
-    from electra_ds.dedup import _ordered_results
+    from electra_ds.parallel import ordered_map
     from electra_ds.minhash import Signer, near_duplicate_pairs
 
     signer = Signer(cfg)
@@ -41,7 +41,7 @@ def ours(texts, cfg, workers):
     if workers == 1:
         results = [signer.sign(c) for c in chunks]
     else:
-        results = list(_ordered_results(_sign_texts, ((c, cfg) for c in chunks), workers))
+        results = list(ordered_map(_sign_texts, ((c, cfg) for c in chunks), workers))
     sigs = np.concatenate([r[0] for r in results])
     keys = np.concatenate([r[1] for r in results], axis=1)
     pairs, _, _ = near_duplicate_pairs(lambda band: keys[band], len(texts), sigs, cfg.threshold, b)
