@@ -49,14 +49,14 @@ BATCH_CHARS = 1_000_000  # at most 2 x workers batches in flight: bounds memory 
 
 # -- example building -------------------------------------------------------------------------
 # Examples are planned on sentence lengths only: each is a list of token spans of the batch's flat id
-# array, and _Batch.rows() copies all spans at once with numpy. No Python list of token ids is built.
+# array, and _Examples.rows() copies all spans at once with numpy. No Python list of token ids is built.
 def _next_target(max_seq_len: int, short_seq_prob: float, rng: random.Random) -> int:
     """Content tokens (without the 3 specials) to collect for the next example."""
     total = rng.randint(5, max_seq_len) if rng.random() < short_seq_prob else max_seq_len
     return total - 3
 
 
-class _Batch:
+class _Examples:
     """The examples of one batch of documents for one split, as spans of the batch's flat id array."""
 
     def __init__(self, max_seq_len: int):
@@ -65,7 +65,7 @@ class _Batch:
         self.dst: list[int] = []  # span starts in the row-major output
         self.size: list[int] = []  # span lengths
         self.seps: list[int] = []  # [SEP] positions in the row-major output
-        self.examples = 0
+        self.count = 0
         self.documents = 0
         self.truncated_tokens = 0
 
@@ -74,7 +74,7 @@ class _Batch:
         keep_first = min(n_first, self.max_seq_len - 2)
         keep_second = min(n_second, max(0, self.max_seq_len - keep_first - 3))
         self.truncated_tokens += n_first + n_second - keep_first - keep_second
-        pos = self.examples * self.max_seq_len + 1
+        pos = self.count * self.max_seq_len + 1
         for spans, left in ((first, keep_first), (second, keep_second)):
             if not left:
                 continue
@@ -89,21 +89,21 @@ class _Batch:
                     break
             self.seps.append(pos)
             pos += 1
-        self.examples += 1
+        self.count += 1
 
     def rows(self, flat: np.ndarray, dtype) -> np.ndarray:
         """The (examples, max_seq_len) array: [CLS], the copied spans, [SEP]s, right-padded with [PAD]."""
-        out = np.full(self.examples * self.max_seq_len, PAD_ID, dtype=dtype)
+        out = np.full(self.count * self.max_seq_len, PAD_ID, dtype=dtype)
         out[::self.max_seq_len] = CLS_ID
         out[np.asarray(self.seps, dtype=np.int64)] = SEP_ID
         size = np.asarray(self.size, dtype=np.int64)
         within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
         out[np.repeat(np.asarray(self.dst, dtype=np.int64), size) + within] = \
             flat[np.repeat(np.asarray(self.src, dtype=np.int64), size) + within]
-        return out.reshape(self.examples, self.max_seq_len)
+        return out.reshape(self.count, self.max_seq_len)
 
 
-def _add_segments(batch: _Batch, spans: list, target: int, rng: random.Random) -> None:
+def _add_segments(examples: _Examples, spans: list, target: int, rng: random.Random) -> None:
     """Split collected sentences into A and B as google-research/electra does, then add the example.
 
     A takes a sentence while empty, while it stays under its target, or half of the time when it would go
@@ -120,15 +120,16 @@ def _add_segments(batch: _Batch, spans: list, target: int, rng: random.Random) -
         else:
             second.append(span)
             n_second += size
-    batch.add(first, n_first, second, n_second)
+    examples.add(first, n_first, second, n_second)
 
 
-def _plan_document(batch: _Batch, starts: list, sizes: list, short_seq_prob: float, rng: random.Random) -> None:
+def _plan_document(examples: _Examples, starts: list, sizes: list, short_seq_prob: float,
+                   rng: random.Random) -> None:
     """ELECTRA examples of one document whose sentences are the spans (starts[i], sizes[i]).
 
     Consecutive sentences are collected until they reach the target length (``max_seq_len``, or with
     ``short_seq_prob`` a random shorter one); a sentence longer than one example is cut into pieces first."""
-    max_seq_len = batch.max_seq_len
+    max_seq_len = examples.max_seq_len
     budget = max_seq_len - 3
     target = _next_target(max_seq_len, short_seq_prob, rng)
     spans, length = [], 0
@@ -141,18 +142,18 @@ def _plan_document(batch: _Batch, starts: list, sizes: list, short_seq_prob: flo
             spans.append(piece)
             length += piece[1]
             if length >= target:
-                _add_segments(batch, spans, target, rng)
+                _add_segments(examples, spans, target, rng)
                 spans, length = [], 0
                 target = _next_target(max_seq_len, short_seq_prob, rng)
     if spans:
-        _add_segments(batch, spans, target, rng)
+        _add_segments(examples, spans, target, rng)
 
 
-def _plan_plain(batch: _Batch, start: int, end: int) -> None:
+def _plan_plain(examples: _Examples, start: int, end: int) -> None:
     """Plain packing: the document's tokens [start, end) in order, as ``[CLS] piece [SEP]`` rows."""
-    budget = batch.max_seq_len - 2
+    budget = examples.max_seq_len - 2
     for s in range(start, end, budget):
-        batch.add([(s, min(budget, end - s))], min(budget, end - s), [], 0)
+        examples.add([(s, min(budget, end - s))], min(budget, end - s), [], 0)
 
 
 def token_type_ids(input_ids: np.ndarray, sep_id: int = SEP_ID, pad_id: int = PAD_ID) -> np.ndarray:
@@ -249,19 +250,19 @@ class _Packer:
         del encoded
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()  # sentence i: flat[offsets[i]:offsets[i+1]]
         sizes = sizes.tolist()
-        planned = {s: _Batch(self.max_seq_len) for s in SPLITS}
+        planned = {s: _Examples(self.max_seq_len) for s in SPLITS}
         i = 0
         for doc_id, split, n in docs:
-            batch_of_split = planned[split]
-            before = batch_of_split.examples
+            examples = planned[split]
+            before = examples.count
             if self.packing == "plain":
-                _plan_plain(batch_of_split, offsets[i], offsets[i + n])
+                _plan_plain(examples, offsets[i], offsets[i + n])
             else:
-                _plan_document(batch_of_split, offsets[i:i + n], sizes[i:i + n], self.short_seq_prob,
+                _plan_document(examples, offsets[i:i + n], sizes[i:i + n], self.short_seq_prob,
                                random.Random(f"{self.seed}:{doc_id}"))
-            batch_of_split.documents += batch_of_split.examples > before
+            examples.documents += examples.count > before
             i += n
-        return {s: (b.rows(flat, self.dtype) if b.examples else None, b.documents, b.truncated_tokens)
+        return {s: (b.rows(flat, self.dtype) if b.count else None, b.documents, b.truncated_tokens)
                 for s, b in planned.items()}, heldout
 
 

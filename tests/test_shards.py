@@ -98,7 +98,7 @@ def planned_rows(sentences, max_seq_len, short_seq_prob, rng):
     sizes = [len(s) for s in sentences]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
     flat = np.array([t for s in sentences for t in s], dtype=np.uint16)
-    batch = shards_module._Batch(max_seq_len)
+    batch = shards_module._Examples(max_seq_len)
     shards_module._plan_document(batch, offsets[:-1], sizes, short_seq_prob, rng)
     return batch.rows(flat, np.uint16), batch.truncated_tokens
 
