@@ -171,6 +171,7 @@ def run(args, tracker) -> None:
     else:
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6,
                                       fused=device_type == "cuda")
+    optimizer_name = type(optimizer).__name__
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps))
     if device_type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, _local_world())))
@@ -201,13 +202,15 @@ def run(args, tracker) -> None:
         tracker.log_params({"model": shape.to_dict(), "global_batch_size": args.global_batch_size,
                             "micro_batch_size": micro, "grad_accum": accum, "world_size": world,
                             "zero_stage": zero_stage(ds_cfg), "precision": args.precision,
-                            "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "compile": args.compile,
+                            "optimizer": optimizer_name, "learning_rate": args.learning_rate,
+                            "warmup_steps": args.warmup_steps, "compile": args.compile,
                             "max_steps": args.max_steps, "mask_prob": args.mask_prob, "objective": args.objective,
                             "disc_weight": args.disc_weight, "seed": args.seed, "device": device_type,
                             "parameters": sum(p.numel() for p in model.parameters()),
                             "start_step": start_step})
-        log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s",
-                 world, micro, accum, args.global_batch_size, zero_stage(ds_cfg), args.precision, device_type)
+        log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
+                 world, micro, accum, args.global_batch_size, zero_stage(ds_cfg), args.precision, device_type,
+                 optimizer_name, " with its state offloaded to the CPU" if offloads_optimizer(ds_cfg) else "")
 
     stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
     fpt = flops_per_token(shape, train.max_seq_len)
@@ -284,7 +287,7 @@ def run(args, tracker) -> None:
         write_json(out / "summary.json", {
             "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
             "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
-            "objective": args.objective,
+            "objective": args.objective, "optimizer": optimizer_name, "offload_optimizer": offloads_optimizer(ds_cfg),
             "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
             "seconds": time.time() - t_start})
     torch.distributed.barrier()
