@@ -103,22 +103,37 @@ class _Examples:
         return out.reshape(self.count, self.max_seq_len)
 
 
-def _add_segments(examples: _Examples, spans: list, target: int, rng: random.Random) -> None:
-    """Split collected sentences into A and B as google-research/electra does, then add the example.
+def _add_segments(examples: _Examples, starts: list, sizes: list, ends: list, i: int, j: int, target: int,
+                  rng: random.Random) -> None:
+    """Split pieces i..j (contiguous in the flat ids) into A and B as google-research/electra does.
 
-    A takes a sentence while empty, while it stays under its target, or half of the time when it would go
-    over (as long as B is still empty); everything else goes to B, so a later short sentence can still
-    join A. With probability 0.1 A's target is unbounded and the example has one segment."""
+    The official rule, sentence by sentence: A takes a sentence while A is empty or stays under its
+    target, or on a coin flip the first time it would go over (while B is still empty); everything
+    else goes to B, so a later short sentence can still join A. With probability 0.1 A's target is
+    unbounded (one segment). Here the leading run of A and the coin flip are found by bisection, and
+    only the sentences after B starts are visited one by one; the draws are the same."""
     first_target = 10**9 if rng.random() < SINGLE_SEGMENT_PROB else target // 2
-    first, second, n_first, n_second = [], [], 0, 0
-    for span in spans:
-        size = span[1]
-        if (not n_first or n_first + size < first_target
-                or (not n_second and n_first < first_target and rng.random() < 0.5)):
-            first.append(span)
+    lo = starts[i]
+    m = bisect.bisect_left(ends, lo + first_target, i + 1, j + 1)  # the first piece that takes A to its target
+    if m > j:  # everything fits in A
+        examples.add([(lo, ends[j] - lo)], ends[j] - lo, [], 0)
+        return
+    n_first = starts[m] - lo
+    if n_first < first_target and rng.random() < 0.5:  # A takes it and is full; the rest is B
+        examples.add([(lo, ends[m] - lo)], ends[m] - lo, [(ends[m], ends[j] - ends[m])] if m < j else [],
+                     ends[j] - ends[m])
+        return
+    first, second, n_second = [(lo, n_first)], [], 0
+    for k in range(m, j + 1):
+        start, size = starts[k], sizes[k]
+        spans = first if n_first + size < first_target else second
+        if spans and spans[-1][0] + spans[-1][1] == start:  # contiguous with the last span: extend it
+            spans[-1] = (spans[-1][0], spans[-1][1] + size)
+        else:
+            spans.append((start, size))
+        if spans is first:
             n_first += size
         else:
-            second.append(span)
             n_second += size
     examples.add(first, n_first, second, n_second)
 
@@ -128,25 +143,24 @@ def _plan_document(examples: _Examples, starts: list, sizes: list, short_seq_pro
     """ELECTRA examples of one document whose sentences are the spans (starts[i], sizes[i]).
 
     Consecutive sentences are collected until they reach the target length (``max_seq_len``, or with
-    ``short_seq_prob`` a random shorter one); a sentence longer than one example is cut into pieces first."""
+    ``short_seq_prob`` a random shorter one); empty sentences are dropped and one longer than an
+    example is cut into example-sized pieces first."""
     max_seq_len = examples.max_seq_len
     budget = max_seq_len - 3
-    target = _next_target(max_seq_len, short_seq_prob, rng)
-    spans, length = [], 0
-    for start, size in zip(starts, sizes):
-        if not size:
-            continue
-        pieces = ((start, size),) if size <= budget else [
-            (start + s, min(budget, size - s)) for s in range(0, size, budget)]
-        for piece in pieces:
-            spans.append(piece)
-            length += piece[1]
-            if length >= target:
-                _add_segments(examples, spans, target, rng)
-                spans, length = [], 0
-                target = _next_target(max_seq_len, short_seq_prob, rng)
-    if spans:
-        _add_segments(examples, spans, target, rng)
+    if 0 in sizes or max(sizes, default=0) > budget:
+        pieces = [(start + o, min(budget, size - o)) for start, size in zip(starts, sizes)
+                  for o in range(0, size, budget)]
+        starts, sizes = [p[0] for p in pieces], [p[1] for p in pieces]
+    if not sizes:
+        return
+    ends = starts[1:] + [starts[-1] + sizes[-1]]  # the pieces are contiguous in the flat ids
+    i = 0
+    while i < len(sizes):
+        target = _next_target(max_seq_len, short_seq_prob, rng)
+        # the first piece at which the example reaches its target (else the document's last piece)
+        j = min(bisect.bisect_left(ends, starts[i] + target, i), len(sizes) - 1)
+        _add_segments(examples, starts, sizes, ends, i, j, target, rng)
+        i = j + 1
 
 
 def _plan_plain(examples: _Examples, start: int, end: int) -> None:
