@@ -104,6 +104,18 @@ def test_config_violating_the_schema_names_the_field(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_vocab_threads_come_from_the_config_not_the_cores(tmp_path):
+    # sentencepiece trains a different model with another thread count: --cores must not change it
+    res = snakemake(micro_config(tmp_path, **{"vocab.threads": 3}), tmp_path / "results",
+                    extra=["-n", "-p", "--cores", "1"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    (vocab,) = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds vocab ")]
+    assert "--threads 3 " in vocab
+    (shards,) = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds shards ")]
+    assert "--threads 1 " in shards  # the shards' bytes do not depend on their worker count (test_shards)
+
+
 def test_unknown_config_field_is_rejected(tmp_path):
     res = snakemake(micro_config(tmp_path, **{"pretrain.max_step": 5}), tmp_path / "results", extra=["-n"])
     assert res.returncode != 0 and "max_step" in res.stdout + res.stderr

@@ -121,7 +121,10 @@ rule vocab:
     shell:
         "electra-ds vocab --input {input} --output-dir {output} --vocab-size {config[vocab][vocab_size]} "
         "--model-type {config[vocab][model_type]} --sample-sentences {config[vocab][sample_sentences]} "
-        "--character-coverage {config[vocab][character_coverage]} {params.byte_fallback} --threads {threads} "
+        # the configured thread count, not {threads} (which --cores may lower): sentencepiece's model
+        # depends on its thread count, and the vocabulary must depend on the config only
+        "--character-coverage {config[vocab][character_coverage]} {params.byte_fallback} "
+        "--threads {config[vocab][threads]} "
         "--seed {config[seed]} --rule {rule} {params.track} > {log} 2>&1"
 
 
