@@ -165,7 +165,8 @@ def run(args, tracker) -> None:
     model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight, objective=args.objective,
                               adversarial_mle_weight=args.adversarial_mle_weight)
     groups = param_groups(model, args.weight_decay)
-    if offloads_optimizer(ds_cfg):
+    offload = offloads_optimizer(ds_cfg)
+    if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         optimizer = DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6, adamw_mode=True)
     else:
@@ -210,7 +211,7 @@ def run(args, tracker) -> None:
                             "start_step": start_step})
         log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
                  world, micro, accum, args.global_batch_size, zero_stage(ds_cfg), args.precision, device_type,
-                 optimizer_name, " with its state offloaded to the CPU" if offloads_optimizer(ds_cfg) else "")
+                 optimizer_name, " with its state offloaded to the CPU" if offload else "")
 
     stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
     fpt = flops_per_token(shape, train.max_seq_len)
@@ -287,7 +288,7 @@ def run(args, tracker) -> None:
         write_json(out / "summary.json", {
             "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
             "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
-            "objective": args.objective, "optimizer": optimizer_name, "offload_optimizer": offloads_optimizer(ds_cfg),
+            "objective": args.objective, "optimizer": optimizer_name, "offload_optimizer": offload,
             "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
             "seconds": time.time() - t_start})
     torch.distributed.barrier()

@@ -20,6 +20,7 @@ arrays (uint16, or uint32 for vocabularies over 65535) and ``index.json`` with c
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -233,17 +234,24 @@ def _batches(documents: Iterable[dict]) -> Iterator[tuple[list[tuple[str, str]]]
         yield (batch,)
 
 
+@dataclasses.dataclass
 class _Packer:
     """Splits, tokenizes and packs one batch of documents into example rows per split.
 
     Batches are independent (each document draws from its own RNG), so they run on worker processes
     and come back in order: the output is the same for any number of workers."""
 
-    def __init__(self, sp, *, max_seq_len: int, valid_fraction: float, heldout_fraction: float,
-                 short_seq_prob: float, seed: int, packing: str):
-        self.sp, self.max_seq_len, self.short_seq_prob = sp, max_seq_len, short_seq_prob
-        self.valid_fraction, self.heldout_fraction, self.seed, self.packing = valid_fraction, heldout_fraction, seed, packing
-        self.dtype = np.uint16 if sp.get_piece_size() <= 65535 else np.uint32
+    sp: object
+    max_seq_len: int
+    valid_fraction: float
+    heldout_fraction: float
+    short_seq_prob: float
+    seed: int
+    packing: str
+
+    @property
+    def dtype(self):
+        return np.uint16 if self.sp.get_piece_size() <= 65535 else np.uint32
 
     def __call__(self, batch: list[tuple[str, str]]) -> tuple[dict, int]:
         """({split: (rows or None, documents, truncated tokens)}, held-out documents) of one batch."""
@@ -412,7 +420,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--short-seq-prob", type=float, default=0.1,
                         help="probability of a random shorter target length")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker processes that tokenize and pack (one encode thread each)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="worker processes that tokenize and pack (one encode thread each)")
     parser.add_argument("--examples-per-shard", type=int, default=100_000)
     parser.add_argument("--packing", choices=PACKINGS, default="electra",
                         help="electra: [CLS] A [SEP] B [SEP] from consecutive sentences (official recipe); "
