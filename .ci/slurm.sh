@@ -157,19 +157,20 @@ assert got == expected, f"SLURM jobs per rule {got} != {expected}"
 assert info["NumTasks"] == "2", f"pretrain job had {info['NumTasks']} tasks, want 2"
 print(f"SLURM ran {len(records)} jobs, all COMPLETED: {got}; pretrain job {rec['JobId']} with NumTasks=2")
 
-log = (results / "logs/pretrain.log").read_text()
+log = (results / "logs/pretrain/electra.log").read_text()
 launch = next(line for line in log.splitlines() if line.startswith("electra-ds launch:"))
 assert " srun -n 2 -N 1 " in f" {launch.split(':', 1)[1]} ", launch
 assert "world size 2," in log, "pretraining did not report world size 2"
-summary = json.loads((results / "pretrain/summary.json").read_text())
+summary = json.loads((results / "pretrain/electra/summary.json").read_text())
 assert summary["world_size"] == 2 and summary["steps"] == 8, summary
 print("pretraining: launched by", launch.split(":", 1)[1].split(" -m ")[0].strip(), "| world size", summary["world_size"])
 
 from mlflow.tracking import MlflowClient
 client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
 runs = client.search_runs([client.get_experiment_by_name("electra-ds-micro").experiment_id])
-assert len(runs) == 11 and all(r.info.status == "FINISHED" for r in runs), [
-    (r.data.tags.get("electra_ds.rule"), r.info.status) for r in runs]
-print(f"MLflow: {len(runs)} runs (1 pipeline + 10 SLURM jobs), all FINISHED")
+kinds = [r.data.tags.get("electra_ds.kind") for r in runs]
+assert sorted(kinds) == ["model"] + ["pipeline"] + ["stage"] * 10 and all(
+    r.info.status == "FINISHED" for r in runs), [(r.data.tags.get("electra_ds.rule"), r.info.status) for r in runs]
+print(f"MLflow: {len(runs)} runs (1 pipeline + 10 SLURM jobs + 1 model), all FINISHED")
 PY
 say "SLURM CI stage passed"

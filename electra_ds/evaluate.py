@@ -39,6 +39,10 @@ COMMON_ENTRIES = (("CoLA", "cola", ("mcc",)), ("SST-2", "sst2", ("accuracy",)), 
                   ("MNLI-m", "mnli", ("dev_matched.accuracy",)), ("MNLI-mm", "mnli", ("dev_mismatched.accuracy",)),
                   ("QNLI", "qnli", ("accuracy",)), ("RTE", "rte", ("accuracy",)), ("WNLI", "wnli", ("accuracy",)))
 _REQUIRED = ("task", "seed", "dev", "main_metric", "main")
+DEFAULT_MODEL = "model"  # metrics.json files written before models had names
+# What the report and MLflow show of each pretrained model (from its pretrain summary.json).
+PRETRAIN_HEADLINE = ("objective", "steps", "flops", "flops_per_token", "temperature", "mask_prob", "global_batch_size",
+                     "seconds", "model", "final_train", "final_valid")
 
 
 def add_arguments(p) -> None:
@@ -48,8 +52,11 @@ def add_arguments(p) -> None:
     p.add_argument("--output-html", default=None, help="the same report as one self-contained HTML page")
     p.add_argument("--loss-plot", default=None, help="PNG of the pretraining loss curves")
     p.add_argument("--scores-plot", default=None, help="PNG of the per-task dev scores")
-    p.add_argument("--pretrain-log", default=None,
-                   help="the pretrain stage's log (its 'step N/M ... loss' lines make the loss plot)")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="model names in report order (the first is the primary model: submission, published "
+                        "comparison); default: as they appear in the metrics files")
+    p.add_argument("--pretrain-dirs", nargs="*", default=[], metavar="NAME=DIR",
+                   help="each pretrained model's pretrain output folder (summary.json, train_log.jsonl)")
     p.add_argument("--submission-zip", default=None,
                    help="write the GLUE leaderboard zip here (CoLA.tsv ... AX.tsv; probe tasks never)")
     p.add_argument("--submission-seed", default="median", choices=["median", "best"],
@@ -88,14 +95,15 @@ def read_results(paths) -> list:
             task = get_task(data["task"])
         except UserError as exc:
             raise UserError(str(exc), path=path) from None
-        key = (task.name, data["seed"])
+        model = str(data.get("model") or DEFAULT_MODEL)
+        key = (model, task.name, data["seed"])
         if key in seen:
-            raise UserError(f"duplicate result for task {task.name} seed {data['seed']} (also in {seen[key]})",
-                            path=path, fix="pass each (task, seed) metrics.json once")
+            raise UserError(f"duplicate result for model {model} task {task.name} seed {data['seed']} (also in "
+                            f"{seen[key]})", path=path, fix="pass each (model, task, seed) metrics.json once")
         seen[key] = path
         if not isinstance(data["main"], (int, float)):
             raise UserError("must be a number", path=path, field="main")
-        results.append({**data, "task": task.name, "_path": str(path)})
+        results.append({**data, "task": task.name, "model": model, "_path": str(path)})
     return results
 
 
@@ -158,9 +166,9 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def render_markdown(summary: dict) -> str:
+def render_markdown(summary: dict, model: str | None = None, heading: str = "#") -> str:
     lines = [
-        "# Fine-tuning results",
+        f"{heading} Fine-tuning results" + (f": {model}" if model else ""),
         "",
         "Dev-set scores in percent: median over seeds, with mean ± sample standard deviation of the main "
         "metric. Rows of kind *probe* are offline probe tasks derived from held-out pretraining text: "
@@ -230,36 +238,75 @@ def render_report(summary: dict, table: dict, earlier_note: str, images: dict) -
     return "\n".join(lines)
 
 
+def read_pretrain(pairs) -> dict:
+    """``NAME=DIR`` -> {name: headline of DIR/summary.json, with the train log's path}."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, folder = pair.partition("=")
+        if not sep:
+            raise UserError(f"{pair!r} is not NAME=DIR", field="--pretrain-dirs")
+        path = Path(folder) / "summary.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read the pretraining summary ({exc})", path=path,
+                            fix="run the pretrain stage first") from None
+        out[name] = {**{k: data[k] for k in PRETRAIN_HEADLINE if k in data},
+                     "train_log": str(Path(folder) / "train_log.jsonl")}
+    return out
+
+
+def summarize_models(results: list, order: list | None, pretrain: dict) -> dict:
+    """{model: {"source", "summary", "pretrain"}} in report order."""
+    names = list(order or [])
+    names += [r["model"] for r in results if r["model"] not in names]
+    models = {}
+    for name in names:
+        mine = [r for r in results if r["model"] == name]
+        if not mine:
+            raise UserError(f"no fine-tuning results for model {name!r}", field="--models",
+                            fix="pass its metrics.json files, or drop it from --models")
+        source = mine[0].get("model_source", "pretrained")
+        models[name] = {"source": source, "summary": summarize(mine), "pretrain": pretrain.get(name),
+                        "finetune_seconds": sum(float(r.get("seconds", 0.0)) for r in mine)}
+    return models
+
+
 def run(args, tracker) -> None:
     import contextlib
 
-    from electra_ds import report
+    from electra_ds import plots, report
 
-    defaults = {"output_html": None, "loss_plot": None, "scores_plot": None, "pretrain_log": None,
-                "submission_zip": None, "submission_seed": "median", "compare_runs": 5}
-    for key, value in defaults.items():  # callers may pass a bare namespace (json, md, metrics)
-        if not hasattr(args, key):
-            setattr(args, key, value)
     results = read_results(args.metrics)
-    summary = summarize(results)
+    pretrain = read_pretrain(args.pretrain_dirs)
+    models = summarize_models(results, args.models, pretrain)
+    primary = next(iter(models))
+    summary = dict(models[primary]["summary"])  # the primary model's tables stay at the top level
+    summary["primary_model"] = primary
+    summary["models"] = models
     if args.submission_zip:
         from electra_ds.submission import build_submission
 
-        summary["submission"] = build_submission(results, args.submission_zip, args.submission_seed)
+        summary["submission"] = build_submission([r for r in results if r["model"] == primary],
+                                                 args.submission_zip, args.submission_seed)
     earlier, earlier_note = ([], "not requested") if not args.compare_runs else report.earlier_runs(
         getattr(tracker, "uri", None), getattr(tracker, "run_id", None), args.compare_runs)
     summary["earlier_runs"] = earlier
     table = report.comparison_table(summary, earlier)
     summary["comparison"] = table
-    images = {"Pretraining loss": args.loss_plot, "Dev score per task": args.scores_plot}
+    images = {"Pretraining curves": args.loss_plot, "Dev score per task and model": args.scores_plot}
     if args.loss_plot:
-        history = report.parse_pretrain_log(args.pretrain_log)
-        summary["pretrain_history"] = {"source": history["source"], "train_points": len(history["train"]),
-                                       "valid_points": len(history["valid"])}
-        report.plot_pretrain_loss(history, args.loss_plot)
+        histories = {name: plots.read_train_log(p["train_log"]) for name, p in pretrain.items()}
+        per_step = {name: p.get("flops", 0.0) / max(p.get("steps", 1), 1) for name, p in pretrain.items()}
+        plots.plot_pretraining(histories, per_step, args.loss_plot)
     if args.scores_plot:
-        report.plot_task_scores(summary, args.scores_plot)
-    markdown = render_markdown(summary) + render_report(summary, table, earlier_note, images)
+        published = {} if not summary["glue_score"]["tasks"] else {
+            name: report.PUBLISHED[name]["scores"] for name in ("ELECTRA-Small-OWT (README)", "ELECTRA-Base (README)")}
+        plots.plot_task_scores({n: m["summary"] for n, m in models.items()}, args.scores_plot, published)
+    markdown = render_models(models) + render_markdown(summary, primary if len(models) > 1 else None)
+    for name, m in list(models.items())[1:]:
+        markdown += "\n" + render_markdown(m["summary"], name, heading="##")
+    markdown += render_report(summary, table, earlier_note, images)
     json_path, md_path = Path(args.output_json), Path(args.output_md)
     html_path = Path(args.output_html) if args.output_html else None
     with contextlib.ExitStack() as stack:  # all outputs or none
@@ -272,23 +319,69 @@ def run(args, tracker) -> None:
         tmp_json.write_text(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                             encoding="utf-8")
 
-    metrics = {}
+    tracker.log_params({"n_results": len(results), "tasks": ",".join(summary["tasks"]), "models": ",".join(models),
+                        "glue_score_tasks": ",".join(summary["glue_score"]["tasks"]),
+                        "submission_seed": args.submission_seed})
+    tracker.log_metrics(_model_metrics(models[primary]))
+    for name, m in models.items():
+        tracker.log_metrics({f"{name}.{k}": v for k, v in _model_metrics(m).items()})
+    for path in (json_path, md_path, html_path, args.loss_plot, args.scores_plot, args.submission_zip):
+        if path:
+            tracker.log_artifact(path)
+    from electra_ds.tracking import log_model_runs
+
+    log_model_runs(tracker, {name: (_model_params(m), _model_metrics(m)) for name, m in models.items()})
+    for name, m in models.items():
+        for line in _score_lines(m["summary"]):
+            line = f"{name}: {line}" if len(models) > 1 else line
+            print(line)
+            log.info(line)
+
+
+def _model_metrics(m: dict) -> dict:
+    """Headline metrics of one model: dev medians per task, the scores, its pretraining's final figures."""
+    summary, metrics = m["summary"], {}
     for name, t in summary["tasks"].items():
-        metrics.update({f"{name}.{m}": s["median"] for m, s in t["metrics"].items()})
+        metrics.update({f"{name}.{k}": s["median"] for k, s in t["metrics"].items()})
         metrics[f"{name}.main"] = t["main"]["median"]
     for key in ("glue_score", "glue_score_common", "probe_score", "average_score"):
         if summary[key]["value"] is not None:
             metrics[key] = summary[key]["value"]
-    tracker.log_params({"n_results": len(results), "tasks": ",".join(summary["tasks"]),
-                        "glue_score_tasks": ",".join(summary["glue_score"]["tasks"]),
-                        "submission_seed": args.submission_seed})
-    tracker.log_metrics(metrics)
-    for path in (json_path, md_path, html_path, args.loss_plot, args.scores_plot, args.submission_zip):
-        if path:
-            tracker.log_artifact(path)
-    for line in _score_lines(summary):
-        print(line)
-        log.info(line)
+    pre = m.get("pretrain") or {}
+    for split in ("final_train", "final_valid"):
+        for key in ("loss", "gen_loss", "gen_acc", "disc_loss", "rtd_gain", "disc_auc", "disc_precision",
+                    "disc_recall"):
+            if key in pre.get(split, {}):
+                metrics[f"pretrain.{split.removeprefix('final_')}.{key}"] = pre[split][key]
+    for key in ("flops", "steps", "seconds"):
+        if key in pre:
+            metrics[f"pretrain.{key}"] = pre[key]
+    metrics["finetune.seconds"] = m.get("finetune_seconds", 0.0)
+    metrics["wall_seconds"] = pre.get("seconds", 0.0) + m.get("finetune_seconds", 0.0)
+    return metrics
+
+
+def _model_params(m: dict) -> dict:
+    pre = m.get("pretrain") or {}
+    shape = pre.get("model", {})
+    return {"source": m["source"], "objective": pre.get("objective", "none"),
+            "temperature": pre.get("temperature", ""), "steps": pre.get("steps", 0),
+            "shape": ", ".join(f"{k}={shape[k]}" for k in ("hidden_size", "num_layers", "num_heads",
+                                                            "embedding_size", "generator_fraction") if k in shape),
+            "tasks": ",".join(m["summary"]["tasks"])}
+
+
+def render_models(models: dict) -> str:
+    """The side-by-side table (only when the run has more than one model)."""
+    if len(models) < 2:
+        return ""
+    from electra_ds.report import model_table, table_markdown
+
+    return "\n".join(["# Models side by side", "",
+                      "Each model fine-tuned on the same tasks with the same seeds and recipe; main dev metric in "
+                      "percent, median ± sample std over seeds. *scratch* is the same architecture with random "
+                      "weights: what pretraining adds is the distance to it.", "",
+                      table_markdown(model_table(models)), "", ""])
 
 
 def _score_lines(summary: dict) -> list:

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--pretrain-summary", required=True, help="summary.json written by the pretrain stage")
+    p.add_argument("--pretrain-summary", default=None, help="summary.json written by the pretrain stage")
+    p.add_argument("--scratch", action="store_true",
+                   help="no checkpoint: write the architecture of --model with random weights (the scratch baseline)")
+    p.add_argument("--model", default="{}", help="with --scratch: JSON model shape (as pretrain --model)")
+    p.add_argument("--seed", type=int, default=0, help="with --scratch: seed of the random initialisation")
     p.add_argument("--tokenizer-dir", required=True, help="tokenizer directory from the vocab stage")
     p.add_argument("--output-dir", required=True, help="gets discriminator/ and generator/")
     p.add_argument("--tag", default=None, help="checkpoint tag to export (default: the summary's final one)")
@@ -51,6 +55,11 @@ def run(args, tracker) -> None:
 
     from electra_ds.model import ElectraPretrainer, ModelShape, token_type_ids_for
 
+    if args.scratch:
+        return export_scratch(args, tracker)
+    if not args.pretrain_summary:
+        raise UserError("nothing to export", field="--pretrain-summary",
+                        fix="pass the pretrain stage's summary.json, or --scratch for random weights")
     summary = read_json(args.pretrain_summary)
     tag = args.tag or summary["tag"]
     shape = ModelShape(**summary["model"])
@@ -93,3 +102,30 @@ def run(args, tracker) -> None:
     log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)
     tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"]})
     tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})
+
+
+def export_scratch(args, tracker) -> None:
+    """The scratch baseline: the configured architecture with random weights, in the same layout as a real
+    export (fine-tuning with ``--model-source scratch`` re-initialises it from each fine-tuning seed)."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from electra_ds.model import ElectraPretrainer, ModelShape
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    try:
+        shape = ModelShape(vocab_size=len(tokenizer), **json.loads(args.model))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"not a model shape: {exc}", field="--model") from None
+    torch.manual_seed(args.seed)
+    model = ElectraPretrainer(shape).eval()
+    with atomic_path(args.output_dir, is_dir=True) as tmp:
+        for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
+            net.save_pretrained(tmp / name, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / name)
+        (tmp / "scratch.json").write_text(json.dumps({"source": "scratch", "seed": args.seed,
+                                                       "model": shape.to_dict()}, indent=2) + "\n")
+    log.info("wrote a randomly initialised model (scratch baseline) to %s", args.output_dir)
+    tracker.log_params({"source": "scratch", "seed": args.seed, "model": shape.to_dict()})

@@ -69,6 +69,10 @@ def add_arguments(p) -> None:
                    help="start from this fine-tuned model folder (e.g. the MNLI job's model/); head re-initialised")
     p.add_argument("--no-ax", dest="predict_ax", action="store_false",
                    help="MNLI: do not predict the diagnostic set AX")
+    p.add_argument("--model-source", default="pretrained", choices=["pretrained", "scratch"],
+                   help="scratch: ignore the weights in --model-dir and initialise its architecture randomly from "
+                        "--seed (the no-pretraining baseline)")
+    p.add_argument("--model-name", default=None, help="the model's name in the study (recorded in metrics.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the first visible GPU (CUDA_VISIBLE_DEVICES) if any, else CPU")
 
@@ -206,10 +210,11 @@ def _load_data(task, args) -> tuple:
     return train, dev, tests, notes
 
 
-def _load_model(model_dir: Path, task, init_from: Path | None = None):
-    """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head)."""
+def _load_model(model_dir: Path, task, init_from: Path | None = None, scratch: bool = False):
+    """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head; with
+    ``scratch`` the architecture of ``model_dir`` with random weights from torch's current seed)."""
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -221,7 +226,9 @@ def _load_model(model_dir: Path, task, init_from: Path | None = None):
                       id2label=dict(enumerate(task.labels)), label2id={s: i for i, s in enumerate(task.labels)})
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if init_from is None:
+        if scratch:
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir, **kwargs))
+        elif init_from is None:
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model or tokenizer: {exc}", path=model_dir,
@@ -330,13 +337,14 @@ def run(args, tracker) -> None:
                                              "warmup_fraction", "weight_decay", "max_train_examples",
                                              "max_steps")}
     tracker.log_params({"task": task.name, "seed": args.seed, "epochs": epochs, "model_dir": str(model_dir),
+                        "model": args.model_name or model_dir.parent.name, "model_source": args.model_source,
                         "train_examples": len(train), "init_from": str(init_from or ""), **hparams})
 
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     with _torch_runtime(args.seed, args.threads, getattr(args, "device", "auto")) as (device, use_bf16, autocast):
-        tokenizer, model = _load_model(model_dir, task, init_from)
+        tokenizer, model = _load_model(model_dir, task, init_from, scratch=args.model_source == "scratch")
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
         model.to(device)
         enc_train = _encode(tokenizer, train, max_length)
@@ -364,7 +372,8 @@ def run(args, tracker) -> None:
     single = list(task.dev_splits) == ["dev"]
     main_value = dev_results[first_dev][task.main_metric]
     metrics = {
-        "task": task.name, "seed": args.seed, "epochs": epochs, "epochs_run": len(history), "steps": step,
+        "task": task.name, "seed": args.seed, "epochs": epochs,
+        "model": args.model_name or model_dir.parent.name, "model_source": args.model_source, "epochs_run": len(history), "steps": step,
         "is_probe": task.is_probe,
         "dev": dev_results["dev"] if single else dev_results,
         "main_metric": task.main_metric if single else f"{first_dev}.{task.main_metric}",

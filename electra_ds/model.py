@@ -17,32 +17,13 @@ discriminator) so the exported models load with ``AutoModelForMaskedLM`` /
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-
-
-@dataclass
-class ModelShape:
-    """Discriminator shape; the generator is derived from it with ``generator_fraction``."""
-
-    vocab_size: int
-    embedding_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 12
-    num_heads: int = 4
-    intermediate_size: int = 1024
-    max_position_embeddings: int = 512
-    generator_fraction: float = 0.25
-    dropout: float = 0.1
-    attn_implementation: str = "sdpa"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from electra_ds.shape import ModelShape, flops_per_token, generator_dims  # noqa: F401 (re-exported)
+from electra_ds.step_metrics import logit_histogram
 
 
 def electra_configs(shape: ModelShape):
@@ -59,10 +40,7 @@ def electra_configs(shape: ModelShape):
         )
 
     disc = config(shape.hidden_size, shape.num_heads, shape.intermediate_size)
-    f = shape.generator_fraction
-    gen_heads = max(1, round(shape.num_heads * f))
-    gen_hidden = max(gen_heads, round(shape.hidden_size * f / gen_heads) * gen_heads)
-    gen = config(gen_hidden, gen_heads, max(1, round(shape.intermediate_size * f)))
+    gen = config(*generator_dims(shape))
     for c in (disc, gen):
         c._attn_implementation = shape.attn_implementation
     return disc, gen
@@ -145,7 +123,8 @@ class ElectraPretrainer(nn.Module):
     """
 
     def __init__(self, shape: ModelShape, mask_prob: float = 0.15, mask_replace_prob: float = 0.85,
-                 disc_weight: float = 50.0, objective: str = "electra", adversarial_mle_weight: float = 1.0):
+                 disc_weight: float = 50.0, objective: str = "electra", adversarial_mle_weight: float = 1.0,
+                 temperature: float = 1.0, disallow_correct: bool = False):
         super().__init__()
         from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
@@ -157,6 +136,10 @@ class ElectraPretrainer(nn.Module):
         self.mask_replace_prob = mask_replace_prob
         self.disc_weight = disc_weight
         self.adversarial_mle_weight = adversarial_mle_weight
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {temperature}")
+        self.temperature = temperature
+        self.disallow_correct = disallow_correct
         disc_config, gen_config = electra_configs(shape)
         if objective == "mlm":
             self.generator = ElectraForMaskedLM(disc_config)
@@ -202,17 +185,16 @@ class ElectraPretrainer(nn.Module):
         gen_losses = F.cross_entropy(gen_logits.float(), originals, reduction="none")
         gen_loss = gen_losses.sum() / gen_denominator if gen_denominator else gen_losses.mean()
         real = attention_mask.bool()
-        gen_correct = (gen_logits.detach().argmax(-1) == originals).float().sum()
+        gen_stats = {"gen_loss_sum": gen_losses.detach().sum(), "masked": masked.sum().float(),
+                     "gen_correct": (gen_logits.detach().argmax(-1) == originals).float().sum(),
+                     "tokens": real.sum().float()}
         if self.objective == "mlm":
-            zero = torch.zeros((), device=input_ids.device)
-            stats = torch.stack([gen_correct, masked.sum().float(), zero, real.sum().float(), zero, zero, zero])
-            return {"loss": gen_loss, "gen_loss": gen_loss.detach(), "disc_loss": zero, "stats": stats}
+            return {"loss": gen_loss, "gen_loss": gen_loss.detach(), "stats": gen_stats}
 
         with torch.no_grad():
-            sampled = gumbel_sample(gen_logits.detach(), rand.ragged(masked.sum(1).tolist(), gen_logits.shape[-1]))
-            disc_input = input_ids.clone()
-            disc_input[masked] = sampled
-            replaced = (disc_input != input_ids)
+            sampled = self.sample_replacements(gen_logits.detach(), originals,
+                                               rand.ragged(masked.sum(1).tolist(), gen_logits.shape[-1]))
+            disc_input, replaced = self.corrupt(input_ids, masked, sampled)
 
         disc_logits = self.discriminator(disc_input, attention_mask=attention_mask,
                                          token_type_ids=token_type_ids).logits.float()
@@ -229,43 +211,31 @@ class ElectraPretrainer(nn.Module):
             loss = gen_objective + self.disc_weight * disc_loss
 
         with torch.no_grad():
-            disc_pred = disc_logits > 0
-            stats = torch.stack([
-                gen_correct,                                          # generator correct
-                masked.sum().float(),                                 # masked positions
-                (disc_pred == replaced)[real].float().sum(),          # discriminator correct
-                real.sum().float(),                                   # real tokens
-                (disc_pred & replaced).float().sum(),                 # true positives
-                disc_pred[real].float().sum(),                        # predicted replaced
-                replaced.float().sum(),                               # actually replaced
-            ])
+            pred = disc_logits > 0
+            real_logits, real_replaced = disc_logits[real], replaced[real]
+            stats = {**gen_stats,
+                     "disc_loss_sum": disc_losses.detach().sum(),
+                     "disc_correct": (pred == replaced)[real].float().sum(),
+                     "disc_tp": (pred & replaced).float().sum(),
+                     "disc_pred_pos": pred[real].float().sum(),
+                     "replaced": replaced.float().sum(),
+                     "hist_replaced": logit_histogram(real_logits[real_replaced]),
+                     "hist_original": logit_histogram(real_logits[~real_replaced])}
         return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "stats": stats}
 
+    @staticmethod
+    def corrupt(input_ids: torch.Tensor, masked: torch.Tensor, sampled: torch.Tensor):
+        """The discriminator's input (samples at masked positions) and its labels: replaced where the input
+        differs from the original, so a sample equal to the original counts as original."""
+        disc_input = input_ids.clone()
+        disc_input[masked] = sampled
+        return disc_input, disc_input != input_ids
 
-STAT_NAMES = ("gen_correct", "masked", "disc_correct", "tokens", "disc_tp", "disc_pred_pos", "replaced")
-
-
-def summarise_stats(stats: torch.Tensor) -> dict:
-    """Turn summed forward() stats into accuracies, precision and recall."""
-    s = dict(zip(STAT_NAMES, stats.tolist()))
-    return {
-        "gen_acc": s["gen_correct"] / max(s["masked"], 1.0),
-        "disc_acc": s["disc_correct"] / max(s["tokens"], 1.0),
-        "disc_precision": s["disc_tp"] / max(s["disc_pred_pos"], 1.0),
-        "disc_recall": s["disc_tp"] / max(s["replaced"], 1.0),
-        "replaced_frac": s["replaced"] / max(s["tokens"], 1.0),
-    }
-
-
-def flops_per_token(shape: ModelShape, seq_len: int) -> float:
-    """Approximate training FLOPs per token (forward + backward = 3x forward), both networks."""
-    disc, gen = electra_configs(shape)
-
-    def encoder(c):
-        per_layer = 2 * (4 * c.hidden_size ** 2 + 2 * c.hidden_size * c.intermediate_size) \
-            + 2 * 2 * seq_len * c.hidden_size
-        return c.num_hidden_layers * per_layer + 2 * c.embedding_size * c.hidden_size
-
-    gen_head = (2 * gen.hidden_size * gen.embedding_size + 2 * gen.embedding_size * shape.vocab_size) * 0.15
-    disc_head = 2 * disc.hidden_size * disc.hidden_size + 2 * disc.hidden_size
-    return 3.0 * (encoder(disc) + encoder(gen) + gen_head + disc_head)
+    def sample_replacements(self, gen_logits: torch.Tensor, originals: torch.Tensor,
+                            uniform: torch.Tensor) -> torch.Tensor:
+        """The generator's samples at masked positions: softmax(logits / temperature), Gumbel-max on ``uniform``;
+        with ``disallow_correct`` the original token is never drawn (as the official code's option)."""
+        logits = gen_logits.float() / self.temperature
+        if self.disallow_correct:
+            logits = logits.scatter(1, originals.unsqueeze(1), float("-inf"))
+        return gumbel_sample(logits, uniform)

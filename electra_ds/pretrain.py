@@ -43,6 +43,10 @@ def add_arguments(p) -> None:
                    help="adversarial objective: weight of the generator's MLM loss beside the policy gradient")
     g.add_argument("--mask-prob", type=float, default=0.15)
     g.add_argument("--disc-weight", type=float, default=50.0)
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="generator sampling temperature (official code's `temperature`; > 1 = easier replacements)")
+    g.add_argument("--disallow-correct", action="store_true",
+                   help="never sample the original token at a masked position (official code's ablation)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--ds-config", required=True, help="DeepSpeed JSON (ds_configs/)")
     g.add_argument("--global-batch-size", type=int, default=128)
@@ -62,6 +66,8 @@ def add_arguments(p) -> None:
     g.add_argument("--log-every", type=int, default=50)
     g.add_argument("--eval-every", type=int, default=0, help="steps between validation passes (0 = only at the end)")
     g.add_argument("--eval-examples", type=int, default=256)
+    g.add_argument("--plateau-steps", type=int, default=1000,
+                   help="warn when rtd_gain stays below %s for this many steps after warmup (0 = never)" % "0.02")
     g.add_argument("--peak-tflops", type=float, default=0, help="per-device peak for MFU (0 = not reported)")
 
 
@@ -152,18 +158,21 @@ def run(args, tracker) -> None:
     import deepspeed
     import torch
 
-    from electra_ds.model import ElectraPretrainer, ModelShape, flops_per_token, summarise_stats
+    from electra_ds.model import ElectraPretrainer, ModelShape, flops_per_token
+    from electra_ds.step_metrics import MetricSums
 
     shape = ModelShape(vocab_size=train.vocab_size, **shape_fields)
     shape.max_position_embeddings = max(shape.max_position_embeddings, train.max_seq_len)
     _check_token_ids(train, shape.vocab_size)
     run_config = {"model": shape.to_dict(), "objective": args.objective, "mask_prob": args.mask_prob,
-                  "disc_weight": args.disc_weight,
+                  "disc_weight": args.disc_weight, "temperature": args.temperature,
+                  "disallow_correct": args.disallow_correct,
                   "global_batch_size": args.global_batch_size, "max_seq_len": train.max_seq_len, "seed": args.seed}
 
     torch.manual_seed(args.seed)
     model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight, objective=args.objective,
-                              adversarial_mle_weight=args.adversarial_mle_weight)
+                              adversarial_mle_weight=args.adversarial_mle_weight, temperature=args.temperature,
+                              disallow_correct=args.disallow_correct)
     groups = param_groups(model, args.weight_decay)
     offload = offloads_optimizer(ds_cfg)
     if offload:
@@ -214,9 +223,13 @@ def run(args, tracker) -> None:
                  optimizer_name, " with its state offloaded to the CPU" if offload else "")
 
     stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
-    fpt = flops_per_token(shape, train.max_seq_len)
-    acc = torch.zeros(4 + 7, dtype=torch.float64, device=device)  # loss, gen, disc, n, stats...
-    t_last, tokens_since, last_ckpt_time, t_start = time.time(), 0.0, time.time(), time.time()
+    fpt = flops_per_token(shape, train.max_seq_len, args.objective, args.mask_prob)
+    step_flops = fpt * args.global_batch_size * train.max_seq_len
+    plateau = PlateauWatch(args.warmup_steps, args.plateau_steps, args.objective)
+    sums = MetricSums()
+    one = torch.ones((), dtype=torch.float64, device=device)
+    t_last, last_ckpt_time, t_start = time.time(), time.time(), time.time()
+    steps_since = 0
     last = {}
     step = start_step
     while step < args.max_steps:
@@ -232,26 +245,19 @@ def run(args, tracker) -> None:
             outputs = engine(batch, seeds=seeds, gen_denominator=n_masked / parts, disc_denominator=n_real / parts)
             engine.backward(outputs["loss"])
             engine.step()
-            acc[:4] += torch.stack([outputs["loss"].detach().double(), outputs["gen_loss"].double(),
-                                    outputs["disc_loss"].double(), torch.ones((), dtype=torch.float64, device=device)])
-            acc[4:] += outputs["stats"].double()
-            tokens_since += float(outputs["stats"][3])
+            sums.add({**outputs["stats"], "loss_sum": outputs["loss"], "micro_batches": one})
         step += 1
+        steps_since += 1
 
         if step % args.log_every == 0 or step == args.max_steps:
-            torch.distributed.all_reduce(acc)
-            tok = torch.tensor([tokens_since], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(tok)
+            sums.all_reduce()
             elapsed = time.time() - t_last
-            n = max(acc[3].item(), 1.0)
             grad_norm = engine.get_global_grad_norm()
-            tokens_per_s = tok.item() / max(elapsed, 1e-9)
-            last = {"loss": acc[0].item() / n, "gen_loss": acc[1].item() / n, "disc_loss": acc[2].item() / n,
-                    **summarise_stats(acc[4:].float().cpu()), "lr": scheduler.get_last_lr()[0],
-                    "tokens_per_s": tokens_per_s,
-                    "samples_per_s": args.log_every * args.global_batch_size / max(elapsed, 1e-9)
-                    if step % args.log_every == 0 else 0.0,
-                    "model_tflops": tokens_per_s * fpt / 1e12}
+            last = sums.summary()
+            tokens_per_s = float(sums.sums["tokens"]) / max(elapsed, 1e-9)
+            last.update({"lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                         "samples_per_s": steps_since * args.global_batch_size / max(elapsed, 1e-9),
+                         "model_tflops": tokens_per_s * fpt / 1e12, "flops": step * step_flops})
             if grad_norm is not None and math.isfinite(float(grad_norm)):
                 last["grad_norm"] = float(grad_norm)
             if args.peak_tflops > 0:
@@ -260,12 +266,12 @@ def run(args, tracker) -> None:
                 tracker.log_metrics({f"train/{k}": v for k, v in last.items()}, step=step)
                 train_log.write("train", step, last)
                 eta = (time.time() - t_start) / max(step - start_step, 1) * (args.max_steps - step)
-                log.info("step %d/%d [%3.0f%%] loss %.4f gen %.4f disc %.4f gen_acc %.3f disc_acc %.3f lr %.2e "
-                         "%.0f tok/s eta %s", step, args.max_steps, 100 * step / args.max_steps, last["loss"],
-                         last["gen_loss"], last["disc_loss"], last["gen_acc"], last["disc_acc"], last["lr"],
-                         tokens_per_s, _fmt_seconds(eta))
-            acc.zero_()
-            tokens_since, t_last = 0.0, time.time()
+                log.info("step %d/%d [%3.0f%%] %s lr %.2e %.0f tok/s eta %s", step, args.max_steps,
+                         100 * step / args.max_steps, _fmt_metrics(last), last["lr"], tokens_per_s,
+                         _fmt_seconds(eta))
+                plateau.check(step, last)
+            sums.reset()
+            steps_since, t_last = 0, time.time()
 
         if valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
             _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
@@ -289,6 +295,8 @@ def run(args, tracker) -> None:
             "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
             "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
             "objective": args.objective, "optimizer": optimizer_name, "offload_optimizer": offload,
+            "temperature": args.temperature, "mask_prob": args.mask_prob,
+            "global_batch_size": args.global_batch_size, "flops_per_token": fpt, "flops": step * step_flops,
             "final_train": last, "final_valid": final_valid, "tokens_per_example": train.max_seq_len,
             "seconds": time.time() - t_start})
     torch.distributed.barrier()
@@ -377,33 +385,74 @@ def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: 
 
 
 def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker, train_log) -> dict:
+    """Validation on the first ``eval_examples`` examples with fixed draws; the same reduction as training."""
     import torch
 
-    from electra_ds.model import summarise_stats
+    from electra_ds.step_metrics import MetricSums
 
     engine.eval()
     per_rank = min(len(valid), args.eval_examples) // world  # equal work per rank (ZeRO-3 collectives)
     rows = np.arange(rank * per_rank, (rank + 1) * per_rank)
-    acc = torch.zeros(4 + 7, dtype=torch.float64, device=engine.device)
+    sums = MetricSums()
+    one = torch.ones((), dtype=torch.float64, device=engine.device)
     with torch.no_grad():
         for i in range(0, len(rows), micro):
             part = rows[i:i + micro]
             seeds = [step_seed(args.seed, EVAL_STREAM, 0, int(r)) for r in part]  # the same draws at every eval
             out = engine(torch.from_numpy(valid.batch(part)).to(engine.device), seeds=seeds)
-            acc[:4] += torch.stack([out["loss"].double(), out["gen_loss"].double(), out["disc_loss"].double(),
-                                    torch.ones((), dtype=torch.float64, device=engine.device)])
-            acc[4:] += out["stats"].double()
-    torch.distributed.all_reduce(acc)
-    k = max(acc[3].item(), 1.0)
-    metrics = {"loss": acc[0].item() / k, "gen_loss": acc[1].item() / k, "disc_loss": acc[2].item() / k,
-               **summarise_stats(acc[4:].float().cpu())}
+            sums.add({**out["stats"], "loss_sum": out["loss"], "micro_batches": one})
+    sums.all_reduce()
+    metrics = sums.summary()
     if rank == 0:
         tracker.log_metrics({f"valid/{key}": v for key, v in metrics.items()}, step=step)
         train_log.write("valid", step, metrics)
-        log.info("valid at step %d: loss %.4f gen_acc %.3f disc_acc %.3f", step, metrics["loss"],
-                 metrics["gen_acc"], metrics["disc_acc"])
+        log.info("valid at step %d: %s", step, _fmt_metrics(metrics))
     engine.train()
     return metrics
+
+
+HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc", "disc_precision",
+            "disc_recall")
+
+
+def _fmt_metrics(m: dict) -> str:
+    return " ".join(f"{k} {m[k]:.4f}" if k.endswith("loss") or k == "base_entropy" else f"{k} {m[k]:.3f}"
+                    for k in HEADLINE if k in m)
+
+
+PLATEAU_GAIN = 0.02
+
+
+class PlateauWatch:
+    """Warns once when, after warmup, ``rtd_gain`` stays below PLATEAU_GAIN for ``patience`` steps: the
+    discriminator is only predicting the base rate of replaced tokens, i.e. it is not learning."""
+
+    def __init__(self, warmup: int, patience: int, objective: str):
+        self.warmup, self.patience = warmup, patience
+        self.enabled = patience > 0 and objective != "mlm"
+        self.low_since = None
+        self.warned = False
+
+    def check(self, step: int, metrics: dict) -> bool:
+        """True when the warning is issued (at most once per run)."""
+        if not self.enabled or self.warned or step <= self.warmup or "rtd_gain" not in metrics:
+            return False
+        if metrics["rtd_gain"] >= PLATEAU_GAIN:
+            self.low_since = None
+            return False
+        self.low_since = step if self.low_since is None else self.low_since
+        if step - self.low_since < self.patience:
+            return False
+        self.warned = True
+        log.warning(
+            "rtd_gain has stayed below %.2f (now %.4f, disc_auc %.3f) for %d steps after warmup: the discriminator "
+            "only predicts the base rate of replaced tokens (%.1f%%) and is not learning. At small scale the "
+            "generator's temperature-1 samples are too plausible to tell apart early on; try pretrain.temperature "
+            "1.5-2, a smaller generator (model.generator_fraction), more steps, or a lower learning rate if the "
+            "loss is unstable. See README, 'What a healthy run looks like'.", PLATEAU_GAIN, metrics["rtd_gain"],
+            metrics.get("disc_auc", float("nan")), step - self.low_since,
+            100 * metrics.get("replaced_frac", 0.0))
+        return True
 
 
 def _fmt_seconds(s: float) -> str:

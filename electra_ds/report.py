@@ -3,10 +3,8 @@
 * :data:`PUBLISHED`: GLUE dev scores of ELECTRA-Small and -Base, in percent, with their source;
 * :func:`earlier_runs`: finished ``evaluate`` runs in the MLflow store (never raises: MLflow off,
   unreachable or empty gives ``[]`` and a note);
-* :func:`parse_pretrain_log`: the loss curve from the pretrain stage's log lines
-  (``step 20/600 [  3%] loss 37.7 gen 8.6 disc 0.58 ...`` and ``valid at step 200: loss ...``);
 * :func:`comparison_table` -> :func:`table_markdown` / :func:`table_html`;
-* :func:`plot_pretrain_loss`, :func:`plot_task_scores`: PNGs through matplotlib's Agg backend;
+* :func:`model_table`: the models of one run side by side (scores, pretraining FLOPs, rtd_gain);
 * :func:`render_html`: one self-contained page (tables, images embedded as data URIs).
 
 Heavy imports (matplotlib, mlflow) happen inside the functions that need them.
@@ -108,103 +106,6 @@ def earlier_runs(tracking_uri: str | None, exclude_run_id: str | None = None, li
     runs = runs[:limit]
     return runs, (f"{len(runs)} earlier evaluate run(s) from {tracking_uri}" if runs
                   else f"no earlier evaluate runs in {tracking_uri}")
-
-
-# -- pretraining loss curve ----------------------------------------------------------------------
-
-_TRAIN_LINE = re.compile(r"\bstep (\d+)/\d+ \[\s*\d+%\] loss ([-\d.eE+naif]+) gen ([-\d.eE+naif]+) "
-                         r"disc ([-\d.eE+naif]+)")
-_VALID_LINE = re.compile(r"\bvalid at step (\d+): loss ([-\d.eE+naif]+)")
-
-
-def parse_pretrain_log(path) -> dict:
-    """``{"train": [(step, loss, gen, disc)], "valid": [(step, loss)]}`` from a pretrain log.
-
-    A resumed run logs some steps twice; the last line for a step wins. A missing file gives empty
-    lists (the plot then says so).
-    """
-    train, valid = {}, {}
-    path = Path(path) if path else None
-    if path is None or not path.is_file():
-        return {"train": [], "valid": [], "source": str(path) if path else None}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if m := _TRAIN_LINE.search(line):
-                train[int(m.group(1))] = tuple(float(m.group(i)) for i in (2, 3, 4))
-            elif m := _VALID_LINE.search(line):
-                valid[int(m.group(1))] = float(m.group(2))
-    return {"train": [(s, *train[s]) for s in sorted(train)], "valid": sorted(valid.items()), "source": str(path)}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_pretrain_loss(history: dict, path) -> None:
-    """Total, generator (MLM) and discriminator (replaced-token detection) loss against step."""
-    from electra_ds.fileio import atomic_path
-
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    if history["train"]:
-        steps = [r[0] for r in history["train"]]
-        ax1.plot(steps, [r[1] for r in history["train"]], label="train loss (gen + w * disc)")
-        if history["valid"]:
-            ax1.plot([s for s, _ in history["valid"]], [v for _, v in history["valid"]], "o--", label="valid loss")
-        ax2.plot(steps, [r[2] for r in history["train"]], label="generator (MLM)")
-        ax2.plot(steps, [r[3] for r in history["train"]], label="discriminator (RTD)")
-        for ax in (ax1, ax2):
-            ax.set_xlabel("step")
-            ax.legend()
-            ax.grid(alpha=0.3)
-        ax1.set_ylabel("loss")
-    else:
-        for ax in (ax1, ax2):
-            ax.text(0.5, 0.5, f"no pretraining log lines\n({history.get('source')})", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_axis_off()
-    ax1.set_title("pretraining loss")
-    ax2.set_title("generator and discriminator loss")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def plot_task_scores(summary: dict, path) -> None:
-    """Main dev score per task: median (bar), each seed (dots), published ELECTRA numbers (markers)."""
-    from electra_ds.fileio import atomic_path
-
-    plt = _pyplot()
-    names = list(summary["tasks"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 4))
-    xs = list(range(len(names)))
-    medians = [100 * summary["tasks"][n]["main"]["median"] for n in names]
-    colors = ["tab:gray" if summary["tasks"][n]["is_probe"] else "tab:blue" for n in names]
-    ax.bar(xs, medians, color=colors, alpha=0.7, label="this run (median over seeds)")
-    for x, n in zip(xs, names):
-        values = [100 * v for v in summary["tasks"][n]["main"]["values"]]
-        ax.plot([x] * len(values), values, "k.", markersize=5)
-    for marker, name in zip(("^", "v"), ("ELECTRA-Small-OWT (README)", "ELECTRA-Base (README)")):
-        pts = [(x, PUBLISHED[name]["scores"][n]) for x, n in zip(xs, names) if n in PUBLISHED[name]["scores"]]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, linestyle="none", label=name)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([f"{n}\n{summary['tasks'][n]['main_metric']}" for n in names], fontsize=8)
-    ax.set_ylabel("dev score (%)")
-    ax.set_title("fine-tuning: main dev metric per task (dots: seeds)")
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 # -- the comparison table ------------------------------------------------------------------------
@@ -315,3 +216,35 @@ def render_html(markdown: str, images: dict) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fine-tuning results</title>"
             f"<style>{style}</style></head><body>\n{_markdown_table_to_html(markdown)}\n"
             + "\n".join(figures) + "\n</body></html>\n")
+
+
+# -- the models of one run side by side --------------------------------------------------------------
+
+def model_table(models: dict) -> dict:
+    """One row per model: what it is, its pretraining (FLOPs, steps, validation rtd_gain), each task's main
+    dev metric (median ± std over seeds) and its score (GLUE score if it has GLUE tasks, else probe score)."""
+    tasks = []
+    for m in models.values():
+        tasks += [t for t in m["summary"]["tasks"] if t not in tasks]
+    columns = ["model", "pretraining", "FLOPs", "valid rtd_gain"] + [
+        TASK_LABELS.get(t, f"{t} ({next(m['summary']['tasks'][t]['main_metric'] for m in models.values() if t in m['summary']['tasks'])})")
+        for t in tasks] + ["score"]
+    rows = []
+    for name, m in models.items():
+        pre = m.get("pretrain") or {}
+        what = "none (random weights)" if m["source"] == "scratch" else \
+            f"{pre.get('objective', '?')}, {pre.get('steps', '?')} steps"
+        if pre.get("temperature", 1.0) != 1.0 and pre.get("objective") != "mlm":
+            what += f", T={pre['temperature']:g}"
+        gain = pre.get("final_valid", {}).get("rtd_gain")
+        cells = [name, what, f"{pre['flops']:.2e}" if pre.get("flops") else "0",
+                 f"{gain:.3f}" if gain is not None else "-"]
+        for t in tasks:
+            s = m["summary"]["tasks"].get(t)
+            cells.append(f"{_pct(100 * s['main']['median'])} ± {_pct(100 * s['main']['std'])}" if s else "-")
+        summary = m["summary"]
+        score = summary["glue_score"] if summary["glue_score"]["tasks"] else summary["probe_score"]
+        kind = "GLUE" if summary["glue_score"]["tasks"] else "probe"
+        cells.append(f"{kind} {_pct(100 * score['value'])}" if score["value"] is not None else "-")
+        rows.append(cells)
+    return {"columns": columns, "rows": rows, "notes": []}

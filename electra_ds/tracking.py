@@ -82,17 +82,24 @@ def _with_retries(fn, *, what: str, attempts: int = 6, first_delay: float = 0.2)
             delay = min(delay * 2, 3.0)
 
 
+# MLflow 3 opens an experiment of unknown kind on its GenAI overview; this tag opens it on the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id_for(client, name: str, artifact_root: str | None = None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root)
+        exp_id = client.create_experiment(name, artifact_location=artifact_root, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created by a concurrent process in the meantime
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+    return exp_id
 
 
 def start_pipeline_run(uri: str, experiment: str, artifact_root: str | None, run_name: str, tags: dict,
@@ -102,7 +109,8 @@ def start_pipeline_run(uri: str, experiment: str, artifact_root: str | None, run
     def create():
         client = _client(uri)
         exp_id = experiment_id_for(client, experiment, artifact_root)
-        run = client.create_run(exp_id, run_name=run_name, tags={**tags, "electra_ds.kind": "pipeline"})
+        run = client.create_run(exp_id, run_name=run_name, tags={**tags, "electra_ds.kind": "pipeline",
+                                                                 "electra_ds.study": tags.get("electra_ds.config_hash", "")})
         if params:
             from mlflow.entities import Param
 
@@ -153,6 +161,7 @@ class StageRun:
             "electra_ds.rule": self.stage,
             "electra_ds.git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
             "electra_ds.config_hash": os.environ.get(ENV_CONFIG_HASH, "standalone"),
+            "electra_ds.study": os.environ.get(ENV_CONFIG_HASH, "standalone"),
             "electra_ds.kind": "stage",
         }
         tags.update({f"wildcard.{k}": str(v) for k, v in self.wildcards.items()})
@@ -216,3 +225,41 @@ class StageRun:
             return
         _with_retries(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path),
                       what=f"logging artifact {path}", attempts=3)
+
+
+def log_model_runs(tracker: StageRun, models: dict) -> None:
+    """One top-level run per model of the study (``{name: (params, metrics)}``), so the runs table and the compare
+    view put models side by side without opening child runs; the primary (first) model's metrics also go on the
+    pipeline's parent run, which stands for the whole invocation. A rerun updates the same runs. Never raises."""
+    if not tracker.run_id or not models:
+        return
+    from mlflow.entities import Metric, Param, RunTag
+
+    study = os.environ.get(ENV_CONFIG_HASH, "standalone")
+    ts = int(time.time() * 1000)
+
+    def metric_items(metrics):
+        return [Metric(k, float(v), ts, 0) for k, v in sorted(metrics.items())
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+
+    def log_all():
+        client = tracker._client
+        exp_id = client.get_run(tracker.run_id).info.experiment_id
+        for name, (params, metrics) in models.items():
+            found = client.search_runs([exp_id], filter_string=f"tags.`electra_ds.kind` = 'model' and "
+                                       f"tags.`electra_ds.study` = '{study}' and tags.`electra_ds.model` = '{name}'",
+                                       max_results=1)
+            tags = {"electra_ds.kind": "model", "electra_ds.study": study, "electra_ds.model": name,
+                    "electra_ds.config_hash": study, "electra_ds.evaluate_run": tracker.run_id}
+            run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+            client.log_batch(run_id, metrics=metric_items(metrics),
+                             params=[] if found else [Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+            client.set_terminated(run_id, "FINISHED")
+        parent = os.environ.get(ENV_PARENT)
+        if parent:
+            primary_params, primary_metrics = next(iter(models.values()))
+            client.log_batch(parent, metrics=metric_items(primary_metrics),
+                             tags=[RunTag("electra_ds.models", ",".join(models)),
+                                   RunTag("electra_ds.study", study)])
+
+    _with_retries(log_all, what="logging the model runs", attempts=2)

@@ -43,6 +43,8 @@ def results(tmp_path):
 
 
 class RecordingTracker:
+    run_id = None  # no MLflow run: the model runs are not logged
+
     def __init__(self):
         self.metrics, self.params, self.artifacts = {}, {}, []
 
@@ -56,9 +58,15 @@ class RecordingTracker:
         self.artifacts.append(str(path))
 
 
+def evaluate_args(argv):
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def test_summary_medians_and_separate_scores(results, tmp_path):
     out_json, out_md = tmp_path / "res" / "results.json", tmp_path / "res" / "results.md"
-    args = argparse.Namespace(metrics=[str(p) for p in results], output_json=str(out_json), output_md=str(out_md))
+    args = evaluate_args(["--metrics", *map(str, results), "--output-json", str(out_json), "--output-md", str(out_md)])
     tracker = RecordingTracker()
     evaluate.run(args, tracker)
     summary = json.loads(out_json.read_text())
@@ -119,7 +127,7 @@ def test_probe_only_run_has_no_glue_rows(tmp_path, monkeypatch):
     ("not_json", "is not a readable JSON file"),
     ("no_main", "field 'main': is not a finetune metrics.json"),
     ("unknown_task", "unknown task 'glue-x'"),
-    ("duplicate", "duplicate result for task rte seed 0"),
+    ("duplicate", "duplicate result for model model task rte seed 0"),
 ])
 def test_bad_input_exits_2_without_output(tmp_path, monkeypatch, capsys, case, expected):
     good = write_metrics(tmp_path, "rte", 0, {"accuracy": 0.6}, "accuracy", 0.6)
@@ -163,18 +171,22 @@ def test_common_convention_averages_each_tasks_metrics(results, tmp_path):
 
 
 def test_full_report_submission_and_plots(tmp_path, monkeypatch, capsys):
-    from test_report import PRETRAIN_LOG
+    from test_report import TRAIN_LOG
     from test_submission import write_run
 
     paths = [write_run(tmp_path / "ft", "rte", s, m) for s, m in [(1, 0.60), (2, 0.70), (3, 0.65)]]
     paths += [write_run(tmp_path / "ft", "mnli", 1, 0.8), write_run(tmp_path / "ft", "cola", 1, 0.3)]
     paths.append(write_run(tmp_path / "ft", "probe-acceptability", 1, 0.9, predictions={"test": ["1"]}))
-    (tmp_path / "pretrain.log").write_text(PRETRAIN_LOG)
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    (pretrain / "train_log.jsonl").write_text(TRAIN_LOG)
+    (pretrain / "summary.json").write_text(json.dumps({"objective": "electra", "steps": 8, "flops": 8e9,
+                                                       "final_valid": {"rtd_gain": 0.2}}))
     out = tmp_path / "evaluate"
     argv = ["evaluate", "--metrics", *map(str, paths), "--output-json", str(out / "results.json"),
             "--output-md", str(out / "results.md"), "--output-html", str(out / "results.html"),
             "--loss-plot", str(out / "pretrain_loss.png"), "--scores-plot", str(out / "task_scores.png"),
-            "--pretrain-log", str(tmp_path / "pretrain.log"), "--submission-zip", str(out / "glue_submission.zip"),
+            "--pretrain-dirs", f"model={pretrain}", "--submission-zip", str(out / "glue_submission.zip"),
             "--results-dir", str(tmp_path)]
     assert run_cli(argv, monkeypatch) == 0
     printed = capsys.readouterr().out
@@ -184,11 +196,11 @@ def test_full_report_submission_and_plots(tmp_path, monkeypatch, capsys):
     sub = summary["submission"]
     assert sub["seeds"] == {"cola": 1, "mnli": 1, "rte": 3} and sub["seed_choice"] == "median"
     assert sorted(sub["files"]) == ["AX.tsv", "CoLA.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "RTE.tsv"]
-    assert summary["pretrain_history"]["train_points"] == 3 and summary["earlier_runs"] == []
+    assert summary["models"]["model"]["pretrain"]["flops"] == 8e9 and summary["earlier_runs"] == []
     md = (out / "results.md").read_text()
     for text in ("## Comparison with published ELECTRA numbers and earlier runs", "ELECTRA-Base (paper)",
                  "## Leaderboard submission", "- RTE.tsv: 2 rows from rte seed 3", "missing: SST-2.tsv",
-                 "![Pretraining loss](pretrain_loss.png)", "Earlier runs: MLflow is off"):
+                 "![Pretraining curves](pretrain_loss.png)", "Earlier runs: MLflow is off"):
         assert text in md
     page = (out / "results.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page

@@ -44,7 +44,8 @@ def test_whole_dag_on_micro_config(tmp_path):
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
     results = tmp_path / "results"
-    res = snakemake(micro_config(tmp_path), results)
+    config = micro_config(tmp_path, models={"electra": {}, "scratch": {"source": "scratch"}})
+    res = snakemake(config, results)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
 
     # Every stage's outputs, log and benchmark.
@@ -57,20 +58,26 @@ def test_whole_dag_on_micro_config(tmp_path):
     assert index["max_seq_len"] == 64 and index["splits"]["train"]["examples"] > 0
     for task in ("probe-acceptability", "probe-adjacency"):
         assert (results / "probes" / task / "train.tsv").stat().st_size > 0
-    summary = json.loads((results / "pretrain/summary.json").read_text())
+    summary = json.loads((results / "pretrain/electra/summary.json").read_text())
     assert summary["steps"] == 8 and summary["world_size"] == 2 and summary["zero_stage"] == 2
-    assert AutoModelForPreTraining.from_pretrained(results / "export/discriminator").config.hidden_size == 32
-    assert AutoModelForMaskedLM.from_pretrained(results / "export/generator").config.hidden_size == 8
-    for task in ("probe-acceptability", "probe-adjacency"):
-        metrics = json.loads((results / f"finetune/{task}/seed1/metrics.json").read_text())
-        assert metrics["task"] == task and -1.0 <= metrics["main"] <= 1.0
-        assert (results / f"finetune/{task}/seed1/test_predictions.tsv").read_text().startswith("index\tprediction")
+    assert summary["flops"] > 0 and {"rtd_gain", "disc_auc", "base_entropy"} <= set(summary["final_valid"])
+    assert not (results / "pretrain/scratch").exists()  # the scratch baseline is never pretrained
+    for model in ("electra", "scratch"):
+        assert AutoModelForPreTraining.from_pretrained(results / f"export/{model}/discriminator").config.hidden_size == 32
+        assert AutoModelForMaskedLM.from_pretrained(results / f"export/{model}/generator").config.hidden_size == 8
+        for task in ("probe-acceptability", "probe-adjacency"):
+            metrics = json.loads((results / f"finetune/{model}/{task}/seed1/metrics.json").read_text())
+            assert metrics["task"] == task and -1.0 <= metrics["main"] <= 1.0 and metrics["model"] == model
+            assert (results / f"finetune/{model}/{task}/seed1/test_predictions.tsv").read_text().startswith(
+                "index\tprediction")
     table = json.loads((results / "evaluate/results.json").read_text())
     assert set(table["tasks"]) == {"probe-acceptability", "probe-adjacency"}
+    assert list(table["models"]) == ["electra", "scratch"] and table["primary_model"] == "electra"
+    assert table["models"]["scratch"]["source"] == "scratch"
     md = (results / "evaluate/results.md").read_text()
-    assert "probe" in md.lower() and "GLUE score" not in md
-    assert len(list((results / "logs").rglob("*.log"))) == 10
-    assert len(list((results / "benchmarks").rglob("*.tsv"))) == 10
+    assert "probe" in md.lower() and "GLUE score" not in md and "Models side by side" in md
+    assert len(list((results / "logs").rglob("*.log"))) == 13
+    assert len(list((results / "benchmarks").rglob("*.tsv"))) == 13
 
     # MLflow: one parent run for the invocation, one child per job, tagged.
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
@@ -79,21 +86,30 @@ def test_whole_dag_on_micro_config(tmp_path):
     parents = [r for r in runs if r.data.tags.get("electra_ds.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(STAGES + ["finetune"])
-    assert len(runs) == 11
+    assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(STAGES + ["export"] + ["finetune"] * 3)
+    # one top-level run per model, with its headline figures, for the runs table and the compare view
+    model_runs = {r.data.tags["electra_ds.model"]: r for r in runs if r.data.tags.get("electra_ds.kind") == "model"}
+    assert set(model_runs) == {"electra", "scratch"} and len(runs) == 1 + 12 + 2
+    assert "mlflow.parentRunId" not in model_runs["electra"].data.tags
+    assert {"probe_score", "pretrain.flops", "pretrain.valid.rtd_gain", "wall_seconds"} <= set(
+        model_runs["electra"].data.metrics)
+    assert model_runs["electra"].data.params["objective"] == "electra"
+    assert model_runs["scratch"].data.params["source"] == "scratch"
+    assert "probe_score" in parents[0].data.metrics  # the invocation's run carries the primary model's scores
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     config_hash = parents[0].data.tags["electra_ds.config_hash"]
     for r in children:
         assert r.info.status == "FINISHED"
-        assert r.data.tags["electra_ds.config_hash"] == config_hash
+        assert r.data.tags["electra_ds.config_hash"] == config_hash == r.data.tags["electra_ds.study"]
         assert r.data.tags["electra_ds.git_commit"]
     by_rule = {r.data.tags["electra_ds.rule"]: r for r in children}
     assert by_rule["corpus"].data.metrics["documents_out"] > 0
-    assert {"train/loss", "train/gen_acc", "train/disc_acc", "train/lr", "train/tokens_per_s"} <= set(
-        by_rule["pretrain"].data.metrics)
+    assert {"train/loss", "train/gen_acc", "train/disc_acc", "train/lr", "train/tokens_per_s", "train/rtd_gain",
+            "train/disc_auc", "valid/rtd_gain"} <= set(by_rule["pretrain"].data.metrics)
     assert any(r.data.tags.get("wildcard.task") == "probe-adjacency" for r in children)
 
     # A second invocation is a no-op for Snakemake (nothing to do), and creates no new runs.
-    again = snakemake(micro_config(tmp_path), results)
+    again = snakemake(config, results)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from electra_ds import report
-from electra_ds.report import PUBLISHED, comparison_table, earlier_runs, parse_pretrain_log
+from electra_ds import plots
+from electra_ds.report import PUBLISHED, comparison_table, earlier_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# Lines as the pretrain stage logs them (with the CLI's time/stage/level prefix), a resume repeating
-# step 4, DeepSpeed noise and a validation line.
-PRETRAIN_LOG = """\
-21:03:01 pretrain INFO world size 2, micro-batch 8 x accumulation 1 = global 16; ZeRO stage 2; fp32 on cpu
-21:03:02 pretrain INFO step 2/8 [ 25%] loss 37.7000 gen 8.6000 disc 0.5820 gen_acc 0.010 disc_acc 0.850 lr 1.00e-03 512 tok/s eta 0m03s
-[2025-01-01 21:03:02,000] [INFO] [logging.py:107:log_dist] [Rank 0] step=2, skipped=0, lr=[0.001]
-21:03:03 pretrain INFO step 4/8 [ 50%] loss 30.1000 gen 7.9000 disc 0.4440 gen_acc 0.020 disc_acc 0.880 lr 2.00e-03 530 tok/s eta 0m02s
-21:03:03 pretrain INFO valid at step 4: loss 29.5000 gen_acc 0.021 disc_acc 0.881
-21:03:09 pretrain INFO resumed from results/pretrain/checkpoints at step 2
-21:03:10 pretrain INFO step 4/8 [ 50%] loss 30.0000 gen 7.8000 disc 0.4440 gen_acc 0.020 disc_acc 0.880 lr 2.00e-03 530 tok/s eta 0m02s
-21:03:11 pretrain INFO step 8/8 [100%] loss 25.0000 gen 7.0000 disc 0.3600 gen_acc 0.050 disc_acc 0.900 lr 0.00e+00 540 tok/s eta 0m00s
-"""
+# train_log.jsonl as the pretrain stage writes it: a resume repeats step 4 (the later line wins).
+TRAIN_LOG = "\n".join(json.dumps(r) for r in [
+    {"split": "train", "step": 2, "loss": 37.7, "gen_loss": 8.6, "gen_acc": 0.01, "disc_loss": 0.582,
+     "base_entropy": 0.42, "rtd_gain": -0.38, "flops": 2e9},
+    {"split": "train", "step": 4, "loss": 30.1, "gen_loss": 7.9, "gen_acc": 0.02, "disc_loss": 0.444,
+     "base_entropy": 0.42, "rtd_gain": -0.05, "flops": 4e9},
+    {"split": "valid", "step": 4, "loss": 29.5, "gen_loss": 7.8, "gen_acc": 0.021, "disc_loss": 0.43,
+     "base_entropy": 0.42, "rtd_gain": -0.02, "disc_auc": 0.55},
+    {"split": "train", "step": 4, "loss": 30.0, "gen_loss": 7.8, "gen_acc": 0.02, "disc_loss": 0.444,
+     "base_entropy": 0.42, "rtd_gain": -0.05, "flops": 4e9},
+    {"split": "train", "step": 8, "loss": 25.0, "gen_loss": 7.0, "gen_acc": 0.05, "disc_loss": 0.36,
+     "base_entropy": 0.42, "rtd_gain": 0.14, "flops": 8e9}]) + "\n"
+MLM_LOG = json.dumps({"split": "train", "step": 9, "loss": 7.0, "gen_loss": 7.0, "gen_acc": 0.05, "flops": 8e9}) + "\n"
 
 
 def summary(glue=True, probes=True):
@@ -42,25 +46,29 @@ def summary(glue=True, probes=True):
             "probe_score": {"value": 0.70 if probes else None}}
 
 
-def test_parse_pretrain_log(tmp_path):
-    path = tmp_path / "pretrain.log"
-    path.write_text(PRETRAIN_LOG)
-    history = parse_pretrain_log(path)
-    assert history["train"] == [(2, 37.7, 8.6, 0.582), (4, 30.0, 7.8, 0.444), (8, 25.0, 7.0, 0.36)]
-    assert history["valid"] == [(4, 29.5)]
-    assert parse_pretrain_log(tmp_path / "absent.log")["train"] == []
-    assert parse_pretrain_log(None)["train"] == []
+def test_read_train_log(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    path.write_text(TRAIN_LOG)
+    history = plots.read_train_log(path)
+    assert [(r["step"], r["loss"]) for r in history["train"]] == [(2, 37.7), (4, 30.0), (8, 25.0)]
+    assert [r["step"] for r in history["valid"]] == [4]
+    assert plots.read_train_log(tmp_path / "absent.jsonl") == {"train": [], "valid": []}
 
 
 def test_plots_are_pngs_even_without_data(tmp_path):
-    (tmp_path / "pretrain.log").write_text(PRETRAIN_LOG)
-    report.plot_pretrain_loss(parse_pretrain_log(tmp_path / "pretrain.log"), tmp_path / "loss.png")
-    report.plot_pretrain_loss(parse_pretrain_log(tmp_path / "none.log"), tmp_path / "empty.png")
-    report.plot_task_scores(summary(), tmp_path / "scores.png")
+    (tmp_path / "electra.jsonl").write_text(TRAIN_LOG)
+    (tmp_path / "mlm.jsonl").write_text(MLM_LOG)
+    histories = {"electra": plots.read_train_log(tmp_path / "electra.jsonl"),
+                 "mlm": plots.read_train_log(tmp_path / "mlm.jsonl")}
+    plots.plot_pretraining(histories, {"electra": 1e9, "mlm": 0.9e9}, tmp_path / "loss.png")
+    plots.plot_pretraining({}, {}, tmp_path / "empty.png")
+    plots.plot_task_scores({"electra": summary(), "scratch": summary()}, tmp_path / "scores.png",
+                           {"ELECTRA-Base (README)": PUBLISHED["ELECTRA-Base (README)"]["scores"]})
     for name in ("loss.png", "empty.png", "scores.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.png", "loss.png", "pretrain.log", "scores.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["electra.jsonl", "empty.png", "loss.png", "mlm.jsonl",
+                                                          "scores.png"]  # no temporaries left
 
 
 def test_published_numbers():
@@ -100,7 +108,7 @@ def test_probe_only_table_never_says_glue():
 
 
 def test_html_embeds_images(tmp_path):
-    report.plot_task_scores(summary(), tmp_path / "scores.png")
+    plots.plot_task_scores({"electra": summary()}, tmp_path / "scores.png")
     page = report.render_html("| a | b |\n|---|---:|\n| x | 1.0 |", {"Scores": tmp_path / "scores.png",
                                                                      "Absent": tmp_path / "none.png"})
     assert page.count("data:image/png;base64,") == 1 and "<figcaption>Scores</figcaption>" in page

@@ -5,8 +5,12 @@ import json
 import os
 import shlex
 
+import yaml
+
 from electra_ds import tracking
+from electra_ds.errors import UserError
 from electra_ds.glue import get_task
+from electra_ds.study import plan_models
 
 R = config["results_dir"].rstrip("/")
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
@@ -19,6 +23,29 @@ def repo_path(path):
 
 def as_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def cli_flags(section, names):
+    """`--name value` for each field of a config section, quoted; booleans are switches (present when true)."""
+    parts = []
+    for name in names:
+        value, flag = section[name], "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+# ---- the models of this run (the `model` wildcard): electra_ds/study.py ---------------------------
+with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"), encoding="utf-8") as _f:
+    _SCHEMA = yaml.safe_load(_f)
+try:
+    MODELS = plan_models(config, _SCHEMA)
+except UserError as _exc:
+    raise WorkflowError(str(_exc))
+PRETRAINED = [name for name, plan in MODELS.items() if plan["source"] == "pretrained"]
+PRIMARY_MODEL = next(iter(MODELS))
 
 
 def track(wildcards):
@@ -37,7 +64,7 @@ def finetune_data_args(wildcards):
 
 
 def finetune_inputs(wildcards):
-    inputs = {"model": f"{R}/export"}
+    inputs = {"model": f"{R}/export/{wildcards.model}"}
     if get_task(wildcards.task).is_probe:
         inputs["probes"] = f"{R}/probes"
     return inputs
@@ -51,6 +78,7 @@ for _task in config["finetune"]["tasks"]:
 wildcard_constraints:
     task=r"[a-z0-9\-]+",
     seed=r"\d+",
+    model="|".join(MODELS),
 
 # ---- MLflow: one parent run per pipeline invocation; each job's run is its child ----------------
 TRACKING_URI = tracking.tracking_uri_for(R, config["mlflow"]["tracking_uri"])
@@ -83,7 +111,6 @@ onerror:
 
 # ---- SLURM: checks before anything is submitted (see profiles/README.md) -------------------------
 from electra_ds import distributed
-from electra_ds.errors import UserError
 
 
 def _user_error(check, *args, **kwargs):

@@ -10,23 +10,23 @@ def starts_from_mnli(task):
     return FT["init_from_mnli"] and get_task(task).name in MNLI_INIT_TASKS
 
 
-def mnli_dir(seed):
-    return f"{R}/finetune/mnli/seed{seed}"
+def mnli_dir(model, seed):
+    return f"{R}/finetune/{model}/mnli/seed{seed}"
 
 
 def finetune_job_inputs(wildcards):
     """The exported model (and probes); with init_from_mnli, RTE/MRPC/STS-B wait for MNLI of the same seed."""
     inputs = finetune_inputs(wildcards)
     if starts_from_mnli(wildcards.task):
-        inputs["mnli"] = f"{mnli_dir(wildcards.seed)}/metrics.json"
+        inputs["mnli"] = f"{mnli_dir(wildcards.model, wildcards.seed)}/metrics.json"
     return inputs
 
 
 def finetune_model_args(wildcards):
-    """--init-from for tasks started from MNLI; --keep-model where the weights are wanted or needed."""
-    args = []
+    """--model-source; --init-from for tasks started from MNLI; --keep-model where the weights are wanted or needed."""
+    args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {MODELS[wildcards.model]['source']}"]
     if starts_from_mnli(wildcards.task):
-        args.append(f"--init-from {shlex.quote(mnli_dir(wildcards.seed) + '/model')}")
+        args.append(f"--init-from {shlex.quote(mnli_dir(wildcards.model, wildcards.seed) + '/model')}")
     mnli_needed = wildcards.task == "mnli" and any(starts_from_mnli(t) for t in FT["tasks"])
     if FT["keep_model"] or mnli_needed:
         args.append("--keep-model")
@@ -37,32 +37,33 @@ rule finetune:
     input:
         unpack(finetune_job_inputs),
     output:
-        metrics=f"{R}/finetune/{{task}}/seed{{seed}}/metrics.json",
-        predictions=f"{R}/finetune/{{task}}/seed{{seed}}/test_predictions.tsv",
+        metrics=f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/metrics.json",
+        predictions=f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/test_predictions.tsv",
     params:
         data=finetune_data_args,
-        out=lambda wildcards: f"{R}/finetune/{wildcards.task}/seed{wildcards.seed}",
+        out=lambda wildcards: f"{R}/finetune/{wildcards.model}/{wildcards.task}/seed{wildcards.seed}",
         epochs=lambda wildcards: f"--epochs {FT['epochs']}" if FT["epochs"] else "",
         model=finetune_model_args,
+        model_dir=lambda wildcards, input: f"{input.model}/discriminator",
         device="cuda" if FT["gpus"] else "auto",
         track=track,
     threads: FT["threads"]
     log:
-        f"{R}/logs/finetune/{{task}}-seed{{seed}}.log",
+        f"{R}/logs/finetune/{{model}}/{{task}}-seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{task}}-seed{{seed}}.tsv"
+        f"{R}/benchmarks/finetune/{{model}}/{{task}}-seed{{seed}}.tsv"
     resources:
         mem_mb=FT["mem_mb"],
         runtime=FT["runtime"],
         gpu=FT["gpus"],
     shell:
-        "electra-ds finetune --model-dir {input.model}/discriminator --task {wildcards.task} --seed {wildcards.seed} "
-        "--output-dir {params.out} {params.data} {params.epochs} {params.model} --device {params.device} "
+        "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task} --seed {wildcards.seed} "
+        "--output-dir {params.out:q} {params.data} {params.epochs} {params.model} --device {params.device} "
         "--learning-rate {config[finetune][learning_rate]} --layer-decay {config[finetune][layer_decay]} "
         "--batch-size {config[finetune][batch_size]} --max-length {config[finetune][max_length]} "
         "--warmup-fraction {config[finetune][warmup_fraction]} "
         "--max-train-examples {config[finetune][max_train_examples]} --threads {threads} "
-        "--rule {rule} {params.track} > {log} 2>&1"
+        "--rule {rule} {params.track} > {log:q} 2>&1"
 
 
 EVALUATE_OUTPUTS = {
@@ -81,16 +82,18 @@ if HAS_GLUE:  # the leaderboard zip only when GLUE tasks are fine-tuned (never f
 
 rule evaluate:
     input:
-        metrics=expand(f"{R}/finetune/{{task}}/seed{{seed}}/metrics.json", task=FT["tasks"], seed=FT["seeds"]),
-        predictions=expand(f"{R}/finetune/{{task}}/seed{{seed}}/test_predictions.tsv", task=FT["tasks"],
-                           seed=FT["seeds"]),
-        pretrain=rules.pretrain.output.summary,
+        metrics=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/metrics.json", model=MODELS, task=FT["tasks"],
+                       seed=FT["seeds"]),
+        predictions=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/test_predictions.tsv", model=MODELS,
+                           task=FT["tasks"], seed=FT["seeds"]),
+        pretrain=expand(f"{R}/pretrain/{{model}}/summary.json", model=PRETRAINED),
     output:
         **EVALUATE_OUTPUTS,
     params:
-        pretrain_log=f"{R}/logs/pretrain.log",
+        models=" ".join(shlex.quote(name) for name in MODELS),
+        pretrain=" ".join(shlex.quote(f"{name}={R}/pretrain/{name}") for name in PRETRAINED),
         submission=lambda wildcards, output: (
-            f"--submission-zip {output.submission} --submission-seed {config['evaluate']['submission_seed']}"
+            f"--submission-zip {shlex.quote(output.submission)} --submission-seed {config['evaluate']['submission_seed']}"
             if HAS_GLUE else ""),
         track=track,
     log:
@@ -101,7 +104,7 @@ rule evaluate:
         mem_mb=2000,
         runtime=10,
     shell:
-        "electra-ds evaluate --metrics {input.metrics} --output-json {output.json} --output-md {output.md} "
-        "--output-html {output.html} --loss-plot {output.loss_plot} --scores-plot {output.scores_plot} "
-        "--pretrain-log {params.pretrain_log} {params.submission} "
-        "--compare-runs {config[evaluate][compare_runs]} --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds evaluate --metrics {input.metrics:q} --output-json {output.json:q} --output-md {output.md:q} "
+        "--output-html {output.html:q} --loss-plot {output.loss_plot:q} --scores-plot {output.scores_plot:q} "
+        "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} "
+        "--compare-runs {config[evaluate][compare_runs]} --rule {rule} {params.track} > {log:q} 2>&1"

@@ -1,73 +1,89 @@
-# Pretraining through DeepSpeed (torchrun locally, srun under SLURM) and export to Hugging Face format.
-# Checkpoints live in {R}/pretrain/checkpoints, which is NOT a declared output: Snakemake never
+# Pretraining through DeepSpeed (torchrun locally, srun under SLURM) and export to Hugging Face format,
+# once per model of `models:` (the `model` wildcard; see electra_ds/study.py).
+# Checkpoints live in {R}/pretrain/{model}/checkpoints, which is NOT a declared output: Snakemake never
 # deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
+
+PT = config["pretrain"]  # the job's shape (nodes, processes, GPUs, threads) is the same for every model
+# What each model passes to `electra-ds pretrain` (its merged pretrain section); the job fields are flags of
+# the launcher, not of the stage.
+PRETRAIN_FLAGS = ("objective", "mask_prob", "disc_weight", "temperature", "disallow_correct", "global_batch_size",
+                  "micro_batch_size", "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision",
+                  "device", "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
+                  "eval_every", "eval_examples", "plateau_steps", "peak_tflops")
+
+
+def pretrain_args(wildcards):
+    section = MODELS[wildcards.model]["pretrain"]
+    return f"--model {as_json(section['model'])} " + cli_flags(section, PRETRAIN_FLAGS)
 
 
 rule pretrain:
     input:
         shards=rules.shards.output,
-        ds_config=repo_path(config["pretrain"]["ds_config"]),
+        ds_config=repo_path(PT["ds_config"]),
     output:
-        summary=f"{R}/pretrain/summary.json",
+        summary=f"{R}/pretrain/{{model}}/summary.json",
     params:
-        model=as_json(config["pretrain"]["model"]),
-        compile="--compile" if config["pretrain"]["compile"] else "",
-        out=f"{R}/pretrain",
+        args=pretrain_args,
+        out=lambda wildcards: f"{R}/pretrain/{wildcards.model}",
         track=track,
-    threads: config["pretrain"]["threads"]
+    threads: PT["threads"]
     log:
-        f"{R}/logs/pretrain.log",
+        f"{R}/logs/pretrain/{{model}}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain.tsv"
+        f"{R}/benchmarks/pretrain/{{model}}.tsv"
+    wildcard_constraints:
+        model="|".join(PRETRAINED) or "(?!)",
     resources:
-        mem_mb=config["pretrain"]["mem_mb"],
-        runtime=config["pretrain"]["runtime"],
+        mem_mb=PT["mem_mb"],
+        runtime=PT["runtime"],
         # Under SLURM (profiles/slurm): one sbatch job of `nodes` nodes with one task per process (per GPU);
         # `mpi` makes the job run this shell line directly, and the launcher starts the processes with
         # `{resources.mpi} -n {resources.tasks} -N {resources.nodes} -c {resources.cpus_per_task} ...`.
         # Locally the same line starts them with torchrun; these resources then only label the job.
-        nodes=config["pretrain"]["nodes"],
-        tasks=config["pretrain"]["nodes"] * config["pretrain"]["processes_per_node"],
+        nodes=PT["nodes"],
+        tasks=PT["nodes"] * PT["processes_per_node"],
         mpi="srun",
-        cpus_per_task=max(1, config["pretrain"]["threads"] // config["pretrain"]["processes_per_node"]),
+        cpus_per_task=max(1, PT["threads"] // PT["processes_per_node"]),
         # GPUs per node as GRES (sbatch --gres=gpu:N, per node); tasks_per_gpu=0 keeps the plugin from
         # adding --ntasks-per-gpu, which would bind each process to one GPU and hide its peers from NCCL.
-        **({"gres": f"gpu:{config['pretrain']['gpus_per_node']}", "tasks_per_gpu": 0}
-           if config["pretrain"]["gpus_per_node"] else {}),
+        **({"gres": f"gpu:{PT['gpus_per_node']}", "tasks_per_gpu": 0} if PT["gpus_per_node"] else {}),
     shell:
-        "electra-ds launch --nproc-per-node {config[pretrain][processes_per_node]} "
-        "--nnodes {resources.nodes} --launcher {config[pretrain][launcher]} "
+        "electra-ds launch --nproc-per-node {PT[processes_per_node]} "
+        "--nnodes {resources.nodes} --launcher {PT[launcher]} "
         "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task} -- "
-        "pretrain --shards {input.shards} --output-dir {params.out} --model {params.model} "
-        "--ds-config {input.ds_config} --global-batch-size {config[pretrain][global_batch_size]} "
-        "--micro-batch-size {config[pretrain][micro_batch_size]} --learning-rate {config[pretrain][learning_rate]} "
-        "--weight-decay {config[pretrain][weight_decay]} --warmup-steps {config[pretrain][warmup_steps]} "
-        "--max-steps {config[pretrain][max_steps]} --precision {config[pretrain][precision]} "
-        "--device {config[pretrain][device]} {params.compile} --objective {config[pretrain][objective]} "
-        "--mask-prob {config[pretrain][mask_prob]} "
-        "--disc-weight {config[pretrain][disc_weight]} --seed {config[seed]} "
-        "--checkpoint-every {config[pretrain][checkpoint_every]} "
-        "--checkpoint-minutes {config[pretrain][checkpoint_minutes]} "
-        "--keep-checkpoints {config[pretrain][keep_checkpoints]} --log-every {config[pretrain][log_every]} "
-        "--eval-every {config[pretrain][eval_every]} --eval-examples {config[pretrain][eval_examples]} "
-        "--peak-tflops {config[pretrain][peak_tflops]} --rule {rule} {params.track} > {log} 2>&1"
+        "pretrain --shards {input.shards:q} --output-dir {params.out:q} --ds-config {input.ds_config:q} "
+        "{params.args} --seed {config[seed]} --rule {rule} {params.track} > {log:q} 2>&1"
+
+
+def export_inputs(wildcards):
+    if MODELS[wildcards.model]["source"] == "scratch":
+        return {"vocab": rules.vocab.output[0]}
+    return {"vocab": rules.vocab.output[0], "summary": f"{R}/pretrain/{wildcards.model}/summary.json"}
+
+
+def export_args(wildcards, input):
+    plan = MODELS[wildcards.model]
+    if plan["source"] == "scratch":  # the architecture with random weights: no pretraining to export
+        return f"--scratch --model {as_json(plan['pretrain']['model'])} --seed {config['seed']}"
+    return f"--pretrain-summary {shlex.quote(input.summary)}"
 
 
 rule export:
     input:
-        summary=rules.pretrain.output.summary,
-        vocab=rules.vocab.output,
+        unpack(export_inputs),
     output:
-        directory(f"{R}/export"),
+        directory(f"{R}/export/{{model}}"),
     params:
+        args=export_args,
         track=track,
     log:
-        f"{R}/logs/export.log",
+        f"{R}/logs/export/{{model}}.log",
     benchmark:
-        f"{R}/benchmarks/export.tsv"
+        f"{R}/benchmarks/export/{{model}}.tsv"
     resources:
         mem_mb=8000,
         runtime=30,
     shell:
-        "electra-ds export --pretrain-summary {input.summary} --tokenizer-dir {input.vocab} "
-        "--output-dir {output} --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds export {params.args} --tokenizer-dir {input.vocab:q} "
+        "--output-dir {output:q} --rule {rule} {params.track} > {log:q} 2>&1"

@@ -1,0 +1,93 @@
+"""The models of a run (`models:`): planning, equal pretraining FLOPs, errors; the study preset's DAG."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from electra_ds.errors import UserError
+from electra_ds.shape import ModelShape, flops_per_token, pretraining_flops
+from electra_ds.study import plan_models
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def filled(config: dict) -> dict:
+    """The config with the schema's defaults, as the Snakefile's validate() fills them."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+def study_config(**models) -> dict:
+    cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    if models:
+        cfg["models"] = models
+    return filled(cfg)
+
+
+def test_equal_flops_gives_every_pretrained_model_the_first_models_budget():
+    cfg = study_config()
+    plans = plan_models(cfg, SCHEMA)
+    assert list(plans) == ["electra", "mlm", "scratch"]
+    assert plans["scratch"]["source"] == "scratch" and plans["scratch"]["flops"] == 0
+    electra, mlm = plans["electra"], plans["mlm"]
+    assert electra["pretrain"]["max_steps"] == cfg["pretrain"]["max_steps"]
+    assert mlm["pretrain"]["objective"] == "mlm" and mlm["pretrain"]["max_steps"] > electra["pretrain"]["max_steps"]
+    assert abs(mlm["flops"] / electra["flops"] - 1) < 1e-3  # equal up to one step's rounding
+    shape = ModelShape(vocab_size=cfg["vocab"]["vocab_size"], **cfg["pretrain"]["model"])
+    assert electra["flops"] == pretraining_flops(shape, 128, cfg["pretrain"]["max_steps"], 64, "electra", 0.15)
+
+
+def test_without_equal_flops_every_model_keeps_its_steps():
+    cfg = study_config()
+    cfg["pretrain"]["equal_flops"] = False
+    plans = plan_models(cfg, SCHEMA)
+    assert plans["mlm"]["pretrain"]["max_steps"] == plans["electra"]["pretrain"]["max_steps"]
+
+
+def test_electra_costs_more_per_token_than_mlm_on_the_same_backbone():
+    shape = ModelShape(vocab_size=8000, embedding_size=128, hidden_size=256, num_layers=12, num_heads=4,
+                       intermediate_size=1024)
+    ratio = flops_per_token(shape, 128, "electra") / flops_per_token(shape, 128, "mlm")
+    assert 1.05 < ratio < 1.4  # the generator is a quarter of the width
+
+
+def test_model_overrides_merge_into_the_pretrain_section():
+    plans = plan_models(study_config(small={"model": {"hidden_size": 64}, "temperature": 1.0}), SCHEMA)
+    pre = plans["small"]["pretrain"]
+    assert pre["model"]["hidden_size"] == 64 and pre["model"]["num_layers"] == 2 and pre["temperature"] == 1.0
+
+
+@pytest.mark.parametrize("models, field", [
+    ({"bad": {"max_step": 5}}, "models.bad.max_step"),                 # not a pretrain field
+    ({"bad": {"nodes": 2}}, "models.bad.nodes"),                       # a job field: one value for all
+    ({"bad": {"temperature": 0}}, "models.bad.temperature"),           # schema violation
+    ({"bad": {"objective": "gan"}}, "models.bad.objective"),
+    ({"no/slash": {}}, "models.no/slash"),                             # a name that reaches paths
+])
+def test_bad_model_entries_name_the_field(models, field):
+    with pytest.raises(UserError) as err:
+        plan_models(study_config(**models), SCHEMA)
+    assert field in str(err.value)
+
+
+def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
+    from test_pipeline import snakemake
+
+    res = snakemake(REPO / "config/presets/cpu-study.yaml", tmp_path / "results", extra=["-n", "-p"])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    jobs = dict(line.split()[:2] for line in out.split("Job stats:")[1].splitlines()[3:12] if line.strip())
+    assert jobs["pretrain"] == "2" and jobs["export"] == "3" and jobs["finetune"] == str(3 * 5 * 3)
+    assert jobs["corpus"] == "1" and jobs["shards"] == "1"  # the data stages are shared
+    pretrain = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds launch")]
+    steps = sorted(int(line.split("--max-steps ")[1].split()[0]) for line in pretrain)
+    assert steps == [2000, 2194]
+    assert any("--scratch" in line for line in out.splitlines() if line.startswith("Shell command: electra-ds export"))
+    assert sum("--model-source scratch" in line for line in out.splitlines()) == 15
