@@ -220,7 +220,10 @@ class ElectraPretrainer(nn.Module):
                      "disc_pred_pos": pred[real].float().sum(),
                      "replaced": replaced.float().sum(),
                      "hist_replaced": logit_histogram(real_logits[real_replaced]),
-                     "hist_original": logit_histogram(real_logits[~real_replaced])}
+                     "hist_original": logit_histogram(real_logits[~real_replaced]),
+                     # per vocabulary id (what the discriminator saw): the context-free prior's counts
+                     "ids_replaced": torch.bincount(disc_input[replaced], minlength=self.shape.vocab_size).double(),
+                     "ids_total": torch.bincount(disc_input[real], minlength=self.shape.vocab_size).double()}
         return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "stats": stats}
 
     @staticmethod

@@ -159,7 +159,7 @@ def run(args, tracker) -> None:
     import torch
 
     from electra_ds.model import ElectraPretrainer, ModelShape, flops_per_token
-    from electra_ds.step_metrics import MetricSums
+    from electra_ds.step_metrics import MetricSums, TokenPrior
 
     shape = ModelShape(vocab_size=train.vocab_size, **shape_fields)
     shape.max_position_embeddings = max(shape.max_position_embeddings, train.max_seq_len)
@@ -192,7 +192,7 @@ def run(args, tracker) -> None:
     if args.compile:
         engine.compile()
 
-    start_step = 0
+    start_step, resumed = 0, {}
     if (ckpt_dir / "latest").exists():
         from electra_ds.checkpoint import weights_only_loading
 
@@ -204,7 +204,7 @@ def run(args, tracker) -> None:
         if client.get("run_config") != run_config:
             raise UserError("checkpoints were written with a different model/data config", path=ckpt_dir,
                             fix="use a new results directory or delete the old checkpoints")
-        start_step = int(client["step"])
+        start_step, resumed = int(client["step"]), client
         log.info("resumed from %s at step %d", ckpt_dir, start_step)
     train_log = TrainLog(out / "train_log.jsonl", start_step) if rank == 0 else None
 
@@ -227,6 +227,9 @@ def run(args, tracker) -> None:
     step_flops = fpt * args.global_batch_size * train.max_seq_len
     plateau = PlateauWatch(args.warmup_steps, args.plateau_steps, args.objective)
     sums = MetricSums()
+    prior = TokenPrior(shape.vocab_size, device)  # context-free baseline of the discriminator (step_metrics)
+    if "token_prior" in resumed:
+        prior.load(resumed["token_prior"])
     one = torch.ones((), dtype=torch.float64, device=device)
     t_last, last_ckpt_time, t_start = time.time(), time.time(), time.time()
     steps_since = 0
@@ -251,6 +254,7 @@ def run(args, tracker) -> None:
 
         if step % args.log_every == 0 or step == args.max_steps:
             sums.all_reduce()
+            prior.add(sums.sums)
             elapsed = time.time() - t_last
             grad_norm = engine.get_global_grad_norm()
             last = sums.summary()
@@ -274,13 +278,13 @@ def run(args, tracker) -> None:
             steps_since, t_last = 0, time.time()
 
         if valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
+            _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log, prior)
 
         minutes = (time.time() - last_ckpt_time) / 60
         due_time = rank == 0 and 0 < args.checkpoint_minutes < minutes
         due_time, stopping = _agree([due_time, stop_signal.received], device)
         if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
-            _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank)
+            _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank, prior.state())
             last_ckpt_time = time.time()
         if stopping and step < args.max_steps:
             raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
@@ -288,7 +292,7 @@ def run(args, tracker) -> None:
 
     final_valid = {}
     if valid is not None:
-        final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log)
+        final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log, prior)
     if rank == 0:
         tag = (ckpt_dir / "latest").read_text().strip()
         write_json(out / "summary.json", {
@@ -364,7 +368,7 @@ def _agree(flags: list, device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int) -> None:
+def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int, token_prior) -> None:
     import torch
 
     tag = f"step{step:08d}"
@@ -372,7 +376,7 @@ def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: 
         UNIVERSAL_CHECKPOINT_VERSION_VALUE
 
     # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this checkpoint for another world size.
-    client_state = {"step": step, "run_config": run_config,
+    client_state = {"step": step, "run_config": run_config, "token_prior": token_prior,
                     UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
     torch.distributed.barrier()
@@ -384,7 +388,7 @@ def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: 
         log.info("checkpoint %s saved", tag)
 
 
-def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker, train_log) -> dict:
+def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker, train_log, prior) -> dict:
     """Validation on the first ``eval_examples`` examples with fixed draws; the same reduction as training."""
     import torch
 
@@ -402,6 +406,7 @@ def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int,
             out = engine(torch.from_numpy(valid.batch(part)).to(engine.device), seeds=seeds)
             sums.add({**out["stats"], "loss_sum": out["loss"], "micro_batches": one})
     sums.all_reduce()
+    sums.sums.update(prior.auc_stats(sums.sums))
     metrics = sums.summary()
     if rank == 0:
         tracker.log_metrics({f"valid/{key}": v for key, v in metrics.items()}, step=step)
@@ -411,8 +416,8 @@ def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int,
     return metrics
 
 
-HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc", "disc_precision",
-            "disc_recall")
+HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc", "token_prior_auc",
+            "context_auc", "disc_precision", "disc_recall")
 
 
 def _fmt_metrics(m: dict) -> str:

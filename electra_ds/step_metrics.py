@@ -15,6 +15,12 @@ totals into the metrics a user reads:
   histograms of the logits (:data:`AUC_BINS` bins over [-AUC_RANGE, AUC_RANGE]; ties within a bin
   count half). It moves long before recall at the 0.5 threshold does;
 * ``disc_acc``, ``disc_precision``, ``disc_recall`` on replaced tokens at the 0.5 threshold.
+
+A discriminator can beat the base rate without reading any context: some tokens are replaced far more
+often than others (a hot generator samples rare pieces). :class:`TokenPrior` counts, over training,
+how often each vocabulary id is a replacement where it appears; ``token_prior_auc`` (validation only)
+is the ROC AUC of that context-free score, and ``context_auc`` = ``disc_auc - token_prior_auc`` is
+what the discriminator adds by reading the sentence. Only that part is language knowledge.
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ def summarise(sums: dict) -> dict:
         out["loss"] = total("loss_sum") / max(total("micro_batches"), 1.0)
     if "disc_loss_sum" not in sums:
         return out
+    if "prior_auc_pos" in sums:
+        out["token_prior_auc"] = auc_from_histograms(sums["prior_auc_pos"], sums["prior_auc_neg"])
     replaced_frac = total("replaced") / tokens
     base = binary_entropy(replaced_frac)
     disc_loss = total("disc_loss_sum") / tokens
@@ -108,4 +116,41 @@ def summarise(sums: dict) -> dict:
         "disc_precision": total("disc_tp") / max(total("disc_pred_pos"), 1.0),
         "disc_recall": total("disc_tp") / max(total("replaced"), 1.0),
     })
+    if "token_prior_auc" in out:
+        out["context_auc"] = out["disc_auc"] - out["token_prior_auc"]
     return out
+
+
+class TokenPrior:
+    """Per vocabulary id: how often it was a replacement where the discriminator saw it, over training."""
+
+    def __init__(self, vocab_size: int, device="cpu"):
+        self.replaced = torch.zeros(vocab_size, dtype=torch.float64, device=device)
+        self.total = torch.zeros(vocab_size, dtype=torch.float64, device=device)
+
+    def add(self, sums: dict) -> None:
+        """Take the id counts of reduced training sums (``ids_replaced``, ``ids_total``)."""
+        if "ids_total" in sums:
+            self.replaced += sums["ids_replaced"]
+            self.total += sums["ids_total"]
+
+    def auc_stats(self, sums: dict) -> dict:
+        """Histograms (over distinct prior scores, ascending) of validation's replaced and original tokens:
+        ``summarise`` turns them into ``token_prior_auc``."""
+        if "ids_total" not in sums or float(self.total.sum()) == 0:
+            return {}
+        base = float(self.replaced.sum() / self.total.sum())
+        score = (self.replaced + base) / (self.total + 1.0)  # unseen ids: the base rate
+        levels, index = torch.unique(score, return_inverse=True)
+        pos = torch.zeros(len(levels), dtype=torch.float64, device=score.device)
+        neg = torch.zeros_like(pos)
+        pos.index_add_(0, index, sums["ids_replaced"].to(pos))
+        neg.index_add_(0, index, (sums["ids_total"] - sums["ids_replaced"]).to(neg))
+        return {"prior_auc_pos": pos, "prior_auc_neg": neg}
+
+    def state(self) -> torch.Tensor:
+        return torch.stack([self.replaced, self.total]).cpu()
+
+    def load(self, state: torch.Tensor) -> None:
+        self.replaced.copy_(state[0])
+        self.total.copy_(state[1])

@@ -175,3 +175,31 @@ def test_a_tiny_model_leaves_the_base_rate(prepared):
 def test_the_learning_test_catches_a_broken_discriminator(prepared, monkeypatch, breakage):
     metrics = _tiny_run(prepared["shards"], monkeypatch, breakage)
     assert metrics["rtd_gain"] < LEARN_THRESHOLD / 2, metrics
+
+
+def test_token_prior_auc_is_the_auc_of_a_context_free_score():
+    from sklearn.metrics import roc_auc_score
+
+    from electra_ds.step_metrics import TokenPrior
+
+    g = torch.Generator().manual_seed(0)
+    vocab = 50
+    rate = torch.rand(vocab, generator=g) * 0.5  # each id is a replacement at its own rate
+
+    def draw(n):
+        ids = torch.randint(0, vocab, (n,), generator=g)
+        replaced = torch.rand(n, generator=g) < rate[ids]
+        return {"ids_replaced": torch.bincount(ids[replaced], minlength=vocab).double(),
+                "ids_total": torch.bincount(ids, minlength=vocab).double()}, ids, replaced
+
+    prior = TokenPrior(vocab)
+    train, _, _ = draw(20000)
+    prior.add(train)
+    valid, ids, replaced = draw(5000)
+    got = summarise({**valid, **prior.auc_stats(valid), "disc_loss_sum": torch.tensor(1.0),
+                     "tokens": torch.tensor(5000.0), "replaced": replaced.sum().double(),
+                     "hist_replaced": logit_histogram(torch.ones(3)), "hist_original": logit_histogram(torch.zeros(3))})
+    base = float(prior.replaced.sum() / prior.total.sum())
+    score = ((prior.replaced + base) / (prior.total + 1))[ids]
+    assert abs(got["token_prior_auc"] - roc_auc_score(replaced.numpy(), score.numpy())) < 1e-9
+    assert got["context_auc"] == pytest.approx(1.0 - got["token_prior_auc"])  # disc_auc is 1 here

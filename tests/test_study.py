@@ -34,7 +34,9 @@ def study_config(**models) -> dict:
 def test_equal_flops_gives_every_pretrained_model_the_first_models_budget():
     cfg = study_config()
     plans = plan_models(cfg, SCHEMA)
-    assert list(plans) == ["electra", "mlm", "scratch"]
+    assert list(plans) == ["electra", "electra_t2", "mlm", "scratch"]
+    assert plans["electra_t2"]["pretrain"]["temperature"] == 2.0 and plans["electra"]["pretrain"]["temperature"] == 1.0
+    assert plans["electra_t2"]["pretrain"]["max_steps"] == cfg["pretrain"]["max_steps"]  # same FLOPs per step
     assert plans["scratch"]["source"] == "scratch" and plans["scratch"]["flops"] == 0
     electra, mlm = plans["electra"], plans["mlm"]
     assert electra["pretrain"]["max_steps"] == cfg["pretrain"]["max_steps"]
@@ -84,10 +86,48 @@ def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     jobs = dict(line.split()[:2] for line in out.split("Job stats:")[1].splitlines()[3:12] if line.strip())
-    assert jobs["pretrain"] == "2" and jobs["export"] == "3" and jobs["finetune"] == str(3 * 5 * 3)
+    assert jobs["pretrain"] == "3" and jobs["export"] == "4" and jobs["finetune"] == str(4 * 5 * 3)
     assert jobs["corpus"] == "1" and jobs["shards"] == "1"  # the data stages are shared
     pretrain = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds launch")]
     steps = sorted(int(line.split("--max-steps ")[1].split()[0]) for line in pretrain)
-    assert steps == [2000, 2194]
+    assert steps == [2000, 2000, 2194]
     assert any("--scratch" in line for line in out.splitlines() if line.startswith("Shell command: electra-ds export"))
     assert sum("--model-source scratch" in line for line in out.splitlines()) == 15
+
+
+@pytest.mark.slow
+def test_micro_study_runs_every_model_side_by_side(tmp_path, shared_data):
+    """The study preset, shrunk (two books, a tiny model, two GLUE tasks, one seed): one invocation pretrains
+    ELECTRA (T=1, T=2) and MLM with equal FLOPs, adds scratch, fine-tunes all four and compares them."""
+    import json
+
+    from test_pipeline import snakemake
+
+    cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    books = shared_data / "corpus" / "gutenberg"
+    cfg["corpus"]["sources"][0]["paths"] = [str(books / "The-Art-of-War.txt"), str(books / "The-Dunwich-Horror.txt")]
+    cfg["vocab"]["vocab_size"] = 1000
+    cfg["shards"].update(max_seq_len=64, valid_fraction=0.1)
+    cfg["pretrain"].update(model={"embedding_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                                  "intermediate_size": 64}, global_batch_size=16, micro_batch_size=8, max_steps=6,
+                           warmup_steps=2, checkpoint_every=6, log_every=2, eval_every=3, eval_examples=16, device="cpu")
+    cfg["finetune"].update(tasks=["rte", "stsb"], glue_dir=str(shared_data / "glue"), seeds=[1], epochs=1,
+                           max_train_examples=48)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = tmp_path / "results"
+    res = snakemake(path, results, timeout=1200)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+
+    summaries = {m: json.loads((results / f"pretrain/{m}/summary.json").read_text()) for m in ("electra", "electra_t2", "mlm")}
+    assert summaries["electra"]["steps"] == summaries["electra_t2"]["steps"] == 6
+    assert summaries["mlm"]["objective"] == "mlm" and summaries["mlm"]["steps"] > 6
+    assert abs(summaries["mlm"]["flops"] / summaries["electra"]["flops"] - 1) < 0.1  # equal up to a step
+    table = json.loads((results / "evaluate/results.json").read_text())
+    assert list(table["models"]) == ["electra", "electra_t2", "mlm", "scratch"]
+    for name, model in table["models"].items():
+        assert set(model["summary"]["tasks"]) == {"rte", "stsb"}
+        assert model["summary"]["glue_score"]["value"] is not None
+    md = (results / "evaluate/results.md").read_text()
+    assert "# Models side by side" in md and "none (random weights)" in md
+    assert (results / "evaluate/glue_submission.zip").is_file()
