@@ -268,6 +268,7 @@ def summarize_models(results: list, order: list | None, pretrain: dict) -> dict:
                             fix="pass its metrics.json files, or drop it from --models")
         source = mine[0].get("model_source", "pretrained")
         models[name] = {"source": source, "summary": summarize(mine), "pretrain": pretrain.get(name),
+                        "shape": mine[0].get("model_shape", {}),
                         "finetune_seconds": sum(float(r.get("seconds", 0.0)) for r in mine)}
     return models
 
@@ -363,11 +364,11 @@ def _model_metrics(m: dict) -> dict:
 
 def _model_params(m: dict) -> dict:
     pre = m.get("pretrain") or {}
-    shape = pre.get("model", {})
+    shape = m.get("shape") or {}
     return {"source": m["source"], "objective": pre.get("objective", "none"),
             "temperature": pre.get("temperature", ""), "steps": pre.get("steps", 0),
-            "shape": ", ".join(f"{k}={shape[k]}" for k in ("hidden_size", "num_layers", "num_heads",
-                                                            "embedding_size", "generator_fraction") if k in shape),
+            "generator_fraction": pre.get("model", {}).get("generator_fraction", ""),
+            "shape": ", ".join(f"{k}={v}" for k, v in shape.items()),
             "tasks": ",".join(m["summary"]["tasks"])}
 
 

@@ -373,7 +373,10 @@ def run(args, tracker) -> None:
     main_value = dev_results[first_dev][task.main_metric]
     metrics = {
         "task": task.name, "seed": args.seed, "epochs": epochs,
-        "model": args.model_name or model_dir.parent.name, "model_source": args.model_source, "epochs_run": len(history), "steps": step,
+        "model": args.model_name or model_dir.parent.name, "model_source": args.model_source,
+        "model_shape": {k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                              "embedding_size", "intermediate_size", "vocab_size")},
+        "epochs_run": len(history), "steps": step,
         "is_probe": task.is_probe,
         "dev": dev_results["dev"] if single else dev_results,
         "main_metric": task.main_metric if single else f"{first_dev}.{task.main_metric}",

@@ -101,7 +101,7 @@ def plot_task_scores(model_summaries: dict, path, published: dict | None = None)
         tasks += [t for t in summary["tasks"] if t not in tasks]
     n_models = max(1, len(model_summaries))
     width = 0.8 / n_models
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks) * max(1, n_models / 2) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(tasks) * max(1, n_models / 2) + 2), 5))
     for m, (name, summary) in enumerate(model_summaries.items()):
         xs, medians = [], []
         for x, task in enumerate(tasks):
@@ -123,11 +123,14 @@ def plot_task_scores(model_summaries: dict, path, published: dict | None = None)
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([f"{t}\n{metric[t]}" for t in tasks], fontsize=8)
     ax.set_ylabel("dev score (%)")
-    ax.set_title("fine-tuning: main dev metric per task and model (dots: seeds)")
+    ax.set_title("Fine-tuning: main dev metric per task and model (dots: seeds)")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, labels = ax.get_legend_handles_labels()
+    columns = min(4, max(1, len(labels)))
+    rows = -(-len(labels) // columns)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=columns, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))  # the legend below the axes never hides a bar
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

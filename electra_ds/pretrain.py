@@ -452,9 +452,10 @@ class PlateauWatch:
         log.warning(
             "rtd_gain has stayed below %.2f (now %.4f, disc_auc %.3f) for %d steps after warmup: the discriminator "
             "only predicts the base rate of replaced tokens (%.1f%%) and is not learning. At small scale the "
-            "generator's temperature-1 samples are too plausible to tell apart early on; try pretrain.temperature "
-            "1.5-2, a smaller generator (model.generator_fraction), more steps, or a lower learning rate if the "
-            "loss is unstable. See README, 'What a healthy run looks like'.", PLATEAU_GAIN, metrics["rtd_gain"],
+            "generator's temperature-1 samples are too plausible to tell apart early on. Try more steps and data, "
+            "a smaller generator (model.generator_fraction) or pretrain.temperature 1.5-2; a hotter generator makes "
+            "replacements easier to spot from token rarity alone, so judge it by valid context_auc, not rtd_gain. "
+            "See README, 'What a healthy run looks like'.", PLATEAU_GAIN, metrics["rtd_gain"],
             metrics.get("disc_auc", float("nan")), step - self.low_since,
             100 * metrics.get("replaced_frac", 0.0))
         return True
