@@ -5,7 +5,7 @@
   unreachable or empty gives ``[]`` and a note);
 * :func:`comparison_table` -> :func:`table_markdown` / :func:`table_html`;
 * :func:`model_table`: the models of one run side by side (scores, pretraining FLOPs, rtd_gain);
-* :func:`render_html`: one self-contained page (tables, images embedded as data URIs).
+* :func:`render_html`: the Markdown report as one self-contained page (markdown-it-py; images embedded).
 
 Heavy imports (matplotlib, mlflow) happen inside the functions that need them.
 """
@@ -13,7 +13,6 @@ Heavy imports (matplotlib, mlflow) happen inside the functions that need them.
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import os
 import re
@@ -167,55 +166,28 @@ def table_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def _html_cell(text: str) -> str:
-    escaped = html.escape(text)
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
-
-
-def table_html(table: dict) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
-    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>\n" for row in table["rows"])
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
-
-
-def _markdown_table_to_html(md: str) -> str:
-    """The pipe tables of :func:`electra_ds.evaluate.render_markdown` as HTML (other lines as paragraphs)."""
-    out, rows = [], []
-
-    def flush():
-        if rows:
-            cols, body = rows[0], [r for r in rows[2:]]
-            out.append(table_html({"columns": cols, "rows": body}))
-            rows.clear()
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            out.append(f"<p>{_html_cell(line)}</p>")
-    flush()
-    return "\n".join(out)
-
-
 def render_html(markdown: str, images: dict) -> str:
-    """A self-contained HTML page: the Markdown report's text and tables, then the PNGs inline."""
-    figures = []
+    """A self-contained HTML page from the Markdown report (markdown-it-py, CommonMark + tables); every image
+    the Markdown references (``![caption](file.png)``) is embedded as a data URI; ``images`` maps captions to
+    the PNG files (absent files are left out with their reference)."""
+    from markdown_it import MarkdownIt
+
     for caption, path in images.items():
-        if path and Path(path).is_file():
+        reference = f"![{caption}]({Path(path).name})" if path else None
+        if reference is None or reference not in markdown:
+            continue
+        if Path(path).is_file():
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            figures.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+            markdown = markdown.replace(reference, f"![{caption}](data:image/png;base64,{data})")
+        else:
+            markdown = markdown.replace(reference, f"*{caption}: not available*")
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em}"
-             "td:not(:first-child){text-align:right}th{background:#f3f3f3}img{max-width:100%}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fine-tuning results</title>"
-            f"<style>{style}</style></head><body>\n{_markdown_table_to_html(markdown)}\n"
-            + "\n".join(figures) + "\n</body></html>\n")
+             "th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;display:block;"
+             "margin:1em 0}h1{border-bottom:1px solid #ddd;padding-bottom:.2em}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>electra-ds results</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
 
 
 # -- the models of one run side by side --------------------------------------------------------------

@@ -204,6 +204,9 @@ def test_full_report_submission_and_plots(tmp_path, monkeypatch, capsys):
         assert text in md
     page = (out / "results.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    from test_report import assert_no_raw_markdown
+
+    assert_no_raw_markdown(page)
     for png in ("pretrain_loss.png", "task_scores.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
 

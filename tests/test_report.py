@@ -97,7 +97,7 @@ def test_comparison_table_with_glue_and_earlier_runs():
     md = report.table_markdown(table)
     assert md.splitlines()[0].startswith("| task | this run | ELECTRA-Small (paper)")
     page = report.render_html("# Title\n\n" + md, {})
-    assert "<table>" in page and "<b>GLUE score</b>" in page and "<h1>Title</h1>" in page
+    assert "<table>" in page and "<strong>GLUE score</strong>" in page and "<h1>Title</h1>" in page
 
 
 def test_probe_only_table_never_says_glue():
@@ -109,10 +109,30 @@ def test_probe_only_table_never_says_glue():
 
 def test_html_embeds_images(tmp_path):
     plots.plot_task_scores({"electra": summary()}, tmp_path / "scores.png")
-    page = report.render_html("| a | b |\n|---|---:|\n| x | 1.0 |", {"Scores": tmp_path / "scores.png",
-                                                                     "Absent": tmp_path / "none.png"})
-    assert page.count("data:image/png;base64,") == 1 and "<figcaption>Scores</figcaption>" in page
-    assert "<td>x</td><td>1.0</td>" in page
+    md = "| a | b |\n|---|---:|\n| x | 1.0 |\n\n- a list item\n\n![Scores](scores.png)\n\n![Absent](none.png)\n"
+    page = report.render_html(md, {"Scores": tmp_path / "scores.png", "Absent": tmp_path / "none.png"})
+    assert page.count("data:image/png;base64,") == 1 and 'alt="Scores"' in page
+    assert "<td>x</td>" in page and "<li>a list item</li>" in page and "Absent: not available" in page
+    assert_no_raw_markdown(page)
+
+
+def assert_no_raw_markdown(page: str) -> None:
+    """What a reader would see as Markdown source in the rendered page."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        chunks: list = []
+
+        def handle_data(self, data):
+            self.chunks.append(data)
+
+    parser = Text()
+    parser.chunks = []
+    parser.feed(page)
+    text = "".join(parser.chunks)
+    for raw in ("![", "](", "|---", "**"):
+        assert raw not in text, raw
+    assert not any(line.lstrip().startswith("- ") for line in text.splitlines()), "a list left as text"
 
 
 def test_earlier_runs_never_fail(tmp_path, monkeypatch):
