@@ -131,10 +131,13 @@ def _tiny_run(shards, monkeypatch=None, breakage=None) -> dict:
     if breakage == "labels":  # labels no longer say which tokens were replaced
         real = ElectraPretrainer.corrupt
 
-        def shuffled_labels(input_ids, masked, sampled):
+        def shuffled_labels(input_ids, masked, sampled):  # permuted among the batch's real tokens
             disc_input, replaced = real(input_ids, masked, sampled)
-            perm = torch.randperm(replaced.numel(), generator=torch.Generator().manual_seed(int(replaced.sum())))
-            return disc_input, replaced.flatten()[perm].view_as(replaced)
+            positions = (input_ids != 0).flatten().nonzero().squeeze(1)
+            perm = torch.randperm(len(positions), generator=torch.Generator().manual_seed(int(replaced.sum())))
+            labels = replaced.flatten().clone()
+            labels[positions] = labels[positions][perm]
+            return disc_input, labels.view_as(replaced)
 
         monkeypatch.setattr(ElectraPretrainer, "corrupt", staticmethod(shuffled_labels))
     elif breakage == "inputs":  # the discriminator sees the original text, not the corrupted one
