@@ -89,7 +89,7 @@ def test_whole_dag_on_micro_config(tmp_path):
     assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(STAGES + ["export"] + ["finetune"] * 3)
     # one top-level run per model, with its headline figures, for the runs table and the compare view
     model_runs = {r.data.tags["electra_ds.model"]: r for r in runs if r.data.tags.get("electra_ds.kind") == "model"}
-    assert set(model_runs) == {"electra", "scratch"} and len(runs) == 1 + 12 + 2
+    assert set(model_runs) == {"electra", "scratch"} and len(runs) == 1 + 13 + 2  # pipeline, jobs, models
     assert "mlflow.parentRunId" not in model_runs["electra"].data.tags
     assert {"probe_score", "pretrain.flops", "pretrain.valid.rtd_gain", "wall_seconds"} <= set(
         model_runs["electra"].data.metrics)
