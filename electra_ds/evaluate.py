@@ -381,7 +381,9 @@ def render_models(models: dict) -> str:
     return "\n".join(["# Models side by side", "",
                       "Each model fine-tuned on the same tasks with the same seeds and recipe; main dev metric in "
                       "percent, median ± sample std over seeds. *scratch* is the same architecture with random "
-                      "weights: what pretraining adds is the distance to it.", "",
+                      "weights: what pretraining adds is the distance to it. `rtd_gain` > 0 means the "
+                      "discriminator beats the base rate; `context_auc` is the part of its ROC AUC that a context-free "
+                      "per-token score does not already give (README, 'What a healthy run looks like').", "",
                       table_markdown(model_table(models)), "", ""])
 
 

@@ -198,7 +198,7 @@ def model_table(models: dict) -> dict:
     tasks = []
     for m in models.values():
         tasks += [t for t in m["summary"]["tasks"] if t not in tasks]
-    columns = ["model", "pretraining", "FLOPs", "valid rtd_gain"] + [
+    columns = ["model", "pretraining", "FLOPs", "valid rtd_gain", "valid context_auc"] + [
         TASK_LABELS.get(t, f"{t} ({next(m['summary']['tasks'][t]['main_metric'] for m in models.values() if t in m['summary']['tasks'])})")
         for t in tasks] + ["score"]
     rows = []
@@ -208,9 +208,9 @@ def model_table(models: dict) -> dict:
             f"{pre.get('objective', '?')}, {pre.get('steps', '?')} steps"
         if pre.get("temperature", 1.0) != 1.0 and pre.get("objective") != "mlm":
             what += f", T={pre['temperature']:g}"
-        gain = pre.get("final_valid", {}).get("rtd_gain")
-        cells = [name, what, f"{pre['flops']:.2e}" if pre.get("flops") else "0",
-                 f"{gain:.3f}" if gain is not None else "-"]
+        valid = pre.get("final_valid", {})
+        cells = [name, what, f"{pre['flops']:.2e}" if pre.get("flops") else "0"]
+        cells += [f"{valid[k]:.3f}" if k in valid else "-" for k in ("rtd_gain", "context_auc")]
         for t in tasks:
             s = m["summary"]["tasks"].get(t)
             cells.append(f"{_pct(100 * s['main']['median'])} ± {_pct(100 * s['main']['std'])}" if s else "-")
