@@ -9,21 +9,30 @@ gzip-compressed.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def atomic_path(path, *, is_dir: bool = False):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A temporary of the same output left by a run that was killed (SIGKILL, OOM, node failure: no cleanup ran)
+    is removed first. One output is only ever written by one job at a time (Snakemake, and the results
+    directory's lock against a second pipeline), so any such leftover is stale."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     if is_dir:
         tmp.mkdir()
@@ -38,6 +47,25 @@ def atomic_path(path, *, is_dir: bool = False):
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def remove_stale_temporaries(path) -> int:
+    """Delete leftovers ``.<name>.tmp-*`` of :func:`atomic_path` for ``path``; return how many were removed."""
+    path = Path(path)
+    removed = 0
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        size = _size(stale)
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        log.warning("removed %s (%.1f MB), a temporary left by an interrupted run", stale, size / 1e6)
+        removed += 1
+    return removed
+
+
+def _size(path: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _open_text(path: Path, mode: str, compressed: bool | None = None):

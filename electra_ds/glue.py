@@ -36,6 +36,7 @@ HUB_HOST = ("huggingface.co", 443)
 _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 _BINARY = ("0", "1")
+REGRESSION_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 
 @dataclass(frozen=True)
@@ -223,10 +224,15 @@ def _column(header: list, name, path: Path) -> int:
 def _parse_label(task: Task, value: str, path: Path, line: int):
     if task.is_regression:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise UserError(f"line {line}: label '{value}' is not a number", path=path,
                             field=str(task.label_column)) from None
+        low, high = REGRESSION_RANGE
+        if not low <= score <= high:  # also NaN
+            raise UserError(f"line {line}: score {value} is outside {task.name}'s range {low:g}-{high:g}", path=path,
+                            field=str(task.label_column), fix="use the original GLUE file (similarity scores 0-5)")
+        return score
     if value not in task.labels:
         raise UserError(f"line {line}: label '{value}' is not one of {', '.join(task.labels)}",
                         path=path, field=str(task.label_column))

@@ -13,6 +13,7 @@ by line (:func:`electra_ds.text.gutenberg_body`). Document ids name the file and
 from __future__ import annotations
 
 import glob
+import io
 import itertools
 import json
 import logging
@@ -63,19 +64,74 @@ def _format_of(path: Path, declared: str) -> str:
 
 
 def open_binary(path: Path):
-    """A binary reader of ``path``, decompressing ``.gz`` (gzip) and ``.zst`` (zstandard) files."""
+    """A binary reader of ``path``, decompressing ``.gz`` (gzip) and ``.zst`` (zstandard) files.
+
+    A compressed file that is truncated or not in its format at all is a :class:`UserError` naming the file
+    (not an ``EOFError`` / ``BadGzipFile`` traceback, and never a silently shortened text: zstandard's own
+    stream reader returns a truncated frame as end of file)."""
     path = Path(path)
-    if path.name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        import io
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    if path.name.endswith((".gz", ".zst")):
+        return io.BufferedReader(_Decompressed(path), buffer_size=READ_BLOCK)
     return open(path, "rb")
+
+
+class _Decompressed(io.RawIOBase):
+    """gzip or zstandard decompression whose damage is reported as a UserError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path, self.kind = path, "gzip" if path.name.endswith(".gz") else "zstd"
+        self._raw = open(path, "rb")
+        if self.kind == "gzip":
+            import gzip
+
+            self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
+        else:
+            import zstandard
+
+            self._zstd = zstandard.ZstdDecompressor()
+            self._dobj, self._pending, self._frame_open = self._zstd.decompressobj(), b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._gz.read(len(buffer)) if self.kind == "gzip" else self._zstd_read(len(buffer))
+        except UserError:
+            raise
+        except Exception as exc:  # EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError
+            raise self._damaged(exc) from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _zstd_read(self, size: int) -> bytes:
+        while not self._pending:
+            block = self._raw.read(READ_BLOCK)
+            if not block:
+                if self._frame_open:  # input ended inside a frame
+                    raise self._damaged(EOFError("the file ends inside a zstandard frame"))
+                return b""
+            while block:
+                self._pending += self._dobj.decompress(block)
+                self._frame_open = not self._dobj.eof
+                block = self._dobj.unused_data if self._dobj.eof else b""
+                if self._dobj.eof:  # a file may hold several frames, one after another
+                    self._dobj = self._zstd.decompressobj()
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def _damaged(self, exc: Exception) -> UserError:
+        check = "gzip -t" if self.kind == "gzip" else "zstd -t"
+        return UserError(f"damaged or truncated {self.kind} file ({type(exc).__name__}: {exc})", path=self.path,
+                         fix=f"download or compress it again (`{check} FILE` checks it), or remove it from the "
+                             "source's paths")
+
+    def close(self) -> None:
+        if not self.closed:
+            if self.kind == "gzip":
+                self._gz.close()
+            self._raw.close()
+        super().close()
 
 
 def _decode_error(path: Path, offset: int, where: str = "") -> UserError:
