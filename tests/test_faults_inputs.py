@@ -103,3 +103,40 @@ def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+class _Payload:
+    """Unpickling this runs a shell command (the classic malicious-pickle payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_checkpoint_cannot_run_code_on_load(tmp_path):
+    """DeepSpeed's loaders use torch.load(weights_only=False); resume forces weights_only=True (checkpoint.py)."""
+    import pickle
+
+    import torch
+
+    from electra_ds.checkpoint import weights_only_loading
+
+    marker, path = tmp_path / "PWNED", tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.zeros(2)}, "client": _Payload(marker)}, path)
+    with weights_only_loading(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(path, weights_only=False)  # what DeepSpeed's load_checkpoint asks for
+    assert not marker.exists()
+    torch.save({"module": {"w": torch.ones(2)}}, path)  # plain tensors still load
+    with weights_only_loading():
+        assert torch.load(path, weights_only=False)["module"]["w"].sum() == 2
+
+
+def test_the_mlflow_ui_listens_on_localhost_only():
+    """`make mlflow-ui` must not expose the runs (params include paths and the config) to the network."""
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = next(ln for ln in makefile.splitlines() if "mlflow ui" in ln)
+    assert "--host 127.0.0.1" in line and "0.0.0.0" not in makefile
