@@ -14,7 +14,8 @@ Python list of token ids is built.
 
 Layout of the output directory: ``<split>-00000.bin`` ... raw row-major ``(examples, max_seq_len)``
 arrays (uint16, or uint32 for vocabularies over 65535) and ``index.json`` with counts and sha256s.
-:func:`open_split` memory-maps one split for training; :func:`token_type_ids` derives segment ids.
+The format and its reader (:func:`open_split`, :func:`token_type_ids`) live in
+:mod:`electra_ds.shard_format`, which training imports without this packer.
 """
 
 from __future__ import annotations
@@ -34,14 +35,13 @@ import numpy as np
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
-from electra_ds.fileio import atomic_path, read_json, read_jsonl, sha256_file, write_json
+from electra_ds.fileio import atomic_path, read_jsonl, sha256_file, write_json
 from electra_ds.parallel import ordered_map
+from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
 from electra_ds.splits import document_split
 
 log = logging.getLogger(__name__)
 
-FORMAT = "electra-ds-shards-v1"
-SPLITS = ("train", "valid")
 PACKINGS = ("electra", "plain")
 SINGLE_SEGMENT_PROB = 0.1  # as in build_pretraining_dataset.py: sometimes only one segment
 BATCH_DOCUMENTS = 2_000
@@ -169,14 +169,6 @@ def _plan_plain(examples: _Examples, start: int, end: int) -> None:
     budget = examples.max_seq_len - 2
     for s in range(start, end, budget):
         examples.add([(s, min(budget, end - s))], min(budget, end - s), [], 0)
-
-
-def token_type_ids(input_ids: np.ndarray, sep_id: int = SEP_ID, pad_id: int = PAD_ID) -> np.ndarray:
-    """Segment ids: 0 up to and including the first [SEP], 1 after it; padding gets 0. 1D or 2D."""
-    ids = np.asarray(input_ids)
-    is_sep = ids == sep_id
-    after_first_sep = (np.cumsum(is_sep, axis=-1) - is_sep) > 0
-    return (after_first_sep & (ids != pad_id)).astype(np.int64)
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -332,80 +324,6 @@ def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: i
             writers[split].truncated_tokens += truncated
     return {"splits": {s: w.close() for s, w in writers.items()}, "heldout_documents": heldout,
             "vocab_size": sp.get_piece_size(), "dtype": np.dtype(packer.dtype).name}
-
-
-# -- reading --------------------------------------------------------------------------------
-class ShardedExamples:
-    """Random access over all shard files of one split (memory-mapped); rows come back as int64."""
-
-    def __init__(self, shard_dir, split: str, index: dict):
-        self.path, self.split = Path(shard_dir), split  # path: the shards directory
-        self.max_seq_len = int(index["max_seq_len"])
-        self.dtype = np.dtype(index["dtype"])
-        self.vocab_size = int(index["vocab_size"])
-        self._shards = [s for s in index["splits"][split]["shards"] if s["examples"] > 0]
-        self._starts = np.cumsum([0] + [s["examples"] for s in self._shards])
-        self._maps = None
-
-    def _memmaps(self):
-        if self._maps is None:
-            self._maps = [np.memmap(self.path / s["file"], dtype=self.dtype, mode="r",
-                                    shape=(s["examples"], self.max_seq_len)) for s in self._shards]
-        return self._maps
-
-    def __getstate__(self):  # pickle (DataLoader workers) without the memory maps
-        return {**self.__dict__, "_maps": None}
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"example {i} out of range for {len(self)} examples")
-        shard = bisect.bisect_right(self._starts, i) - 1
-        return np.asarray(self._memmaps()[shard][i - self._starts[shard]], dtype=np.int64)
-
-    def batch(self, indices) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        idx = np.where(idx < 0, idx + len(self), idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"indices out of range for {len(self)} examples")
-        out = np.empty((idx.size, self.max_seq_len), dtype=np.int64)
-        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        maps = self._memmaps()
-        for shard in np.unique(shard_of):
-            where = shard_of == shard
-            out[where] = maps[shard][idx[where] - self._starts[shard]]
-        return out
-
-
-def open_split(shard_dir, split: str = "train", verify: bool = True) -> ShardedExamples:
-    """Open one split of a shards directory; with ``verify`` check every file's size and sha256."""
-    index_path = Path(shard_dir) / "index.json"
-    if not index_path.is_file():
-        raise UserError("no shard index", path=index_path, fix="run the shards stage")
-    index = read_json(index_path)
-    if index.get("format") != FORMAT:
-        raise UserError(f"unknown shard format {index.get('format')!r} (expected {FORMAT})", path=index_path,
-                        fix="rerun the shards stage")
-    if split not in index["splits"]:
-        raise UserError(f"no split {split!r} (have {', '.join(index['splits'])})", path=index_path)
-    row_bytes = int(index["max_seq_len"]) * np.dtype(index["dtype"]).itemsize
-    for shard in index["splits"][split]["shards"] if verify else ():
-        path = Path(shard_dir) / shard["file"]
-        if not path.is_file():
-            raise UserError("shard file missing", path=path, fix="rerun the shards stage")
-        size, expected = path.stat().st_size, shard["examples"] * row_bytes
-        if size != expected:
-            raise UserError(f"size mismatch: {size} bytes, the index says {expected}", path=path,
-                            fix="rerun the shards stage")
-        if sha256_file(path) != shard["sha256"]:
-            raise UserError("checksum mismatch with index.json (the file changed or is corrupt)", path=path,
-                            fix="rerun the shards stage")
-    return ShardedExamples(shard_dir, split, index)
 
 
 # -- the stage ------------------------------------------------------------------------------

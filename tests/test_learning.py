@@ -125,7 +125,7 @@ LEARN_THRESHOLD = 0.08  # measured: ~0.15-0.2 at 150 steps; broken labels or inp
 
 def _tiny_run(shards, monkeypatch=None, breakage=None) -> dict:
     """150 steps of a 64-wide, 2-layer ELECTRA (temperature 2) on the demo corpus; validation metrics."""
-    from electra_ds.shards import open_split
+    from electra_ds.shard_format import open_split
 
     train, valid = open_split(shards, "train"), open_split(shards, "valid")
     if breakage == "labels":  # labels no longer say which tokens were replaced

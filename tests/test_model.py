@@ -110,7 +110,7 @@ def test_gumbel_sampling_matches_softmax():
 def test_token_type_ids_follow_first_sep():
     ids = torch.tensor([[CLS_ID, 7, 8, SEP_ID, 9, 10, SEP_ID, PAD_ID]])
     assert token_type_ids_for(ids).tolist() == [[0, 0, 0, 0, 1, 1, 1, 0]]
-    from electra_ds.shards import token_type_ids
+    from electra_ds.shard_format import token_type_ids
 
     assert token_type_ids(ids.numpy()).tolist() == token_type_ids_for(ids).tolist()
 

@@ -14,7 +14,8 @@ from electra_ds import CLS_ID, PAD_ID, SEP_ID
 from electra_ds.errors import UserError
 from electra_ds.fileio import read_jsonl
 from electra_ds import shards as shards_module
-from electra_ds.shards import load_sentencepiece, open_split, token_type_ids, write_shards
+from electra_ds.shard_format import open_split, token_type_ids
+from electra_ds.shards import load_sentencepiece, write_shards
 from electra_ds.splits import document_split
 from electra_ds.text import split_sentences
 from helpers_data import cli, cli_error, demo_documents, demo_vocab, leftovers, scratch
