@@ -33,9 +33,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from electra_ds.errors import UserError
-from electra_ds.fileio import _open_text, atomic_path, write_json
+from electra_ds.fileio import open_text, atomic_path, write_json
 from electra_ds.minhash import MinHashConfig, Signer, clusters, near_duplicate_pairs, true_jaccard
-from electra_ds.parallel import ordered_map
+from electra_ds.parallel import batched, ordered_map
+from electra_ds.rows import StackedRows
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,7 @@ def _lines(path) -> Iterator[str]:
 
 
 def _batches(path) -> Iterator[list[str]]:
-    batch, chars = [], 0
-    for line in _lines(path):
-        batch.append(line)
-        chars += len(line)
-        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+    return batched(_lines(path), BATCH_DOCUMENTS, BATCH_CHARS)
 
 
 def _parse(line: str, number: int, path) -> str:
@@ -178,9 +171,9 @@ class Signatures:
         if config is not None and self.n:
             self.bands, _ = config.lsh_params
             self.shingled = np.concatenate([np.fromfile(d / "shingled.bool", dtype=bool) for d in dirs])
-            maps = [np.memmap(d / "sigs.u32", dtype=np.uint32, mode="r", shape=(m["documents"], config.num_perm))
-                    for d, m in zip(dirs, metas) if m["documents"]]
-            self.sigs = maps[0] if len(maps) == 1 else _Stacked(maps)
+            parts = [(d / "sigs.u32", m["documents"]) for d, m in zip(dirs, metas) if m["documents"]]
+            rows = StackedRows([f for f, _ in parts], [n for _, n in parts], config.num_perm, np.uint32)
+            self.sigs = rows.arrays()[0] if len(parts) == 1 else rows
 
     def band_keys(self, band: int) -> np.ndarray:
         out = []
@@ -191,23 +184,6 @@ class Signatures:
                 out.append(np.asarray(keys[offset + band * size: offset + (band + 1) * size]))
                 offset += self.bands * size
         return np.concatenate(out)
-
-
-class _Stacked:
-    """Row indexing over several memory-mapped signature arrays, as if concatenated."""
-
-    def __init__(self, maps):
-        self.maps = maps
-        self.starts = np.cumsum([0] + [len(m) for m in maps])
-
-    def __getitem__(self, idx):
-        idx = np.asarray(idx)
-        out = np.empty((len(idx), self.maps[0].shape[1]), dtype=np.uint32)
-        part = np.searchsorted(self.starts, idx, side="right") - 1
-        for p in np.unique(part):
-            where = part == p
-            out[where] = self.maps[p][idx[where] - self.starts[p]]
-        return out
 
 
 def decide(sigs: Signatures, exact: bool, threshold: float) -> dict:
@@ -261,7 +237,7 @@ def dedup_files(inputs: list[Path], output: Path, sig_dirs: list[Path], *, exact
              "exact_duplicates_removed": int(decision["exact_removed"].sum()),
              "near_duplicates_removed": int(len(near_ids)), "bytes_removed": 0}
     pos = 0
-    with atomic_path(output) as tmp, _open_text(tmp, "w", compressed=str(output).endswith(".gz")) as out:
+    with atomic_path(output) as tmp, open_text(tmp, "w", compressed=str(output).endswith(".gz")) as out:
         for path, meta in zip(inputs, metas):
             seen = 0
             for line in _lines(path):

@@ -68,7 +68,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _open_text(path: Path, mode: str, compressed: bool | None = None):
+def open_text(path: Path, mode: str, compressed: bool | None = None):
     if compressed is None:
         compressed = str(path).endswith(".gz")
     if compressed:
@@ -80,7 +80,7 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
     """Atomically write records as JSONL; return how many were written."""
     path = Path(path)
     n = 0
-    with atomic_path(path) as tmp, _open_text(tmp, "w", compressed=str(path).endswith(".gz")) as f:
+    with atomic_path(path) as tmp, open_text(tmp, "w", compressed=str(path).endswith(".gz")) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False))
             f.write("\n")
@@ -90,7 +90,7 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
 
 def read_jsonl(path) -> Iterator[dict]:
     path = Path(path)
-    with _open_text(path, "r") as f:
+    with open_text(path, "r") as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)

@@ -36,3 +36,17 @@ def ordered_map(func: Callable, batches: Iterable[tuple], workers: int, initiali
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def batched(items: Iterable, max_items: int, max_chars: int, chars: Callable = len) -> Iterator[list]:
+    """``items`` in lists of at most ``max_items``, cut early once ``chars(item)`` adds up to ``max_chars``:
+    batches of similar work whatever the document lengths (the input of :func:`ordered_map`)."""
+    batch, total = [], 0
+    for item in items:
+        batch.append(item)
+        total += chars(item)
+        if len(batch) >= max_items or total >= max_chars:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch

@@ -8,7 +8,6 @@ name, ``max_seq_len``, ``dtype``, ``vocab_size`` and per split its shards' files
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from electra_ds import PAD_ID, SEP_ID
 from electra_ds.errors import UserError
 from electra_ds.fileio import read_json, sha256_file
+from electra_ds.rows import StackedRows
 
 FORMAT = "electra-ds-shards-v1"
 SPLITS = ("train", "valid")
@@ -38,43 +38,20 @@ class ShardedExamples:
         self.max_seq_len = int(index["max_seq_len"])
         self.dtype = np.dtype(index["dtype"])
         self.vocab_size = int(index["vocab_size"])
-        self._shards = [s for s in index["splits"][split]["shards"] if s["examples"] > 0]
-        self._starts = np.cumsum([0] + [s["examples"] for s in self._shards])
-        self._maps = None
-
-    def _memmaps(self):
-        if self._maps is None:
-            self._maps = [np.memmap(self.path / s["file"], dtype=self.dtype, mode="r",
-                                    shape=(s["examples"], self.max_seq_len)) for s in self._shards]
-        return self._maps
-
-    def __getstate__(self):  # pickle (DataLoader workers) without the memory maps
-        return {**self.__dict__, "_maps": None}
+        shards = [s for s in index["splits"][split]["shards"] if s["examples"] > 0]
+        self._rows = StackedRows([self.path / s["file"] for s in shards], [s["examples"] for s in shards],
+                                 self.max_seq_len, self.dtype, np.int64)
 
     def __len__(self) -> int:
-        return int(self._starts[-1])
+        return len(self._rows)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
+        if not -len(self) <= int(i) < len(self):
             raise IndexError(f"example {i} out of range for {len(self)} examples")
-        shard = bisect.bisect_right(self._starts, i) - 1
-        return np.asarray(self._memmaps()[shard][i - self._starts[shard]], dtype=np.int64)
+        return self._rows.gather([i])[0]
 
     def batch(self, indices) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        idx = np.where(idx < 0, idx + len(self), idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"indices out of range for {len(self)} examples")
-        out = np.empty((idx.size, self.max_seq_len), dtype=np.int64)
-        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        maps = self._memmaps()
-        for shard in np.unique(shard_of):
-            where = shard_of == shard
-            out[where] = maps[shard][idx[where] - self._starts[shard]]
-        return out
+        return self._rows.gather(indices)
 
 
 def open_split(shard_dir, split: str = "train", verify: bool = True) -> ShardedExamples:

@@ -36,7 +36,7 @@ from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path, read_jsonl, sha256_file, write_json
-from electra_ds.parallel import ordered_map
+from electra_ds.parallel import batched, ordered_map
 from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
 from electra_ds.splits import document_split
 
@@ -215,15 +215,8 @@ class ShardWriter:
 
 def _batches(documents: Iterable[dict]) -> Iterator[tuple[list[tuple[str, str]]]]:
     """(id, text) pairs in batches of at most BATCH_DOCUMENTS documents or about BATCH_CHARS characters."""
-    batch, chars = [], 0
-    for doc in documents:
-        batch.append((str(doc["id"]), doc["text"]))
-        chars += len(doc["text"])
-        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-            yield (batch,)
-            batch, chars = [], 0
-    if batch:
-        yield (batch,)
+    pairs = ((str(doc["id"]), doc["text"]) for doc in documents)
+    return ((batch,) for batch in batched(pairs, BATCH_DOCUMENTS, BATCH_CHARS, chars=lambda pair: len(pair[1])))
 
 
 @dataclasses.dataclass
