@@ -6,8 +6,10 @@ import os
 import shlex
 
 import yaml
+from snakemake.logging import logger
 
 from electra_ds import tracking
+from electra_ds.lock import ResultsLock
 from electra_ds.errors import UserError
 from electra_ds.glue import get_task
 from electra_ds.study import plan_models
@@ -84,9 +86,38 @@ wildcard_constraints:
 TRACKING_URI = tracking.tracking_uri_for(R, config["mlflow"]["tracking_uri"])
 
 
+# One pipeline at a time per results directory (electra_ds/lock.py): taken when the pipeline starts (never
+# for a dry run), released when it ends; a crashed run's lock is dropped by the OS. Only this (main) process
+# holds it; jobs, local or SLURM, run under it.
+RESULTS_LOCK = ResultsLock(R, checkout=workflow.basedir)
+
+
 onstart:
     slurm_preflight()  # with the SLURM profile: a clear error before anything is submitted
-    os.makedirs(R, exist_ok=True)
+    # creates R: an unwritable results_dir, or one another pipeline is using, stops here, before any job
+    _user_error(RESULTS_LOCK.acquire, warn=logger.warning)
+    try:
+        _start_pipeline_run()
+    except BaseException:
+        RESULTS_LOCK.release()
+        raise
+
+
+onsuccess:
+    try:
+        tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=True)
+    finally:
+        RESULTS_LOCK.release()
+
+
+onerror:
+    try:
+        tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=False)
+    finally:
+        RESULTS_LOCK.release()
+
+
+def _start_pipeline_run():
     parent = tracking.start_pipeline_run(
         TRACKING_URI, config["mlflow"]["experiment"], tracking.artifact_root_for(R),
         run_name=f"pipeline-{CONFIG_HASH}",
@@ -99,14 +130,6 @@ onstart:
     os.environ[tracking.ENV_GIT_COMMIT] = tracking.git_commit(workflow.basedir)
     if parent:
         os.environ[tracking.ENV_PARENT] = parent
-
-
-onsuccess:
-    tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=True)
-
-
-onerror:
-    tracking.end_pipeline_run(TRACKING_URI, os.environ.get(tracking.ENV_PARENT), ok=False)
 
 
 # ---- SLURM: checks before anything is submitted (see profiles/README.md) -------------------------

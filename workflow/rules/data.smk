@@ -16,15 +16,15 @@ rule corpus:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds corpus --sources {params.sources} --output {output.docs} --stats {output.stats} "
-        "--min-chars {config[corpus][min_chars]} --max-chars {config[corpus][max_chars]} "
-        "--on-decode-error {config[corpus][on_decode_error]} --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds corpus --sources {params.sources} --output {output.docs:q} --stats {output.stats:q} "
+        "--min-chars {config[corpus][min_chars]:q} --max-chars {config[corpus][max_chars]:q} "
+        "--on-decode-error {config[corpus][on_decode_error]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 DEDUP_SETTINGS = (
-    "{params.exact} {params.near} --shingle {config[dedup][shingle]} --ngram {config[dedup][ngram]} "
-    "--num-perm {config[dedup][num_perm]} --threshold {config[dedup][threshold]} "
-    "--bands {config[dedup][bands]} --rows {config[dedup][rows]} --workers {threads}"
+    "{params.exact} {params.near} --shingle {config[dedup][shingle]:q} --ngram {config[dedup][ngram]:q} "
+    "--num-perm {config[dedup][num_perm]:q} --threshold {config[dedup][threshold]:q} "
+    "--bands {config[dedup][bands]:q} --rows {config[dedup][rows]:q} --workers {threads:q}"
 )
 DEDUP_PARTS = [f"{part:05d}" for part in range(config["dedup"]["parts"])]
 
@@ -45,7 +45,7 @@ rule corpus_parts:
         mem_mb=2000,
         runtime=60,
     shell:
-        "electra-ds scatter --input {input} --outputs {output} --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds scatter --input {input:q} --outputs {output:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule dedup_sign:
@@ -66,8 +66,8 @@ rule dedup_sign:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds dedup --sign-only --input {input} --output {output} " + DEDUP_SETTINGS
-        + " --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds dedup --sign-only --input {input:q} --output {output:q} " + DEDUP_SETTINGS
+        + " --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 def dedup_inputs(wildcards):
@@ -87,7 +87,9 @@ rule dedup:
     params:
         exact="--exact" if config["dedup"]["exact"] else "--no-exact",
         near="--near" if config["dedup"]["near"] else "--no-near",
-        signatures=lambda wildcards, input: f"--signatures {' '.join(input.signatures)}" if "signatures" in input.keys() else "",
+        signatures=lambda wildcards, input: (
+            "--signatures " + " ".join(shlex.quote(path) for path in input.signatures)
+            if "signatures" in input.keys() else ""),
         track=track,
     threads: config["dedup"]["threads"]
     log:
@@ -98,8 +100,9 @@ rule dedup:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds dedup --input {input.docs} {params.signatures} --output {output.docs} --stats {output.stats} "
-        + DEDUP_SETTINGS + " --rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds dedup --input {input.docs:q} {params.signatures} --output {output.docs:q} "
+        "--stats {output.stats:q} "
+        + DEDUP_SETTINGS + " --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule vocab:
@@ -119,13 +122,13 @@ rule vocab:
         mem_mb=8000,
         runtime=120,
     shell:
-        "electra-ds vocab --input {input} --output-dir {output} --vocab-size {config[vocab][vocab_size]} "
-        "--model-type {config[vocab][model_type]} --sample-sentences {config[vocab][sample_sentences]} "
+        "electra-ds vocab --input {input:q} --output-dir {output:q} --vocab-size {config[vocab][vocab_size]:q} "
+        "--model-type {config[vocab][model_type]:q} --sample-sentences {config[vocab][sample_sentences]:q} "
         # the configured thread count, not {threads} (which --cores may lower): sentencepiece's model
         # depends on its thread count, and the vocabulary must depend on the config only
-        "--character-coverage {config[vocab][character_coverage]} {params.byte_fallback} "
-        "--threads {config[vocab][threads]} "
-        "--seed {config[seed]} --rule {rule} {params.track} > {log} 2>&1"
+        "--character-coverage {config[vocab][character_coverage]:q} {params.byte_fallback} "
+        "--threads {config[vocab][threads]:q} "
+        "--seed {config[seed]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule shards:
@@ -145,12 +148,13 @@ rule shards:
         mem_mb=8000,
         runtime=240,
     shell:
-        "electra-ds shards --input {input.docs} --tokenizer-dir {input.vocab} --output-dir {output} "
-        "--max-seq-len {config[shards][max_seq_len]} --valid-fraction {config[shards][valid_fraction]} "
-        "--heldout-fraction {config[shards][heldout_fraction]} --short-seq-prob {config[shards][short_seq_prob]} "
-        "--examples-per-shard {config[shards][examples_per_shard]} --packing {config[shards][packing]} "
-        "--seed {config[seed]} --threads {threads} "
-        "--rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds shards --input {input.docs:q} --tokenizer-dir {input.vocab:q} --output-dir {output:q} "
+        "--max-seq-len {config[shards][max_seq_len]:q} --valid-fraction {config[shards][valid_fraction]:q} "
+        "--heldout-fraction {config[shards][heldout_fraction]:q} "
+        "--short-seq-prob {config[shards][short_seq_prob]:q} "
+        "--examples-per-shard {config[shards][examples_per_shard]:q} --packing {config[shards][packing]:q} "
+        "--seed {config[seed]:q} --threads {threads:q} "
+        "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule probes:
@@ -168,7 +172,8 @@ rule probes:
         mem_mb=2000,
         runtime=30,
     shell:
-        "electra-ds probes --input {input} --output-dir {output} --valid-fraction {config[shards][valid_fraction]} "
-        "--heldout-fraction {config[shards][heldout_fraction]} --seed {config[seed]} "
-        "--max-train {config[probes][max_train]} --max-eval {config[probes][max_eval]} "
-        "--rule {rule} {params.track} > {log} 2>&1"
+        "electra-ds probes --input {input:q} --output-dir {output:q} "
+        "--valid-fraction {config[shards][valid_fraction]:q} "
+        "--heldout-fraction {config[shards][heldout_fraction]:q} --seed {config[seed]:q} "
+        "--max-train {config[probes][max_train]:q} --max-eval {config[probes][max_eval]:q} "
+        "--rule {rule:q} {params.track} > {log:q} 2>&1"

@@ -24,7 +24,8 @@ def finetune_job_inputs(wildcards):
 
 def finetune_model_args(wildcards):
     """--model-source; --init-from for tasks started from MNLI; --keep-model where the weights are wanted or needed."""
-    args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {MODELS[wildcards.model]['source']}"]
+    source = MODELS[wildcards.model]["source"]
+    args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {shlex.quote(source)}"]
     if starts_from_mnli(wildcards.task):
         args.append(f"--init-from {shlex.quote(mnli_dir(wildcards.model, wildcards.seed) + '/model')}")
     mnli_needed = wildcards.task == "mnli" and any(starts_from_mnli(t) for t in FT["tasks"])
@@ -57,13 +58,13 @@ rule finetune:
         runtime=FT["runtime"],
         gpu=FT["gpus"],
     shell:
-        "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task} --seed {wildcards.seed} "
+        "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task:q} --seed {wildcards.seed:q} "
         "--output-dir {params.out:q} {params.data} {params.epochs} {params.model} --device {params.device} "
-        "--learning-rate {config[finetune][learning_rate]} --layer-decay {config[finetune][layer_decay]} "
-        "--batch-size {config[finetune][batch_size]} --max-length {config[finetune][max_length]} "
-        "--warmup-fraction {config[finetune][warmup_fraction]} "
-        "--max-train-examples {config[finetune][max_train_examples]} --threads {threads} "
-        "--rule {rule} {params.track} > {log:q} 2>&1"
+        "--learning-rate {config[finetune][learning_rate]:q} --layer-decay {config[finetune][layer_decay]:q} "
+        "--batch-size {config[finetune][batch_size]:q} --max-length {config[finetune][max_length]:q} "
+        "--warmup-fraction {config[finetune][warmup_fraction]:q} "
+        "--max-train-examples {config[finetune][max_train_examples]:q} --threads {threads:q} "
+        "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 EVALUATE_OUTPUTS = {
@@ -93,7 +94,8 @@ rule evaluate:
         models=" ".join(shlex.quote(name) for name in MODELS),
         pretrain=" ".join(shlex.quote(f"{name}={R}/pretrain/{name}") for name in PRETRAINED),
         submission=lambda wildcards, output: (
-            f"--submission-zip {shlex.quote(output.submission)} --submission-seed {config['evaluate']['submission_seed']}"
+            f"--submission-zip {shlex.quote(output.submission)} "
+            f"--submission-seed {shlex.quote(config['evaluate']['submission_seed'])}"
             if HAS_GLUE else ""),
         track=track,
     log:
@@ -107,4 +109,4 @@ rule evaluate:
         "electra-ds evaluate --metrics {input.metrics:q} --output-json {output.json:q} --output-md {output.md:q} "
         "--output-html {output.html:q} --loss-plot {output.loss_plot:q} --scores-plot {output.scores_plot:q} "
         "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} "
-        "--compare-runs {config[evaluate][compare_runs]} --rule {rule} {params.track} > {log:q} 2>&1"
+        "--compare-runs {config[evaluate][compare_runs]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"

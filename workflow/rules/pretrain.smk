@@ -49,11 +49,11 @@ rule pretrain:
         # adding --ntasks-per-gpu, which would bind each process to one GPU and hide its peers from NCCL.
         **({"gres": f"gpu:{PT['gpus_per_node']}", "tasks_per_gpu": 0} if PT["gpus_per_node"] else {}),
     shell:
-        "electra-ds launch --nproc-per-node {PT[processes_per_node]} "
-        "--nnodes {resources.nodes} --launcher {PT[launcher]} "
-        "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task} -- "
+        "electra-ds launch --nproc-per-node {PT[processes_per_node]:q} "
+        "--nnodes {resources.nodes:q} --launcher {PT[launcher]:q} "
+        "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task:q} -- "
         "pretrain --shards {input.shards:q} --output-dir {params.out:q} --ds-config {input.ds_config:q} "
-        "{params.args} --seed {config[seed]} --rule {rule} {params.track} > {log:q} 2>&1"
+        "{params.args} --seed {config[seed]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 def export_inputs(wildcards):
@@ -65,7 +65,7 @@ def export_inputs(wildcards):
 def export_args(wildcards, input):
     plan = MODELS[wildcards.model]
     if plan["source"] == "scratch":  # the architecture with random weights: no pretraining to export
-        return f"--scratch --model {as_json(plan['pretrain']['model'])} --seed {config['seed']}"
+        return f"--scratch --model {as_json(plan['pretrain']['model'])} --seed {shlex.quote(str(config['seed']))}"
     return f"--pretrain-summary {shlex.quote(input.summary)}"
 
 
@@ -86,4 +86,4 @@ rule export:
         runtime=30,
     shell:
         "electra-ds export {params.args} --tokenizer-dir {input.vocab:q} "
-        "--output-dir {output:q} --rule {rule} {params.track} > {log:q} 2>&1"
+        "--output-dir {output:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
