@@ -25,7 +25,9 @@ STAGES = {
     "finetune": "Fine-tune the exported discriminator on one task with one seed; write metrics + predictions.",
     "evaluate": "Aggregate fine-tuning results into one table (JSON and Markdown).",
     "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
+    "tracking-replay": "Send MLflow records spooled while the tracking store was down (<results-dir>/mlflow-spool).",
 }
+MODULES = {"launch": "distributed", "tracking-replay": "tracking"}  # stages whose module has another name
 
 
 def _wildcards(text: str) -> dict:
@@ -40,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
     for stage, help_text in STAGES.items():
-        module = importlib.import_module(f"electra_ds.{'distributed' if stage == 'launch' else stage}")
+        module = importlib.import_module(f"electra_ds.{MODULES.get(stage, stage)}")
         p = sub.add_parser(stage, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
-        if stage != "launch":
+        if stage not in MODULES:
             common = p.add_argument_group("tracking and logging")
             common.add_argument("--results-dir", default=".",
                                 help="results directory (the default MLflow store is <results-dir>/mlflow.db)")
@@ -66,6 +68,8 @@ def main(argv=None) -> int:
     stage = args.stage
     if stage == "launch":
         return args._module.run_launch(args)
+    if stage == "tracking-replay":
+        return args._module.run_replay(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from electra_ds.tracking import StageRun

@@ -27,6 +27,7 @@ import statistics
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import TASKS, get_task
 
@@ -45,6 +46,9 @@ PRETRAIN_HEADLINE = ("objective", "steps", "flops", "flops_per_token", "temperat
                      "seconds", "model", "final_train", "final_valid")
 
 
+SETTINGS = {"evaluate": ("submission_seed", "compare_runs")}
+
+
 def add_arguments(p) -> None:
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json files from the finetune stage")
     p.add_argument("--output-json", required=True, help="aggregated results (JSON)")
@@ -59,11 +63,7 @@ def add_arguments(p) -> None:
                    help="each pretrained model's pretrain output folder (summary.json, train_log.jsonl)")
     p.add_argument("--submission-zip", default=None,
                    help="write the GLUE leaderboard zip here (CoLA.tsv ... AX.tsv; probe tasks never)")
-    p.add_argument("--submission-seed", default="median", choices=["median", "best"],
-                   help="which seed's test predictions go into the submission: the median-dev seed, or the "
-                        "best-dev seed")
-    p.add_argument("--compare-runs", type=int, default=5,
-                   help="earlier evaluate runs from the MLflow store to show beside this one (0 = none)")
+    add_settings(p, SETTINGS)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -290,8 +290,9 @@ def run(args, tracker) -> None:
 
         summary["submission"] = build_submission([r for r in results if r["model"] == primary],
                                                  args.submission_zip, args.submission_seed)
-    earlier, earlier_note = ([], "not requested") if not args.compare_runs else report.earlier_runs(
-        getattr(tracker, "uri", None), getattr(tracker, "run_id", None), args.compare_runs)
+    earlier, earlier_note = ([], "not requested") if not args.compare_runs else (
+        ([], "MLflow did not answer (tracking is spooled)") if getattr(tracker, "offline", False) else
+        report.earlier_runs(getattr(tracker, "uri", None), getattr(tracker, "run_id", None), args.compare_runs))
     summary["earlier_runs"] = earlier
     table = report.comparison_table(summary, earlier)
     summary["comparison"] = table

@@ -2,7 +2,6 @@
 
 import multiprocessing as mp
 import os
-import warnings
 
 import pytest
 
@@ -56,20 +55,22 @@ def test_parallel_jobs_log_to_one_sqlite_store_without_loss(sqlite_uri, tmp_path
     assert client.get_run(parent).info.status == "FINISHED"
 
 
-def test_unreachable_tracking_server_warns_and_continues(monkeypatch):
+def test_unreachable_tracking_server_warns_and_continues(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("ELECTRA_DS_MLFLOW", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    monkeypatch.setattr(tracking, "_degraded", False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with tracking.StageRun("pretrain", tracking_uri="http://127.0.0.1:9") as run:
+    monkeypatch.delenv(tracking.ENV_PARENT, raising=False)
+    tracking.reset()
+    with caplog.at_level("WARNING", logger="electra_ds.tracking"):
+        with tracking.StageRun("pretrain", results_dir=tmp_path, tracking_uri="http://127.0.0.1:9") as run:
             run.log_metrics({"loss": 1.0}, step=1)
             run.log_params({"a": 1})
             run.log_artifact(__file__)
             done = True
+    tracking.reset()
     assert done
-    assert any("MLflow" in str(w.message) for w in caught)
+    assert [r.message for r in caplog.records if r.name == "electra_ds.tracking" and "MLflow" in r.message]
+    assert run.spool_path.is_file()
 
 
 def test_disabled_tracking_does_nothing(tmp_path, monkeypatch):
