@@ -64,7 +64,7 @@ def main():
             size = inp.stat().st_size / 1e6
             for stage, cmd in (
                     ("dedup", exe + ["dedup", "--input", str(inp), "--output", str(tmp / f"{scale}-kept.jsonl"),
-                                     "--stats", str(tmp / f"{scale}-dedup.json"), "--workers", str(args.workers)]),
+                                     "--stats", str(tmp / f"{scale}-dedup.json"), "--threads", str(args.workers)]),
                     ("shards", exe + ["shards", "--input", str(inp), "--tokenizer-dir", str(tmp / "vocab"),
                                       "--output-dir", str(tmp / f"{scale}-shards"), "--threads", str(args.workers)])):
                 mb, seconds = peak_rss(cmd)

@@ -27,7 +27,7 @@ STAGES = {
     "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
     "tracking-replay": "Send MLflow records spooled while the tracking store was down (<results-dir>/mlflow-spool).",
 }
-MODULES = {"launch": "distributed", "tracking-replay": "tracking"}  # stages whose module has another name
+MODULES = {"launch": "distributed", "tracking-replay": "tracking_replay"}  # stages whose module has another name
 
 
 def _wildcards(text: str) -> dict:
@@ -72,10 +72,12 @@ def main(argv=None) -> int:
         return args._module.run_replay(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from electra_ds.settings import check_settings
     from electra_ds.tracking import StageRun
 
     rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     try:
+        check_settings(args, getattr(args._module, "SETTINGS", {}))  # ranges and choices, from the schema
         with StageRun(args.rule or stage, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
                       wildcards=args.wildcards, enabled=rank0) as tracker:
             args._module.run(args, tracker)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import write_json, write_jsonl
 from electra_ds.readers import TOO_LONG, expand_paths, iter_local
 from electra_ds.text import normalise_text
@@ -261,15 +262,13 @@ def totals(stats: dict) -> dict:
     return {k: sum(s[k] for s in stats.values()) for k in keys}
 
 
+SETTINGS = {"corpus": ("sources", "min_chars", "max_chars", "on_decode_error")}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--sources", required=True,
-                        help='JSON list of sources (or a JSON file), e.g. \'[{"type": "demo"}]\'')
     parser.add_argument("--output", required=True, help="documents JSONL (.gz for gzip)")
     parser.add_argument("--stats", required=True, help="per-source counts (JSON)")
-    parser.add_argument("--min-chars", type=int, default=1, help="drop documents shorter than this")
-    parser.add_argument("--max-chars", type=int, default=0, help="drop documents longer than this (0: no limit)")
-    parser.add_argument("--on-decode-error", choices=DECODE_POLICIES, default="fail",
-                        help="non-UTF-8 bytes: fail, replace them with U+FFFD, or skip the document")
+    add_settings(parser, SETTINGS)
 
 
 def run(args, tracker) -> None:

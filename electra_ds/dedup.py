@@ -2,7 +2,7 @@
 
 Two passes over the input, so no text is ever held in memory:
 
-1. **Sign** (:func:`sign_documents`, parallel over ``--workers`` processes): every document gets a
+1. **Sign** (:func:`sign_documents`, parallel over ``--threads`` processes): every document gets a
    64-bit hash of its normalised text (:func:`normalise_for_hash`: casefolded, whitespace collapsed)
    and, for near-duplicates, a MinHash signature and its LSH band keys (:mod:`electra_ds.minhash`).
    They go to a *signature directory* on disk (``meta.json``, ``hashes.u64``, ``sigs.u32``,
@@ -20,11 +20,9 @@ and writes the kept documents of every part, in order, to one output.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -37,6 +35,7 @@ from electra_ds.fileio import open_text, atomic_path, write_json
 from electra_ds.minhash import MinHashConfig, Signer, clusters, near_duplicate_pairs, true_jaccard
 from electra_ds.parallel import batched, ordered_map
 from electra_ds.rows import StackedRows
+from electra_ds.settings import add_settings
 
 log = logging.getLogger(__name__)
 
@@ -271,29 +270,21 @@ def dedup_files(inputs: list[Path], output: Path, sig_dirs: list[Path], *, exact
     return stats
 
 
+SETTINGS = {"dedup": ("exact", "near", "shingle", "ngram", "num_perm", "threshold", "bands", "rows", "minhash_seed",
+                     "sample_pairs", "threads")}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, nargs="+", help="documents JSONL from the corpus stage "
                         "(several: parts deduplicated together, in order)")
     parser.add_argument("--output", required=True,
                         help="kept documents JSONL (.gz for gzip); with --sign-only the signature directory")
     parser.add_argument("--stats", help="dedup counts and report (JSON); required unless --sign-only")
-    parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
-                        help="remove exact duplicates (normalised-text hash)")
-    parser.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
-                        help="remove near-duplicates (MinHash-LSH), after the exact step")
-    parser.add_argument("--shingle", choices=["word", "char"], default="word", help="shingle unit")
-    parser.add_argument("--ngram", type=int, default=5, help="shingle size (words or characters)")
-    parser.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
-    parser.add_argument("--threshold", type=float, default=0.8, help="Jaccard at which documents are near-duplicates")
-    parser.add_argument("--bands", type=int, default=0, help="LSH bands (0: derived from --threshold)")
-    parser.add_argument("--rows", type=int, default=0, help="LSH rows per band (0: derived from --threshold)")
-    parser.add_argument("--minhash-seed", type=int, default=1, help="seed of the MinHash permutations")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes computing signatures")
-    parser.add_argument("--sample-pairs", type=int, default=20, help="removed pairs reported with true Jaccard")
     parser.add_argument("--sign-only", action="store_true",
                         help="scatter step: write the signature directory of one input part to --output")
     parser.add_argument("--signatures", nargs="+", default=None,
                         help="gather step: signature directories of the --input parts (same order)")
+    add_settings(parser, SETTINGS)
 
 
 def run(args, tracker) -> None:
@@ -301,15 +292,13 @@ def run(args, tracker) -> None:
     for path in inputs:
         if not path.is_file():
             raise UserError("input documents not found", path=path, fix="run the corpus stage first")
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1", field="dedup.workers")
     config = near_config(args)
-    settings = {"exact": args.exact, "near": config.as_dict() if config else False, "workers": args.workers}
+    settings = {"exact": args.exact, "near": config.as_dict() if config else False, "threads": args.threads}
     if args.sign_only:
         if len(inputs) != 1:
             raise UserError("--sign-only takes one --input part", field="dedup", fix="run one job per part")
         with atomic_path(args.output, is_dir=True) as tmp:
-            meta = sign_documents(inputs[0], tmp, config, args.workers)
+            meta = sign_documents(inputs[0], tmp, config, args.threads)
         tracker.log_params(settings)
         tracker.log_metrics({"documents_in": meta["documents"]})
         log.info("signed %d documents of %s -> %s", meta["documents"], inputs[0], args.output)
@@ -330,7 +319,7 @@ def run(args, tracker) -> None:
             dirs = []
             for i, path in enumerate(inputs):
                 dirs.append(Path(work) / f"part-{i}")
-                sign_documents(path, dirs[-1], config, args.workers)
+                sign_documents(path, dirs[-1], config, args.threads)
             if sum(json.loads((d / "meta.json").read_text())["documents"] for d in dirs) == 0:
                 raise UserError("no documents in the input", path=inputs[0], fix="rerun the corpus stage")
             stats = dedup_files(inputs, output, dirs, exact=args.exact, config=config,

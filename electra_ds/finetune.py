@@ -37,12 +37,18 @@ import time
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import get_task, load_split, prediction_to_string, split_path, task_names
 
 log = logging.getLogger(__name__)
 
 _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
+
+
+# keep_model and threads are also set per job by the rule (MNLI's model is kept for RTE/MRPC/STS-B; {threads})
+SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
+                         "warmup_fraction", "weight_decay", "max_steps", "keep_model", "threads")}
 
 
 def add_arguments(p) -> None:
@@ -53,18 +59,6 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data-dir", default=None, help="local folder with GLUE-layout task folders (CoLA/, ...)")
     src.add_argument("--hub-id", default=None, help="Hugging Face dataset id instead, e.g. nyu-mll/glue")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs; None: the task's (3, or 10 for RTE and STS-B)")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (of the head)")
-    p.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise learning-rate decay (1 = off)")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    p.add_argument("--max-length", type=int, default=128, help="maximum tokens per example (pair)")
-    p.add_argument("--warmup-fraction", type=float, default=0.1, help="linear warmup, fraction of all steps")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (not biases/LayerNorm)")
-    p.add_argument("--max-train-examples", type=int, default=0, help="use a fixed subset of this size (0 = all)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0 = no cap)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch; None: torch's choice")
-    p.add_argument("--keep-model", action="store_true", help="also save the fine-tuned model in <output-dir>/model")
     p.add_argument("--init-from", default=None,
                    help="start from this fine-tuned model folder (e.g. the MNLI job's model/); head re-initialised")
     p.add_argument("--no-ax", dest="predict_ax", action="store_false",
@@ -75,6 +69,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model-name", default=None, help="the model's name in the study (recorded in metrics.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the first visible GPU (CUDA_VISIBLE_DEVICES) if any, else CPU")
+    add_settings(p, SETTINGS)
 
 
 # -- layer-wise learning rates -------------------------------------------------------------------
@@ -262,17 +257,6 @@ def _reset_head(model) -> None:
                     module.bias.zero_()
 
 
-def _check_args(args) -> None:
-    checks = {"epochs": (1, None), "batch_size": (1, None), "max_length": (8, None), "threads": (1, None),
-              "max_train_examples": (0, None), "max_steps": (0, None), "learning_rate": (0, None),
-              "layer_decay": (0, 1), "warmup_fraction": (0, 1), "weight_decay": (0, None)}
-    for name, (low, high) in checks.items():
-        value = getattr(args, name)
-        if value is not None and (value < low or (high is not None and value > high)):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise UserError(f"{value} is out of range; must be {bounds}", field="--" + name.replace("_", "-"))
-
-
 def _pick_device(requested: str):
     """auto: cuda:0 - the first GPU in the job's CUDA_VISIBLE_DEVICES - when one is visible, else CPU."""
     import torch
@@ -321,7 +305,6 @@ def run(args, tracker) -> None:
     started = time.monotonic()
     task = get_task(args.task)
     out, model_dir = Path(args.output_dir), Path(args.model_dir)
-    _check_args(args)
     if not (model_dir / "config.json").is_file():
         raise UserError("is not an exported model folder (no config.json)", path=model_dir,
                         fix="pass the export stage's discriminator folder as --model-dir")
@@ -343,7 +326,7 @@ def run(args, tracker) -> None:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    with _torch_runtime(args.seed, args.threads, getattr(args, "device", "auto")) as (device, use_bf16, autocast):
+    with _torch_runtime(args.seed, args.threads, args.device) as (device, use_bf16, autocast):
         tokenizer, model = _load_model(model_dir, task, init_from, scratch=args.model_source == "scratch")
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
         model.to(device)

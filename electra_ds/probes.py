@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, read_jsonl, write_json
 from electra_ds.splits import document_split
 from electra_ds.text import SENTENCE_END
@@ -30,15 +31,15 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"^[A-Za-z][a-z]*[,;:.!?]?$")
 
 
+# valid/heldout fractions and seed are the shards stage's: the probes come from the documents it held out
+SETTINGS = {"shards": ("valid_fraction", "heldout_fraction"), "probes": ("max_train", "max_eval", "min_eval"),
+            "": ("seed",)}
+
+
 def add_arguments(p) -> None:
     p.add_argument("--input", required=True, help="deduplicated documents (JSONL)")
     p.add_argument("--output-dir", required=True, help="gets probe-acceptability/ and probe-adjacency/")
-    p.add_argument("--valid-fraction", type=float, default=0.01, help="as given to the shards stage")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="as given to the shards stage")
-    p.add_argument("--seed", type=int, default=0, help="as given to the shards stage")
-    p.add_argument("--max-train", type=int, default=2000, help="examples per task in train")
-    p.add_argument("--max-eval", type=int, default=500, help="examples per task in dev and in test")
-    p.add_argument("--min-eval", type=int, default=50, help="fewer dev examples than this is an error")
+    add_settings(p, SETTINGS)
 
 
 def probe_sentences(text: str) -> list[str]:

@@ -97,6 +97,13 @@ def add_settings(parser, settings: Settings, **overrides) -> None:
             group.add_argument(flag(name), **kwargs)
 
 
+def _relevance():
+    import jsonschema
+
+    # a misspelt key ('path' for 'paths') explains the missing required one: report it first
+    return jsonschema.exceptions.by_relevance(strong=frozenset({"additionalProperties"}))
+
+
 def check_settings(args, settings: Settings) -> None:
     """Each given value against its schema node (ranges, enums, object fields): a UserError naming the option."""
     import jsonschema
@@ -106,12 +113,14 @@ def check_settings(args, settings: Settings) -> None:
             value = getattr(args, name)
             if value is None:
                 continue  # not given (the field's default is null)
-            error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(node(section, name)).iter_errors(value))
+            errors = jsonschema.Draft202012Validator(node(section, name)).iter_errors(value)
+            error = jsonschema.exceptions.best_match(errors, key=_relevance())
             if error is not None:
-                where = ".".join(str(p) for p in error.absolute_path)
-                raise UserError(f"{flag(name)} {json.dumps(value)}: {error.message}" + (f" (at {where})" if where else ""),
-                                field=f"{section}.{name}" if section else name,
-                                fix=f"see `electra-ds <stage> --help` or {SCHEMA_PATH.name}")
+                field = (f"{section}.{name}" if section else name) + "".join(
+                    f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+                raise UserError(f"{flag(name)}: {error.message}.", field=field,
+                                fix=f"a value the schema allows (`--help` names each option's field; "
+                                    f"{SCHEMA_PATH.name} gives its range)")
 
 
 def render(values: dict, settings: Settings) -> list[str]:

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -35,6 +34,7 @@ import numpy as np
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, read_jsonl, sha256_file, write_json
 from electra_ds.parallel import batched, ordered_map
 from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
@@ -42,7 +42,6 @@ from electra_ds.splits import document_split
 
 log = logging.getLogger(__name__)
 
-PACKINGS = ("electra", "plain")
 SINGLE_SEGMENT_PROB = 0.1  # as in build_pretraining_dataset.py: sometimes only one segment
 BATCH_DOCUMENTS = 2_000
 BATCH_CHARS = 1_000_000  # at most 2 x workers batches in flight: bounds memory (and the idle tail)
@@ -320,35 +319,22 @@ def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: i
 
 
 # -- the stage ------------------------------------------------------------------------------
+SETTINGS = {"shards": ("max_seq_len", "valid_fraction", "heldout_fraction", "short_seq_prob", "examples_per_shard",
+                       "packing", "threads"),
+            "": ("seed",)}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="documents JSONL (dedup output)")
     parser.add_argument("--tokenizer-dir", required=True, help="vocab stage output (spm.model)")
     parser.add_argument("--output-dir", required=True, help="shards directory to write")
-    parser.add_argument("--max-seq-len", type=int, default=128)
-    parser.add_argument("--valid-fraction", type=float, default=0.01, help="fraction of documents for valid")
-    parser.add_argument("--heldout-fraction", type=float, default=0.0,
-                        help="fraction of documents kept out of pretraining (probe tasks)")
-    parser.add_argument("--short-seq-prob", type=float, default=0.1,
-                        help="probability of a random shorter target length")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="worker processes that tokenize and pack (one encode thread each)")
-    parser.add_argument("--examples-per-shard", type=int, default=100_000)
-    parser.add_argument("--packing", choices=PACKINGS, default="electra",
-                        help="electra: [CLS] A [SEP] B [SEP] from consecutive sentences (official recipe); "
-                             "plain: [CLS] + the next max_seq_len-2 tokens of the document + [SEP]")
+    add_settings(parser, SETTINGS)
 
 
 def _check_args(args) -> None:
-    if args.max_seq_len < 8:
-        raise UserError(f"--max-seq-len {args.max_seq_len} is too short", field="shards.max_seq_len",
-                        fix="use at least 8 (ELECTRA-Small uses 128)")
-    fractions = (args.valid_fraction, args.heldout_fraction, args.short_seq_prob)
-    if not all(0 <= f <= 1 for f in fractions) or args.valid_fraction + args.heldout_fraction >= 1:
-        raise UserError("fractions must lie in [0, 1] and valid + heldout must be below 1",
-                        field="shards.valid_fraction", fix="e.g. valid_fraction 0.01, heldout_fraction 0.01")
-    if args.examples_per_shard < 1:
-        raise UserError("--examples-per-shard must be positive", field="shards.examples_per_shard")
+    if args.valid_fraction + args.heldout_fraction >= 1:  # each field's own range is checked by the schema
+        raise UserError("valid + heldout fractions must be below 1", field="shards.valid_fraction",
+                        fix="e.g. valid_fraction 0.01, heldout_fraction 0.01")
 
 
 def run(args, tracker) -> None:

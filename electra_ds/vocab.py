@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from electra_ds import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
+from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -148,17 +148,14 @@ def fast_agreement(sp, tokenizer, lines: list[str], threads: int = 1) -> float:
     return sum(a == b for a, b in zip(ours, theirs)) / len(lines)
 
 
+SETTINGS = {"vocab": ("vocab_size", "model_type", "sample_sentences", "character_coverage", "byte_fallback", "threads"),
+            "": ("seed",)}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="documents JSONL (dedup output)")
     parser.add_argument("--output-dir", required=True, help="tokenizer directory to write")
-    parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
-    parser.add_argument("--sample-sentences", type=int, default=1_000_000,
-                        help="train on at most this many lines (reservoir sample)")
-    parser.add_argument("--character-coverage", type=float, default=0.9999)
-    parser.add_argument("--byte-fallback", action="store_true", help="spell unknown characters as UTF-8 bytes")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_settings(parser, SETTINGS)
 
 
 def run(args, tracker) -> None:

@@ -15,7 +15,8 @@ from helpers_data import cli, cli_error, demo_documents, gutenberg_files, leftov
 
 def run_corpus(tmp_path, sources, *extra):
     out, stats = tmp_path / "docs.jsonl", tmp_path / "stats.json"
-    rc = cli("corpus", "--sources", json.dumps(sources), "--output", out, "--stats", stats, *extra)
+    # tiny documents throughout: --min-chars 1 instead of the schema's 200 (an argument in extra wins)
+    rc = cli("corpus", "--sources", json.dumps(sources), "--output", out, "--stats", stats, "--min-chars", "1", *extra)
     return rc, out, stats
 
 
@@ -134,7 +135,8 @@ def test_tracker_gets_counts(tmp_path):
     from electra_ds.cli import build_parser
 
     args = build_parser().parse_args(["corpus", "--sources", json.dumps(local([tmp_path / "a.txt"])),
-                                      "--output", str(tmp_path / "o.jsonl"), "--stats", str(tmp_path / "s.json")])
+                                      "--output", str(tmp_path / "o.jsonl"), "--stats", str(tmp_path / "s.json"),
+                                      "--min-chars", "1"])
     corpus.run(args, Tracker())
     assert logged["documents_in"] == logged["documents_out"] == 1 and logged["bytes_out"] == 10
     assert "local" in logged["sources"] and logged["artifact"].endswith("s.json")
@@ -167,7 +169,8 @@ def test_non_utf8_fail_replace_skip(tmp_path, capsys):
     bad.write_bytes("Good line.\n".encode() + "caf\u00e9 cr\u00e8me\n".encode("latin-1"))
     (tmp_path / "ok.txt").write_text("A fine document.")
     sources = json.dumps(local([bad, tmp_path / "ok.txt"]))
-    args = ("corpus", "--sources", sources, "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
+    args = ("corpus", "--sources", sources, "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json",
+            "--min-chars", "1")
     msg = cli_error(capsys, *args)
     assert str(bad) in msg and "byte offset 14" in msg and "on_decode_error: replace" in msg
     assert_no_output(tmp_path)
@@ -306,7 +309,8 @@ def test_binary_file_fails_clearly_or_is_skipped_and_counted(tmp_path, capsys):
     (tmp_path / "ok.txt").write_text("A fine document.")
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 10)
     sources = json.dumps(local([tmp_path / "image.txt", tmp_path / "ok.txt"]))
-    args = ("corpus", "--sources", sources, "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
+    args = ("corpus", "--sources", sources, "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json",
+            "--min-chars", "1")
     msg = cli_error(capsys, *args)
     assert str(tmp_path / "image.txt") in msg and "binary" in msg and "on_decode_error: skip" in msg
     assert_no_output(tmp_path)

@@ -105,7 +105,7 @@ def dedup(tmp_path, docs, *extra, name="out"):
 
 def test_near_duplicates_removed_with_report(tmp_path):
     docs = _near_docs()
-    kept, stats = dedup(tmp_path, docs, "--workers", 1)
+    kept, stats = dedup(tmp_path, docs, "--threads", 1)
     assert [r["id"] for r in kept] == [f"d{i}" for i in range(8)] + ["d9"]
     assert kept == [d for d in docs if d["id"] != "d8"]  # lines copied unchanged
     assert stats["near_duplicates_removed"] == 1 and stats["bytes_removed"] == len(docs[8]["text"].encode())
@@ -118,7 +118,7 @@ def test_near_duplicates_removed_with_report(tmp_path):
     # near-dup off keeps it; parallel workers give the same bytes as one
     kept_off, stats_off = dedup(tmp_path, docs, "--no-near", name="off")
     assert len(kept_off) == 10 and stats_off["near_duplicates_removed"] == 0
-    dedup(tmp_path, docs, "--workers", 2, name="two")
+    dedup(tmp_path, docs, "--threads", 2, name="two")
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
     # a lower threshold catches the heavily edited copy as well: char shingles too
     kept_low, _ = dedup(tmp_path, docs, "--shingle", "char", "--ngram", 5, "--threshold", 0.3, name="low")

@@ -105,7 +105,7 @@ def test_planted_near_duplicates_recall_and_precision(tmp_path):
     # the stage removes exactly the copies above the threshold and keeps every base (the lower position)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     assert cli("dedup", "--input", tmp_path / "docs.jsonl", "--output", tmp_path / "kept.jsonl",
-               "--stats", tmp_path / "stats.json", "--workers", 2) == 0
+               "--stats", tmp_path / "stats.json", "--threads", 2) == 0
     kept = {d["id"] for d in read_records(tmp_path / "kept.jsonl")}
     assert all(f"base{i}" in kept for i in range(len(truth)))
     removed = {f"copy{j - len(truth)}" for (_, j) in positives}

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: results paths, CLI argument rendering, MLflow parent run.
 
 import hashlib
+import importlib
 import json
 import os
 import shlex
@@ -8,7 +9,7 @@ import shlex
 import yaml
 from snakemake.logging import logger
 
-from electra_ds import tracking
+from electra_ds import settings, tracking
 from electra_ds.lock import ResultsLock
 from electra_ds.errors import UserError
 from electra_ds.glue import get_task
@@ -25,6 +26,16 @@ def repo_path(path):
 
 def as_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def stage_args(stage, skip=(), **sections):
+    """The options of `electra-ds <stage>` for its settings (its module's SETTINGS), from the config, quoted.
+    The schema is their one source (electra_ds/settings.py); `sections` replace config sections (a model's
+    merged pretrain section), `skip` leaves out fields the rule sets per job (e.g. threads)."""
+    wanted = {section: tuple(n for n in names if n not in skip)
+              for section, names in importlib.import_module(f"electra_ds.{stage}").SETTINGS.items()}
+    values = {"": config, **{s: config[s] for s in wanted if s}, **sections}
+    return " ".join(shlex.quote(word) for word in settings.render(values, wanted))
 
 
 def cli_flags(section, names):
@@ -74,6 +85,10 @@ def finetune_inputs(wildcards):
 
 for _task in config["finetune"]["tasks"]:
     get_task(_task)  # an unknown task name fails here, before any job runs
+if any(get_task(t).is_probe for t in config["finetune"]["tasks"]) and not config["shards"]["heldout_fraction"]:
+    raise WorkflowError("config field 'shards.heldout_fraction' is 0, but the probe tasks in finetune.tasks are built "
+                        "from held-out documents. Fix: set shards.heldout_fraction (the demo uses 0.25), or fine-tune "
+                        "GLUE tasks instead")
 
 
 

@@ -6,7 +6,7 @@ rule corpus:
         docs=f"{R}/corpus/documents.jsonl",
         stats=f"{R}/corpus/stats.json",
     params:
-        sources=as_json(config["corpus"]["sources"]),
+        settings=stage_args("corpus"),
         track=track,
     log:
         f"{R}/logs/corpus.log",
@@ -16,16 +16,12 @@ rule corpus:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds corpus --sources {params.sources} --output {output.docs:q} --stats {output.stats:q} "
-        "--min-chars {config[corpus][min_chars]:q} --max-chars {config[corpus][max_chars]:q} "
-        "--on-decode-error {config[corpus][on_decode_error]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
+        "electra-ds corpus --output {output.docs:q} --stats {output.stats:q} {params.settings} "
+        "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
-DEDUP_SETTINGS = (
-    "{params.exact} {params.near} --shingle {config[dedup][shingle]:q} --ngram {config[dedup][ngram]:q} "
-    "--num-perm {config[dedup][num_perm]:q} --threshold {config[dedup][threshold]:q} "
-    "--bands {config[dedup][bands]:q} --rows {config[dedup][rows]:q} --workers {threads:q}"
-)
+# the dedup settings but the thread count, which is the job's {threads} (the output does not depend on it)
+DEDUP_SETTINGS = stage_args("dedup", skip=("threads",)) + " --threads {threads:q}"
 DEDUP_PARTS = [f"{part:05d}" for part in range(config["dedup"]["parts"])]
 
 
@@ -54,8 +50,6 @@ rule dedup_sign:
     output:
         directory(f"{R}/dedup/parts/signatures-{{part}}"),
     params:
-        exact="--exact" if config["dedup"]["exact"] else "--no-exact",
-        near="--near" if config["dedup"]["near"] else "--no-near",
         track=track,
     threads: config["dedup"]["threads"]
     log:
@@ -85,8 +79,6 @@ rule dedup:
         docs=f"{R}/dedup/documents.jsonl",
         stats=f"{R}/dedup/stats.json",
     params:
-        exact="--exact" if config["dedup"]["exact"] else "--no-exact",
-        near="--near" if config["dedup"]["near"] else "--no-near",
         signatures=lambda wildcards, input: (
             "--signatures " + " ".join(shlex.quote(path) for path in input.signatures)
             if "signatures" in input.keys() else ""),
@@ -111,7 +103,7 @@ rule vocab:
     output:
         directory(f"{R}/vocab"),
     params:
-        byte_fallback="--byte-fallback" if config["vocab"]["byte_fallback"] else "",
+        settings=stage_args("vocab"),
         track=track,
     threads: config["vocab"]["threads"]
     log:
@@ -122,13 +114,10 @@ rule vocab:
         mem_mb=8000,
         runtime=120,
     shell:
-        "electra-ds vocab --input {input:q} --output-dir {output:q} --vocab-size {config[vocab][vocab_size]:q} "
-        "--model-type {config[vocab][model_type]:q} --sample-sentences {config[vocab][sample_sentences]:q} "
-        # the configured thread count, not {threads} (which --cores may lower): sentencepiece's model
-        # depends on its thread count, and the vocabulary must depend on the config only
-        "--character-coverage {config[vocab][character_coverage]:q} {params.byte_fallback} "
-        "--threads {config[vocab][threads]:q} "
-        "--seed {config[seed]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
+        # vocab.threads as configured, not {threads} (which --cores may lower): sentencepiece's model depends on
+        # its thread count, and the vocabulary must depend on the config only
+        "electra-ds vocab --input {input:q} --output-dir {output:q} {params.settings} "
+        "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule shards:
@@ -138,6 +127,7 @@ rule shards:
     output:
         directory(f"{R}/shards"),
     params:
+        settings=stage_args("shards", skip=("threads",)),  # threads: the job's {threads}
         track=track,
     threads: config["shards"]["threads"]
     log:
@@ -149,12 +139,7 @@ rule shards:
         runtime=240,
     shell:
         "electra-ds shards --input {input.docs:q} --tokenizer-dir {input.vocab:q} --output-dir {output:q} "
-        "--max-seq-len {config[shards][max_seq_len]:q} --valid-fraction {config[shards][valid_fraction]:q} "
-        "--heldout-fraction {config[shards][heldout_fraction]:q} "
-        "--short-seq-prob {config[shards][short_seq_prob]:q} "
-        "--examples-per-shard {config[shards][examples_per_shard]:q} --packing {config[shards][packing]:q} "
-        "--seed {config[seed]:q} --threads {threads:q} "
-        "--rule {rule:q} {params.track} > {log:q} 2>&1"
+        "{params.settings} --threads {threads:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule probes:
@@ -163,6 +148,7 @@ rule probes:
     output:
         directory(f"{R}/probes"),
     params:
+        settings=stage_args("probes"),
         track=track,
     log:
         f"{R}/logs/probes.log",
@@ -172,8 +158,5 @@ rule probes:
         mem_mb=2000,
         runtime=30,
     shell:
-        "electra-ds probes --input {input:q} --output-dir {output:q} "
-        "--valid-fraction {config[shards][valid_fraction]:q} "
-        "--heldout-fraction {config[shards][heldout_fraction]:q} --seed {config[seed]:q} "
-        "--max-train {config[probes][max_train]:q} --max-eval {config[probes][max_eval]:q} "
+        "electra-ds probes --input {input:q} --output-dir {output:q} {params.settings} "
         "--rule {rule:q} {params.track} > {log:q} 2>&1"

@@ -43,10 +43,10 @@ rule finetune:
     params:
         data=finetune_data_args,
         out=lambda wildcards: f"{R}/finetune/{wildcards.model}/{wildcards.task}/seed{wildcards.seed}",
-        epochs=lambda wildcards: f"--epochs {FT['epochs']}" if FT["epochs"] else "",
         model=finetune_model_args,
         model_dir=lambda wildcards, input: f"{input.model}/discriminator",
         device="cuda" if FT["gpus"] else "auto",
+        settings=stage_args("finetune", skip=("keep_model", "threads")),  # both set per job
         track=track,
     threads: FT["threads"]
     log:
@@ -59,12 +59,8 @@ rule finetune:
         gpu=FT["gpus"],
     shell:
         "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task:q} --seed {wildcards.seed:q} "
-        "--output-dir {params.out:q} {params.data} {params.epochs} {params.model} --device {params.device} "
-        "--learning-rate {config[finetune][learning_rate]:q} --layer-decay {config[finetune][layer_decay]:q} "
-        "--batch-size {config[finetune][batch_size]:q} --max-length {config[finetune][max_length]:q} "
-        "--warmup-fraction {config[finetune][warmup_fraction]:q} "
-        "--max-train-examples {config[finetune][max_train_examples]:q} --threads {threads:q} "
-        "--rule {rule:q} {params.track} > {log:q} 2>&1"
+        "--output-dir {params.out:q} {params.data} {params.model} --device {params.device:q} {params.settings} "
+        "--threads {threads:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 EVALUATE_OUTPUTS = {
@@ -94,9 +90,8 @@ rule evaluate:
         models=" ".join(shlex.quote(name) for name in MODELS),
         pretrain=" ".join(shlex.quote(f"{name}={R}/pretrain/{name}") for name in PRETRAINED),
         submission=lambda wildcards, output: (
-            f"--submission-zip {shlex.quote(output.submission)} "
-            f"--submission-seed {shlex.quote(config['evaluate']['submission_seed'])}"
-            if HAS_GLUE else ""),
+            f"--submission-zip {shlex.quote(output.submission)}" if HAS_GLUE else ""),
+        settings=stage_args("evaluate"),
         track=track,
     log:
         f"{R}/logs/evaluate.log",
@@ -109,4 +104,4 @@ rule evaluate:
         "electra-ds evaluate --metrics {input.metrics:q} --output-json {output.json:q} --output-md {output.md:q} "
         "--output-html {output.html:q} --loss-plot {output.loss_plot:q} --scores-plot {output.scores_plot:q} "
         "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} "
-        "--compare-runs {config[evaluate][compare_runs]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
+        "{params.settings} --rule {rule:q} {params.track} > {log:q} 2>&1"
