@@ -192,7 +192,7 @@ def _load_data(task, args) -> tuple:
             tests[split] = []
         else:
             tests[split] = load_split(task, split, **source)
-    if task.name == "mnli" and getattr(args, "predict_ax", True):
+    if task.name == "mnli" and args.predict_ax:
         ax_file = split_path("ax", "test", args.data_dir) if args.data_dir is not None else None
         if ax_file is not None and not ax_file.is_file():
             notes["ax"] = f"no {ax_file}; AX not predicted"
@@ -309,7 +309,7 @@ def run(args, tracker) -> None:
         raise UserError("is not an exported model folder (no config.json)", path=model_dir,
                         fix="pass the export stage's discriminator folder as --model-dir")
     _check_output_dir(out)
-    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    init_from = Path(args.init_from) if args.init_from else None
     if init_from is not None and not (init_from / "config.json").is_file():
         raise UserError("has no fine-tuned model to start from (no config.json)", path=init_from, field="--init-from",
                         fix="run that fine-tuning job with --keep-model (finetune.init_from_mnli: true does this "
