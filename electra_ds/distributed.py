@@ -77,6 +77,79 @@ def setup_env(environ=os.environ) -> dict:
     }
 
 
+def started_by_launcher(environ=os.environ) -> bool:
+    """True in a process torchrun (TORCHELASTIC_RUN_ID) or srun (a SLURM step task) started."""
+    return bool(environ.get("TORCHELASTIC_RUN_ID")) or ("SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ)
+
+
+PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL_S = 0.5
+
+
+def exit_with_launcher(environ=os.environ) -> bool:
+    """Make this rank die with the launcher that started it (torchrun, or slurmstepd under srun).
+
+    torchrun starts every worker in a session of its own, so a SIGKILL of the launcher (or of its process
+    group: Snakemake's cancel, a killed job shell) would leave the ranks training, and checkpointing, with
+    nobody to receive their results. Two mechanisms, both installed here at the start of the stage:
+
+    * under torchrun, ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills this process the moment its parent dies; works
+      even while Python holds the GIL in a long C call. It fires when the parent *thread* that forked us
+      exits; torchrun forks from its main thread, but a launcher forking from a short-lived thread would kill
+      healthy ranks, hence also
+    * a daemon thread that polls ``os.getppid()`` every 0.5 s against the pid seen at start (reparenting to
+      init or a subreaper means the launcher is gone) and then ends this rank with SIGKILL to its own process
+      group when it leads one (torchrun's workers do: any compiler child goes too), else ``os._exit``.
+
+    Both end the rank without a checkpoint, on purpose: SIGTERM would go through StopSignal and write one,
+    but with the launcher gone the run has already failed; the last complete checkpoint stays intact and a
+    rerun resumes from it (a save cut off half-way has no manifest and is skipped). Returns whether installed.
+    """
+    if not started_by_launcher(environ) or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if environ.get("TORCHELASTIC_RUN_ID"):  # torchrun forks from its main thread; slurmstepd's threading is its
+        try:                                # own business (and it kills its tasks itself): watchdog only there
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog alone still covers it
+    if parent == 1 or os.getppid() != parent:  # the launcher died before (or while) we got here
+        _launcher_gone(parent)
+    threading.Thread(target=_watch_parent, args=(parent,), name="launcher-watchdog", daemon=True).start()
+    return True
+
+
+def _watch_parent(parent: int) -> None:
+    import time
+
+    while True:
+        time.sleep(WATCH_INTERVAL_S)
+        if os.getppid() != parent:
+            _launcher_gone(parent)
+
+
+def _launcher_gone(parent: int) -> None:
+    import signal
+
+    try:
+        print(f"electra-ds: the launcher (pid {parent}) is gone; rank {os.environ.get('RANK', '?')} stops now "
+              "without a checkpoint (the last complete checkpoint is kept; rerun to resume)",
+              file=sys.stderr, flush=True)
+    except Exception:  # stderr may be a pipe nobody reads any more
+        pass
+    try:
+        if os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(1)
+
+
 def launch_command(stage_args: list[str], nproc_per_node: int, nnodes: int = 1, launcher: str = "auto",
                    environ=os.environ, srun: str = "srun", cpus_per_task: int = 0) -> list[str]:
     """The command that runs ``electra-ds <stage_args>`` on nnodes x nproc_per_node processes.

@@ -33,9 +33,15 @@ def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
     """fp32 weights of the whole ElectraPretrainer from a DeepSpeed checkpoint; no arbitrary unpickling."""
     import torch
 
+    from electra_ds.checkpoint import size_problem
+
     ckpt = Path(checkpoint_dir) / tag
     if not ckpt.is_dir():
         raise UserError(f"checkpoint {tag} not found", path=ckpt.parent, fix="rerun the pretrain stage")
+    problem = size_problem(ckpt)  # cheap (sizes against the manifest); pretrain verifies digests on resume
+    if problem:
+        raise UserError(f"checkpoint {tag} is damaged: {problem}", path=ckpt.parent,
+                        fix="rerun the pretrain stage: it resumes from the newest intact checkpoint")
     if zero_stage == 0:
         # zero_to_fp32 cannot parse stage-0 checkpoints: the full module is in the model states file.
         states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)

@@ -6,8 +6,12 @@ batch ``perm[s*G:(s+1)*G]`` of its epoch's permutation, each rank takes a disjoi
 every random draw (masking, sampling, dropout) is seeded from (seed, step, rank, micro-step). A
 restart from a checkpoint therefore continues exactly where the run stopped.
 
-Outputs under ``--output-dir``: ``checkpoints/<tag>/`` (DeepSpeed, the last N kept, ``latest``
-written only after a complete save), ``train_log.jsonl`` (one line of metrics per log interval and
+Outputs under ``--output-dir``: ``checkpoints/<tag>/`` (DeepSpeed plus ``electra_ds_manifest.json``: run
+config, sizes and sha256 of every file; the last N intact ones kept; ``latest`` written only after the
+manifest). A rerun resumes from the newest intact checkpoint, skipping damaged ones with a warning, and
+refuses checkpoints of another configuration before loading anything (electra_ds.checkpoint). A rank
+stops within about a second when its launcher dies (distributed.exit_with_launcher), without a checkpoint.
+Other outputs: ``train_log.jsonl`` (one line of metrics per log interval and
 validation pass; cut back to the checkpoint on resume) and ``summary.json`` (final metrics and the
 checkpoint to export), written last and atomically.
 """
@@ -140,6 +144,7 @@ def run(args, tracker) -> None:
     from electra_ds.ds_config import load_ds_config, offloads_optimizer, zero_stage
     from electra_ds.shards import open_split
 
+    distributed.exit_with_launcher()  # a rank never outlives the torchrun/srun that started it
     env = distributed.setup_env()
     rank, world = env["rank"], env["world_size"]
     device_type = resolve_device(args.device)
@@ -169,6 +174,13 @@ def run(args, tracker) -> None:
                   "disallow_correct": args.disallow_correct,
                   "global_batch_size": args.global_batch_size, "max_seq_len": train.max_seq_len, "seed": args.seed}
 
+    # Which checkpoint to resume from is settled before any model exists: another run's checkpoints, or only
+    # damaged ones, stop here with a UserError (on every rank: rank 0 decides and broadcasts).
+    deepspeed.init_distributed()
+    if device_type == "cuda":
+        torch.cuda.set_device(env["local_rank"])  # object collectives on NCCL use the current device
+    resume_tag, _status = _choose_resume(ckpt_dir, run_config, rank, world)
+
     torch.manual_seed(args.seed)
     model = ElectraPretrainer(shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight, objective=args.objective,
                               adversarial_mle_weight=args.adversarial_mle_weight, temperature=args.temperature,
@@ -193,19 +205,21 @@ def run(args, tracker) -> None:
         engine.compile()
 
     start_step, resumed = 0, {}
-    if (ckpt_dir / "latest").exists():
-        from electra_ds.checkpoint import weights_only_loading
+    if resume_tag is not None:
+        from electra_ds.checkpoint import config_differences, weights_only_loading
 
         with weights_only_loading():
-            _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=True)
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_tag, load_module_strict=True)
         if client is None:
-            raise UserError("the latest checkpoint could not be loaded", path=ckpt_dir,
-                            fix="delete the incomplete checkpoint directory named in 'latest'")
-        if client.get("run_config") != run_config:
-            raise UserError("checkpoints were written with a different model/data config", path=ckpt_dir,
-                            fix="use a new results directory or delete the old checkpoints")
+            raise UserError(f"checkpoint {resume_tag} could not be loaded", path=ckpt_dir,
+                            fix=f"delete {ckpt_dir / resume_tag} to resume from the checkpoint before it")
+        diffs = config_differences(client.get("run_config"), run_config)
+        if diffs:  # checked before loading already (manifest / legacy client state); kept as a last guard
+            raise UserError(f"checkpoint {resume_tag} was written with a different config ({'; '.join(diffs[:8])})",
+                            path=ckpt_dir, fix=f"use a new results directory or delete {ckpt_dir}")
         start_step, resumed = int(client["step"]), client
-        log.info("resumed from %s at step %d", ckpt_dir, start_step)
+        log.info("resumed from %s at step %d", ckpt_dir / resume_tag, start_step)
+    final_tag = resume_tag
     train_log = TrainLog(out / "train_log.jsonl", start_step) if rank == 0 else None
 
     if rank == 0:
@@ -284,7 +298,8 @@ def run(args, tracker) -> None:
         due_time = rank == 0 and 0 < args.checkpoint_minutes < minutes
         due_time, stopping = _agree([due_time, stop_signal.received], device)
         if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
-            _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank, prior.state())
+            final_tag = _save(engine, ckpt_dir, step, run_config, args.keep_checkpoints, rank, world,
+                              prior.state())
             last_ckpt_time = time.time()
         if stopping and step < args.max_steps:
             raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
@@ -294,9 +309,8 @@ def run(args, tracker) -> None:
     if valid is not None:
         final_valid = _evaluate(engine, valid, args, rank, world, micro, step, tracker, train_log, prior)
     if rank == 0:
-        tag = (ckpt_dir / "latest").read_text().strip()
         write_json(out / "summary.json", {
-            "checkpoint_dir": str(ckpt_dir.resolve()), "tag": tag, "steps": step, "world_size": world,
+            "checkpoint_dir": str(ckpt_dir.resolve()), "tag": final_tag, "steps": step, "world_size": world,
             "zero_stage": zero_stage(ds_cfg), "precision": args.precision, "model": shape.to_dict(),
             "objective": args.objective, "optimizer": optimizer_name, "offload_optimizer": offload,
             "temperature": args.temperature, "mask_prob": args.mask_prob,
@@ -368,24 +382,75 @@ def _agree(flags: list, device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int, token_prior) -> None:
+def _broadcast(obj, world: int):
+    """rank 0's ``obj`` on every rank."""
+    if world == 1:
+        return obj
     import torch
 
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch
+
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _choose_resume(ckpt_dir: Path, run_config: dict, rank: int, world: int):
+    from electra_ds.checkpoint import choose_checkpoint
+
+    return choose_checkpoint(ckpt_dir, run_config, rank, world, broadcast=lambda o: _broadcast(o, world),
+                             all_gather=lambda o: _all_gather(o, world), log=log)
+
+
+def _save(engine, ckpt_dir: Path, step: int, run_config: dict, keep: int, rank: int, world: int,
+          token_prior) -> str:
+    """A DeepSpeed checkpoint, then its manifest, then ``latest`` (see electra_ds.checkpoint); returns the tag."""
+    import torch
+
+    from electra_ds import checkpoint as ck
+
     tag = f"step{step:08d}"
+    tag_dir = ckpt_dir / tag
+    previous_latest = None
+    if rank == 0:
+        previous_latest, _ = ck.read_latest(ckpt_dir)
+        if tag_dir.exists():
+            # Left by an interrupted save or a damaged checkpoint this run fell back past; never the one it
+            # resumed from (that one is at an earlier step). Removed before any rank writes (DeepSpeed's
+            # save_checkpoint starts with a barrier), so no stale file or manifest survives into the new one.
+            shutil.rmtree(tag_dir)
     from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, \
         UNIVERSAL_CHECKPOINT_VERSION_VALUE
 
     # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this checkpoint for another world size.
     client_state = {"step": step, "run_config": run_config, "token_prior": token_prior,
                     UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
-    torch.distributed.barrier()
-    if rank == 0 and keep > 0:
-        tags = sorted(p.name for p in ckpt_dir.glob("step*") if p.is_dir())
-        for old in tags[:-keep]:
-            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    torch.distributed.barrier()  # every rank's files are complete
+    t0 = time.time()
+    names = _broadcast(ck.checkpoint_files(tag_dir) if rank == 0 else None, world)
+    parts = _all_gather(ck.hash_share(tag_dir, names, rank, world), world)  # each rank hashes its share
     if rank == 0:
-        log.info("checkpoint %s saved", tag)
+        digests = {k: v for part in parts for k, v in part.items()}
+        unreadable = [n for n, d in digests.items() if d.startswith("error")]
+        if unreadable:
+            raise RuntimeError(f"checkpoint {tag_dir}: could not read back {unreadable[:3]} after saving")
+        manifest = ck.write_manifest(tag_dir, tag=tag, step=step, run_config=run_config, world_size=world,
+                                     digests=digests)
+        ck.write_latest(ckpt_dir, tag)  # only now: `latest` never names a checkpoint without a manifest
+        removed = ck.prune(ckpt_dir, tag, keep, previous_latest)
+        size = sum(m["size"] for m in manifest["files"].values())
+        log.info("checkpoint %s saved (%d files, %.1f MB; manifest with sha256 in %.2f s)%s", tag, len(names),
+                 size / 1e6, time.time() - t0, f"; removed {', '.join(removed)}" if removed else "")
+    return tag
 
 
 def _evaluate(engine, valid, args, rank: int, world: int, micro: int, step: int, tracker, train_log, prior) -> dict:
