@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from electra_ds.distributed import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
+from electra_ds.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
 from electra_ds.errors import UserError
 from test_pipeline import micro_config, snakemake
 

@@ -148,7 +148,7 @@ def _start_pipeline_run():
 
 
 # ---- SLURM: checks before anything is submitted (see profiles/README.md) -------------------------
-from electra_ds import distributed
+from electra_ds import slurm_preflight as preflight
 
 
 def _user_error(check, *args, **kwargs):
@@ -159,14 +159,14 @@ def _user_error(check, *args, **kwargs):
 
 
 # A world size that does not divide the global batch stops the DAG here, locally and on SLURM.
-WORLD_SIZE = _user_error(distributed.check_world_size, config["pretrain"]["global_batch_size"],
+WORLD_SIZE = _user_error(preflight.check_world_size, config["pretrain"]["global_batch_size"],
                          config["pretrain"]["micro_batch_size"], config["pretrain"]["nodes"],
                          config["pretrain"]["processes_per_node"], config["pretrain"]["gpus_per_node"])
 
 
 def _gpus_per_node(res):
     if res.get("gres") and "gpu" in str(res.get("gres")):
-        return distributed.gres_gpus(str(res.get("gres")))
+        return preflight.gres_gpus(str(res.get("gres")))
     if res.get("gpu"):
         return -(-int(res.get("gpu")) // int(res.get("nodes") or 1))
     return 0
@@ -180,5 +180,5 @@ def slurm_preflight():
     jobs = [{"rule": job.rule.name, "partition": job.resources.get("slurm_partition"),
              "account": job.resources.get("slurm_account"), "gpus": _gpus_per_node(job.resources)}
             for job in workflow.dag.needrun_jobs()]
-    _user_error(distributed.check_slurm_jobs, jobs)
+    _user_error(preflight.check_slurm_jobs, jobs)
 
