@@ -6,7 +6,8 @@
 #
 # writes OUT_PREFIX-mlflow-runs.png (the experiment's runs table, model runs only),
 # OUT_PREFIX-mlflow-compare.png (the compare view of the model runs) and OUT_PREFIX-report.png
-# (RESULTS_DIR/evaluate/results.html). The MLflow UI listens on 127.0.0.1 only and is stopped on exit.
+# (RESULTS_DIR/evaluate/results.html), OUT_PREFIX-plot-<name>.png for every evaluate/*.png and
+# OUT_PREFIX-status.png (`electra-ds status RESULTS_DIR`). The MLflow UI listens on 127.0.0.1 only and is stopped on exit.
 set -euo pipefail
 results=$(realpath "$1"); experiment=$2; prefix=$3
 venv=${VENV:-.venv}
@@ -36,3 +37,17 @@ filter=$(python3 -c 'import urllib.parse; print(urllib.parse.quote("tags.`electr
 shoot "$base/experiments/$exp_id/runs?searchFilter=$filter" "$prefix-mlflow-runs.png" 900
 shoot "$base/compare-runs?runs=$runs&experiments=[\"$exp_id\"]" "$prefix-mlflow-compare.png" 1600
 shoot "file://$results/evaluate/results.html" "$prefix-report.png" 2400
+# every plot on its own, as a browser shows it, and `electra-ds status` as a terminal shows it
+for png in "$results"/evaluate/*.png; do
+    shoot "file://$png" "$prefix-plot-$(basename "$png")" 1250
+done
+"$venv/bin/electra-ds" status "$results" > "/tmp/electra-ds-status-$$.txt"
+"$venv/bin/python" - "/tmp/electra-ds-status-$$.txt" "$results" <<'PY'
+import html, sys
+text = open(sys.argv[1]).read()
+open(sys.argv[1] + ".html", "w").write(
+    '<html><body style="background:#1e1e1e;color:#ddd;margin:0;padding:12px"><pre style="font:14px monospace">'
+    f"$ electra-ds status {html.escape(sys.argv[2])}\n{html.escape(text)}</pre></body></html>")
+PY
+shoot "file:///tmp/electra-ds-status-$$.txt.html" "$prefix-status.png" 560
+rm -f "/tmp/electra-ds-status-$$.txt" "/tmp/electra-ds-status-$$.txt.html"

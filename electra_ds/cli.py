@@ -26,8 +26,10 @@ STAGES = {
     "evaluate": "Aggregate fine-tuning results into one table (JSON and Markdown).",
     "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
     "tracking-replay": "Send MLflow records spooled while the tracking store was down (<results-dir>/mlflow-spool).",
+    "status": "Where a run stands: stages done, pretraining step/rate/ETA/checkpoint/metrics, fine-tuning jobs.",
 }
-MODULES = {"launch": "distributed", "tracking-replay": "tracking_replay"}  # stages whose module has another name
+# commands that are not pipeline stages (no MLflow run, no tracking options), and modules with another name
+MODULES = {"launch": "distributed", "tracking-replay": "tracking_replay", "status": "status"}
 
 
 def _wildcards(text: str) -> dict:
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
         return args._module.run_launch(args)
     if stage == "tracking-replay":
         return args._module.run_replay(args)
+    if stage == "status":
+        return args._module.run_status(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from electra_ds.settings import check_settings

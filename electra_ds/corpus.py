@@ -222,12 +222,33 @@ def source_labels(sources: list[dict]) -> list[str]:
     return labels
 
 
+def source_bytes(source: dict, field: str) -> int | None:
+    """Total bytes of a local source made of uncompressed text files (an ETA's total), else None."""
+    if source["type"] != "local":
+        return None
+    from electra_ds.progress import file_bytes
+    from electra_ds.readers import _format_of
+
+    total = 0
+    for path, _ in expand_paths(source["paths"], f"{field}.paths"):
+        size = file_bytes(path)
+        if size is None or _format_of(path, source.get("format", "auto")) != "txt":
+            return None
+        total += size
+    return total
+
+
 def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max_chars: int = 0,
-                    on_decode_error: str = "fail", cache_dir=DEFAULT_DOWNLOADS) -> Iterator[dict]:
-    """Normalised, length-filtered records of all sources; fills ``stats`` (per source) as it goes."""
+                    on_decode_error: str = "fail", cache_dir=DEFAULT_DOWNLOADS, tracker=None) -> Iterator[dict]:
+    """Normalised, length-filtered records of all sources; fills ``stats`` (per source) as it goes and reports
+    progress per source (:mod:`electra_ds.progress`)."""
+    from electra_ds.progress import Progress
+
     for i, (source, label) in enumerate(zip(sources, source_labels(sources), strict=True)):
         field = f"corpus.sources[{i}]"
         s = stats.setdefault(label, dict.fromkeys(COUNTS, 0))
+        progress = Progress(f"corpus: source {label}", unit="docs", total_bytes=source_bytes(source, field),
+                            tracker=tracker, logger=log)
         if source["type"] == "demo":
             items = iter_demo()
         elif source["type"] == "local":
@@ -238,12 +259,13 @@ def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max
             items = iter_hf(source, field)
         for doc_id, raw in items:  # raw None: skipped for bytes that are not UTF-8
             s["documents_in"] += 1
-            if raw is None:
+            if raw is None or raw is TOO_LONG:  # TOO_LONG: never read into memory
+                s["too_long"] += raw is TOO_LONG
+                progress.update(1)
                 continue
-            if raw is TOO_LONG:  # never read into memory
-                s["too_long"] += 1
-                continue
-            s["bytes_in"] += len(raw.encode("utf-8"))
+            size = len(raw.encode("utf-8"))
+            s["bytes_in"] += size
+            progress.update(1, size)
             text = normalise_text(raw, s)
             if len(text) < min_chars:
                 s["too_short"] += 1
@@ -254,6 +276,7 @@ def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max
             s["documents_out"] += 1
             s["bytes_out"] += len(text.encode("utf-8"))
             yield {"id": doc_id, "text": text, "source": label}
+        progress.close()
         log.info("source %s: %d of %d documents kept", label, s["documents_out"], s["documents_in"])
 
 
@@ -282,7 +305,7 @@ def run(args, tracker) -> None:
     def checked():
         n = 0
         for record in build_documents(sources, stats, min_chars=args.min_chars, max_chars=args.max_chars,
-                                      cache_dir=cache_dir,
+                                      cache_dir=cache_dir, tracker=tracker,
                                       on_decode_error=args.on_decode_error):
             n += 1
             yield record

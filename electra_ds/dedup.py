@@ -34,6 +34,7 @@ from electra_ds.errors import UserError
 from electra_ds.fileio import open_text, atomic_path, write_json
 from electra_ds.minhash import MinHashConfig, Signer, clusters, near_duplicate_pairs, true_jaccard
 from electra_ds.parallel import batched, ordered_map
+from electra_ds.progress import Progress, file_bytes
 from electra_ds.rows import StackedRows
 from electra_ds.settings import add_settings
 
@@ -115,16 +116,22 @@ def _sign_batch(lines: list[str], first: int, path: str, config: MinHashConfig |
     return (hashes, *_SIGNER["signer"].sign(texts))
 
 
-def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: int = 1) -> dict:
+def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: int = 1, tracker=None) -> dict:
     """Pass 1 over one input file: write its signature directory; return its meta."""
+    import collections
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, blocks = 0, []
     without_shingles = 0
+    sizes: collections.deque = collections.deque()  # bytes of the batches in flight, in order
+    progress = Progress(f"dedup: signing {Path(path).name}", unit="docs", total_bytes=file_bytes(path),
+                        tracker=tracker, logger=log)
 
     def jobs():
         start = 1
         for batch in _batches(path):
+            sizes.append(sum(len(line.encode("utf-8")) for line in batch))
             yield batch, start, str(path), config
             start += len(batch)
 
@@ -133,12 +140,14 @@ def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: i
         for hashes, sigs, keys, ok in ordered_map(_sign_batch, jobs(), workers):
             fh.write(hashes.tobytes())
             n += len(hashes)
+            progress.update(len(hashes), sizes.popleft())
             if sigs is not None:
                 fs.write(sigs.tobytes())
                 fk.write(np.ascontiguousarray(keys).tobytes())
                 fo.write(ok.tobytes())
                 blocks.append(len(hashes))
                 without_shingles += int((~ok).sum())
+    progress.close()
     meta = {"format": SIGNATURE_FORMAT, "documents": n, "blocks": blocks,
             "near": config.as_dict() if config else None, "documents_without_shingles": without_shingles}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -185,7 +194,7 @@ class Signatures:
         return np.concatenate(out)
 
 
-def decide(sigs: Signatures, exact: bool, threshold: float) -> dict:
+def decide(sigs: Signatures, exact: bool, threshold: float, tracker=None) -> dict:
     """Which documents to keep, and why the others go: ``keep``, ``exact`` and ``near`` masks,
     the cluster representative of every document and the near-duplicate counts."""
     n = sigs.n
@@ -199,8 +208,19 @@ def decide(sigs: Signatures, exact: bool, threshold: float) -> dict:
     info = {}
     if sigs.config is not None and n:
         valid = exact_keep & sigs.shingled
-        pairs, est, n_candidates = near_duplicate_pairs(sigs.band_keys, n, sigs.sigs, threshold, sigs.bands, valid)
-        rep = clusters(n, pairs)
+        with Progress("dedup: grouping LSH bands, verifying candidates", total=sigs.bands, unit="bands",
+                      heartbeat=True, tracker=tracker, logger=log) as bands:
+            def band_keys(band: int) -> np.ndarray:
+                if band:  # a band's candidates are collected when the next band's keys are asked for
+                    bands.update(1)
+                return sigs.band_keys(band)
+
+            pairs, est, n_candidates = near_duplicate_pairs(band_keys, n, sigs.sigs, threshold, sigs.bands, valid)
+            bands.update(1)
+        with Progress(f"dedup: clustering {len(pairs)} verified pairs", unit="docs", heartbeat=True,
+                      logger=log) as grouped:
+            rep = clusters(n, pairs)
+            grouped.update(n)
         sizes = np.bincount(rep, minlength=n)
         sizes = sizes[sizes > 1]
         hist = np.bincount(sizes)
@@ -222,11 +242,11 @@ def near_config(args) -> MinHashConfig | None:
 
 
 def dedup_files(inputs: list[Path], output: Path, sig_dirs: list[Path], *, exact: bool = True,
-                config: MinHashConfig | None = None, sample_pairs: int = 20, seed: int = 0) -> dict:
+                config: MinHashConfig | None = None, sample_pairs: int = 20, seed: int = 0, tracker=None) -> dict:
     """Cluster the signed inputs and write the kept documents; return the stats/report."""
     metas = [_load_meta(d, config) for d in sig_dirs]
     sigs = Signatures([Path(d) for d in sig_dirs], metas, config)
-    decision = decide(sigs, exact, config.threshold if config else 1.0)
+    decision = decide(sigs, exact, config.threshold if config else 1.0, tracker)
     keep, rep = decision["keep"], decision["rep"]
     near_ids = np.flatnonzero(decision["near_removed"])
     sampled = set(random.Random(seed).sample(near_ids.tolist(), min(sample_pairs, len(near_ids))))
@@ -236,10 +256,13 @@ def dedup_files(inputs: list[Path], output: Path, sig_dirs: list[Path], *, exact
              "exact_duplicates_removed": int(decision["exact_removed"].sum()),
              "near_duplicates_removed": int(len(near_ids)), "bytes_removed": 0}
     pos = 0
-    with atomic_path(output) as tmp, open_text(tmp, "w", compressed=str(output).endswith(".gz")) as out:
+    with atomic_path(output) as tmp, open_text(tmp, "w", compressed=str(output).endswith(".gz")) as out, \
+            Progress("dedup: writing kept documents", total=sigs.n, unit="docs", tracker=tracker,
+                     logger=log) as progress:
         for path, meta in zip(inputs, metas):
             seen = 0
             for line in _lines(path):
+                progress.update(1, len(line))
                 if pos >= sigs.n or seen >= meta["documents"]:
                     raise UserError(f"has more documents than its signatures ({meta['documents']})", path=path,
                                     fix="rerun the signature job for this part")
@@ -298,7 +321,7 @@ def run(args, tracker) -> None:
         if len(inputs) != 1:
             raise UserError("--sign-only takes one --input part", field="dedup", fix="run one job per part")
         with atomic_path(args.output, is_dir=True) as tmp:
-            meta = sign_documents(inputs[0], tmp, config, args.threads)
+            meta = sign_documents(inputs[0], tmp, config, args.threads, tracker)
         tracker.log_params(settings)
         tracker.log_metrics({"documents_in": meta["documents"]})
         log.info("signed %d documents of %s -> %s", meta["documents"], inputs[0], args.output)
@@ -312,18 +335,18 @@ def run(args, tracker) -> None:
             raise UserError(f"{len(args.signatures)} signature directories for {len(inputs)} inputs",
                             field="dedup", fix="give one --signatures directory per --input part, in order")
         stats = dedup_files(inputs, output, [Path(d) for d in args.signatures], exact=args.exact, config=config,
-                            sample_pairs=args.sample_pairs)
+                            sample_pairs=args.sample_pairs, tracker=tracker)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.work-") as work:
             dirs = []
             for i, path in enumerate(inputs):
                 dirs.append(Path(work) / f"part-{i}")
-                sign_documents(path, dirs[-1], config, args.threads)
+                sign_documents(path, dirs[-1], config, args.threads, tracker)
             if sum(json.loads((d / "meta.json").read_text())["documents"] for d in dirs) == 0:
                 raise UserError("no documents in the input", path=inputs[0], fix="rerun the corpus stage")
             stats = dedup_files(inputs, output, dirs, exact=args.exact, config=config,
-                                sample_pairs=args.sample_pairs)
+                                sample_pairs=args.sample_pairs, tracker=tracker)
     if stats["documents_in"] == 0:
         output.unlink(missing_ok=True)
         raise UserError("no documents in the input", path=inputs[0], fix="rerun the corpus stage")

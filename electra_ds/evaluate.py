@@ -43,7 +43,7 @@ _REQUIRED = ("task", "seed", "dev", "main_metric", "main")
 DEFAULT_MODEL = "model"  # metrics.json files written before models had names
 # What the report and MLflow show of each pretrained model (from its pretrain summary.json).
 PRETRAIN_HEADLINE = ("objective", "steps", "flops", "flops_per_token", "temperature", "mask_prob", "global_batch_size",
-                     "seconds", "model", "final_train", "final_valid")
+                     "seconds", "model", "final_train", "final_valid", "tokens_per_example")
 
 
 SETTINGS = {"evaluate": ("submission_seed", "compare_runs")}
@@ -56,6 +56,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output-html", default=None, help="the same report as one self-contained HTML page")
     p.add_argument("--loss-plot", default=None, help="PNG of the pretraining loss curves")
     p.add_argument("--scores-plot", default=None, help="PNG of the per-task dev scores")
+    p.add_argument("--epochs-plot", default=None, help="PNG of the dev score after each fine-tuning epoch, per seed")
     p.add_argument("--models", nargs="*", default=None,
                    help="model names in report order (the first is the primary model: submission, published "
                         "comparison); default: as they appear in the metrics files")
@@ -234,8 +235,20 @@ def render_report(summary: dict, table: dict, earlier_note: str, images: dict) -
         lines += [f"- note: {n}" for n in sub["notes"]] + [""]
     plots = {k: v for k, v in images.items() if v}
     if plots:
-        lines += ["## Plots", ""] + [f"![{caption}]({Path(path).name})" for caption, path in plots.items()] + [""]
+        lines += ["## Plots", ""]
+        for caption, path in plots.items():
+            lines += [f"### {caption}", "", PLOT_NOTES.get(caption, ""), "", f"![{caption}]({Path(path).name})", ""]
     return "\n".join(lines)
+
+
+PLOT_NOTES = {
+    "Pretraining curves": "Against the optimizer step (top axis: tokens seen). The discriminator's loss has its "
+                          "own axis, with the base-rate entropy H(replaced) it must get below; `rtd_gain` > 0 and "
+                          "ROC AUC > 0.5 mean it does better than guessing from the replacement rate.",
+    "Dev score per task and model": "Bars: median over seeds (its value written in the bar); dots: the seeds.",
+    "Dev score after each fine-tuning epoch": "One line per model and seed (dodged sideways a little so equal "
+                                              "curves stay visible); the reported score is the last epoch's.",
+}
 
 
 def read_pretrain(pairs) -> dict:
@@ -296,11 +309,17 @@ def run(args, tracker) -> None:
     summary["earlier_runs"] = earlier
     table = report.comparison_table(summary, earlier)
     summary["comparison"] = table
-    images = {"Pretraining curves": args.loss_plot, "Dev score per task and model": args.scores_plot}
+    images = {"Pretraining curves": args.loss_plot, "Dev score per task and model": args.scores_plot,
+              "Dev score after each fine-tuning epoch": args.epochs_plot}
     if args.loss_plot:
         histories = {name: plots.read_train_log(p["train_log"]) for name, p in pretrain.items()}
         per_step = {name: p.get("flops", 0.0) / max(p.get("steps", 1), 1) for name, p in pretrain.items()}
-        plots.plot_pretraining(histories, per_step, args.loss_plot)
+        tokens = {name: p.get("global_batch_size", 0) * p.get("tokens_per_example", 0) for name, p in pretrain.items()}
+        plots.plot_pretraining(histories, per_step, args.loss_plot, tokens)
+    if args.epochs_plot:
+        order = list(models)
+        plots.plot_finetune_epochs(sorted(results, key=lambda r: (order.index(r["model"]), r["seed"])),
+                                   args.epochs_plot)
     if args.scores_plot:
         published = {} if not summary["glue_score"]["tasks"] else {
             name: report.PUBLISHED[name]["scores"] for name in ("ELECTRA-Small-OWT (README)", "ELECTRA-Base (README)")}
@@ -327,7 +346,8 @@ def run(args, tracker) -> None:
     tracker.log_metrics(_model_metrics(models[primary]))
     for name, m in models.items():
         tracker.log_metrics({f"{name}.{k}": v for k, v in _model_metrics(m).items()})
-    for path in (json_path, md_path, html_path, args.loss_plot, args.scores_plot, args.submission_zip):
+    for path in (json_path, md_path, html_path, args.loss_plot, args.scores_plot, args.epochs_plot,
+                 args.submission_zip):
         if path:
             tracker.log_artifact(path)
     from electra_ds.tracking import log_model_runs

@@ -385,9 +385,13 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
     """The training loop; scores every dev split after each epoch. Returns (history, steps, last dev scores)."""
     import torch
 
+    from electra_ds.progress import Progress
+
     regression = task.is_regression
     generator = torch.Generator().manual_seed(args.seed)
     history, step, dev_results = [], 0, {}
+    progress = Progress(f"finetune {task.name} seed {args.seed}: training", total=total_steps, unit="steps",
+                        bytes_unit="examples", tracker=tracker, logger=log)
     for epoch in range(1, epochs + 1):
         model.train()
         losses, order = [], torch.randperm(len(enc_train), generator=generator).tolist()
@@ -405,6 +409,7 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             step += 1
+            progress.update(1, len(batch["input_ids"]))
         if not losses:
             break
         dev_results = {}
@@ -415,7 +420,9 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
         history.append({"epoch": epoch, "steps": step, "train_loss": train_loss,
                         "dev": dev_results["dev"] if list(dev_results) == ["dev"] else dev_results})
         tracker.log_metrics({"train_loss": train_loss, **dev_results}, step=epoch)
-        log.info("epoch %d: train loss %.4f, %s", epoch, train_loss, dev_results)
+        log.info("epoch %d/%d (step %d/%d): train loss %.4f, dev %s", epoch, epochs, step, total_steps, train_loss,
+                 dev_results)
+    progress.close()
     return history, step, dev_results
 
 

@@ -2,10 +2,13 @@
 
 * :func:`read_train_log`: a pretraining run's ``train_log.jsonl`` (one JSON object per log interval or
   validation pass, written by :mod:`electra_ds.pretrain`);
-* :func:`plot_pretraining`: the curves of every pretrained model against pretraining FLOPs, so models of
-  an equal-compute study line up: generator (MLM) loss, discriminator loss beside the base-rate entropy
-  it must beat, ``rtd_gain`` and discriminator ROC AUC, generator accuracy;
+* :func:`plot_pretraining`: the curves of every pretrained model against the optimizer step (top axis:
+  tokens seen, or FLOPs): total loss, generator loss and accuracy, discriminator loss on its own axis with
+  the base-rate entropy it must beat, ``rtd_gain`` and discriminator ROC AUC;
+* :func:`plot_finetune_epochs`: dev main metric after each fine-tuning epoch, per task, model and seed;
 * :func:`plot_task_scores`: main dev score per task and model (bars: median over seeds; dots: seeds).
+
+Every figure has a title, labelled axes and a legend outside the axes (it never hides data).
 """
 
 from __future__ import annotations
@@ -37,56 +40,175 @@ def _pyplot():
     return plt
 
 
-def _flops(record: dict, flops_per_step: float) -> float:
-    return record.get("flops", record["step"] * flops_per_step)
+def _same(values: dict) -> float | None:
+    vals = [v for v in values.values() if v]
+    return vals[0] if vals and all(abs(v - vals[0]) <= 1e-9 * abs(vals[0]) for v in vals) else None
 
 
-def plot_pretraining(histories: dict, flops_per_step: dict, path) -> None:
-    """``histories``: model name -> :func:`read_train_log` result; ``flops_per_step``: model name -> FLOPs."""
+def _second_axis(histories: dict, flops_per_step: dict, tokens_per_step: dict) -> tuple:
+    """(factor, label) of the top axis: tokens per step when every model shares it, else FLOPs per step when
+    shared, else the first model's tokens (or FLOPs) named as such; (None, None) when nothing is known."""
+    names = list(histories)
+    tokens = {n: (tokens_per_step or {}).get(n, 0) for n in names}
+    flops = {n: flops_per_step.get(n, 0) for n in names}
+    if _same(tokens):
+        return _same(tokens), "tokens seen (incl. padding)"
+    if _same(flops):
+        return _same(flops), "pretraining FLOPs"
+    for name in names:
+        if tokens[name]:
+            return tokens[name], f"tokens seen by {name}"
+        if flops[name]:
+            return flops[name], f"pretraining FLOPs of {name}"
+    return None, None
+
+
+# (key, panel title, y label); the discriminator's panels stay empty for MLM-only models
+PRETRAIN_PANELS = (
+    ("loss", "total loss (generator + weighted discriminator)", "loss (nats, weighted sum)"),
+    ("gen_loss", "generator: masked-LM loss", "cross-entropy (nats per masked token)"),
+    ("gen_acc", "generator: accuracy at masked positions", "accuracy (fraction)"),
+    ("disc_loss", "discriminator loss vs the base rate it must beat", "cross-entropy (nats per token)"),
+    ("rtd_gain", "learning signal: rtd_gain = 1 - disc_loss / H(replaced)", "rtd_gain (fraction of H)"),
+    ("disc_auc", "discriminator ROC AUC (replaced vs original)", "ROC AUC"),
+)
+
+
+def plot_pretraining(histories: dict, flops_per_step: dict, path, tokens_per_step: dict | None = None) -> None:
+    """Six panels against the optimizer step (top axis: tokens seen, or FLOPs): total loss, generator loss
+    and accuracy, discriminator loss on its own axis with the base-rate entropy H(replaced) it must beat
+    drawn as a reference line, rtd_gain (0 = the base rate) and discriminator ROC AUC (0.5 = chance).
+    Lines: training log intervals; dots: validation passes. ``histories``: model name ->
+    :func:`read_train_log` result; ``flops_per_step`` / ``tokens_per_step``: model name -> per step."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    (ax_gen, ax_disc), (ax_gain, ax_acc) = axes
+    from matplotlib.ticker import EngFormatter
+
+    fig, axes = plt.subplots(3, 2, figsize=(13, 12))
+    panels = dict(zip((k for k, _, _ in PRETRAIN_PANELS), axes.flat))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = False
     for i, (name, history) in enumerate(histories.items()):
         color = colors[i % len(colors)]
-        per_step = flops_per_step.get(name, 0.0)
-        for split, style in (("train", "-"), ("valid", "o--")):
+        for split, style in (("train", dict(linestyle="-", linewidth=1.3)),
+                             ("valid", dict(linestyle="none", marker="o", markersize=5, markeredgecolor="black",
+                                            markeredgewidth=0.5))):
             records = history.get(split, [])
             if not records:
                 continue
             drawn = True
-            x = [_flops(r, per_step) for r in records]
-            label = f"{name} ({split})"
-            ax_gen.plot(x, [r["gen_loss"] for r in records], style, color=color, label=label, markersize=4)
-            ax_acc.plot(x, [r["gen_acc"] for r in records], style, color=color, label=label, markersize=4)
-            if "disc_loss" in records[0]:
-                ax_disc.plot(x, [r["disc_loss"] for r in records], style, color=color, label=label, markersize=4)
-                if split == "train":
-                    ax_disc.plot(x, [r["base_entropy"] for r in records], ":", color=color, linewidth=1,
-                                 label=f"{name}: base-rate entropy H(replaced)")
-                ax_gain.plot(x, [r["rtd_gain"] for r in records], style, color=color, markersize=4,
-                             label=f"{name} rtd_gain ({split})")
-                if split == "valid":
-                    ax_gain.plot(x, [r["disc_auc"] for r in records], "s:", color=color, markersize=4,
-                                 label=f"{name} disc ROC AUC (valid)")
-    titles = {ax_gen: ("generator / MLM loss", "loss (nats per masked token)"),
-              ax_disc: ("discriminator loss vs the base rate it must beat", "loss (nats per token)"),
-              ax_gain: ("learning signal: rtd_gain = 1 - disc_loss / H(replaced)", "rtd_gain, ROC AUC"),
-              ax_acc: ("generator / MLM accuracy at masked positions", "accuracy")}
-    for ax, (title, ylabel) in titles.items():
+            label = f"{name}: {'training (log intervals)' if split == 'train' else 'validation'}"
+            for key, ax in panels.items():
+                points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points), color=color, label=label, **style)
+            base = [(r["step"], r["base_entropy"]) for r in records if r.get("base_entropy") is not None]
+            if split == "train" and base:
+                panels["disc_loss"].plot(*zip(*base), ":", color=color, linewidth=1.5,
+                                         label=f"{name}: base-rate entropy H(replaced)")
+    refs = {"rtd_gain": (0.0, "rtd_gain 0: no better than the base rate"), "disc_auc": (0.5, "ROC AUC 0.5: chance")}
+    factor, second = _second_axis(histories, flops_per_step, tokens_per_step)
+    for key, title, ylabel in PRETRAIN_PANELS:
+        ax = panels[key]
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("pretraining FLOPs")
+        ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no data (no replaced-token detection: MLM objective)" if drawn else
+                    "no pretraining log", ha="center", va="center", transform=ax.transAxes, color="gray")
+            continue
+        if key in refs:
+            ax.axhline(refs[key][0], color="black", linewidth=0.8, linestyle="--", label=refs[key][1])
+        if factor:
+            top = ax.secondary_xaxis("top", functions=(lambda x, f=factor: x * f, lambda x, f=factor: x / f))
+            top.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
+            top.set_xlabel(second, fontsize=8)
+            top.tick_params(labelsize=8)
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    rows = 0
+    if labels:
+        columns = min(3, len(labels))
+        rows = -(-len(labels) // columns)
+        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=columns, fontsize=9,
+                   frameon=False)
+    fig.suptitle("Pretraining curves (lines: training log intervals; dots: validation passes)", fontsize=13)
+    fig.tight_layout(rect=(0, 0.025 * rows + 0.01, 1, 0.98))  # the legend sits below the panels, never on data
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _dev_value(dev: dict, metric: str):
+    value = dev
+    for part in metric.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, (int, float)) else None
+
+
+def plot_finetune_epochs(results: list, path) -> None:
+    """Dev main metric after each fine-tuning epoch: one panel per task, one line per (model, seed) from each
+    metrics.json's ``history`` (colour: model; line style and marker: seed)."""
+    plt = _pyplot()
+    tasks, models, seeds = [], [], []
+    for r in results:
+        for lst, v in ((tasks, r["task"]), (models, r.get("model", "model")), (seeds, r["seed"])):
+            if v not in lst:
+                lst.append(v)
+    seeds.sort()
+    columns = min(4, max(1, len(tasks)))
+    n_rows = max(1, -(-len(tasks) // columns))
+    fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns + 0.5, 3.6 * n_rows + 1.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")
+    for ax, task in zip(axes.flat, tasks):
+        metric = next(r["main_metric"] for r in results if r["task"] == task)
+        for r in (r for r in results if r["task"] == task):
+            points = [(h["epoch"], _dev_value(h.get("dev", {}), r["main_metric"])) for h in r.get("history", [])]
+            points = [(e, 100 * v) for e, v in points if v is not None]
+            if not points:
+                continue
+            m, k = models.index(r.get("model", "model")), seeds.index(r["seed"])
+            # dodged a little sideways, so equal curves of two seeds or models stay visible side by side
+            lane = m * len(seeds) + k - (len(models) * len(seeds) - 1) / 2
+            shift = 0.25 * lane / max(1, len(models) * len(seeds))
+            ax.plot([e + shift for e, _ in points], [v for _, v in points], color=colors[m % len(colors)],
+                    linestyle=styles[k % len(styles)], marker=markers[k % len(markers)], markersize=5, alpha=0.9,
+                    label=f"{r.get('model', 'model')} seed {r['seed']}")
+        ax.set_title(f"{task}: dev {metric}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"dev {metric.split('.')[-1]} (%)")
+        ax.grid(alpha=0.3)
+        epochs = sorted({round(x) for line in ax.lines for x in line.get_xdata()})
+        if epochs:
+            ax.set_xticks(epochs)
         else:
-            ax.text(0.5, 0.5, "no data (no replaced-token detection)" if drawn else "no pretraining log",
-                    ha="center", va="center", transform=ax.transAxes)
-    ax_gain.axhline(0, color="black", linewidth=0.5)
-    fig.suptitle("pretraining curves (solid: training log intervals; dots: validation)")
-    fig.tight_layout()
+            ax.text(0.5, 0.5, "no per-epoch history", ha="center", va="center", transform=ax.transAxes, color="gray")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    if not tasks:
+        axes.flat[0].set_visible(True)
+        axes.flat[0].text(0.5, 0.5, "no fine-tuning results", ha="center", va="center")
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    rows = 0
+    if labels:
+        ncol = min(6, len(labels))
+        rows = -(-len(labels) // ncol)
+        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=8,
+                   frameon=False)
+    fig.suptitle("Fine-tuning: main dev metric after each epoch (colour: model; line style: seed)", fontsize=12)
+    fig.tight_layout(rect=(0, min(0.4, (0.03 * rows + 0.01) * 3 / (n_rows + 2)), 1, 0.97))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -102,6 +224,7 @@ def plot_task_scores(model_summaries: dict, path, published: dict | None = None)
     n_models = max(1, len(model_summaries))
     width = 0.8 / n_models
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(tasks) * max(1, n_models / 2) + 2), 5))
+    labelled = []
     for m, (name, summary) in enumerate(model_summaries.items()):
         xs, medians = [], []
         for x, task in enumerate(tasks):
@@ -114,6 +237,14 @@ def plot_task_scores(model_summaries: dict, path, published: dict | None = None)
             values = [100 * v for v in t["main"]["values"]]
             ax.plot([pos] * len(values), values, "k.", markersize=4)
         ax.bar(xs, medians, width=width * 0.95, alpha=0.75, label=f"{name} (median over seeds)")
+        labelled += list(zip(xs, medians))
+    # each median written inside its bar, away from the seed dots; a bar too short for that (a 0 bar is no bar)
+    # gets it just above the axis
+    top = max([abs(v) for _, v in labelled] + [1.0])
+    for x, v in labelled:
+        inside = abs(v) >= 0.12 * top
+        ax.text(x, v / 2 if inside else max(v, 0) + 0.03 * top, f"{v:.1f}", ha="center",
+                va="center" if inside else "bottom", fontsize=8)
     for marker, (label, scores) in zip(("^", "v", "s"), (published or {}).items()):
         pts = [(x, scores[t]) for x, t in enumerate(tasks) if t in scores]
         if pts:
@@ -123,6 +254,7 @@ def plot_task_scores(model_summaries: dict, path, published: dict | None = None)
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([f"{t}\n{metric[t]}" for t in tasks], fontsize=8)
     ax.set_ylabel("dev score (%)")
+    ax.set_xlabel("task and its main dev metric")
     ax.set_title("Fine-tuning: main dev metric per task and model (dots: seeds)")
     ax.axhline(0, color="black", linewidth=0.5)
     handles, labels = ax.get_legend_handles_labels()

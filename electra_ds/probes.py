@@ -22,7 +22,7 @@ from pathlib import Path
 
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
-from electra_ds.fileio import atomic_path, read_jsonl, write_json
+from electra_ds.fileio import atomic_path, write_json
 from electra_ds.splits import document_split
 from electra_ds.text import SENTENCE_END
 
@@ -126,8 +126,12 @@ def write_adjacency(task_dir: Path, splits: dict) -> None:
 
 
 def run(args, tracker) -> None:
+    from electra_ds import progress
+
     by_split = {"train": [], "dev": [], "test": []}
-    for doc in read_jsonl(args.input):
+    reading = progress.Progress("probes: reading held-out documents", unit="docs",
+                                total_bytes=progress.file_bytes(args.input), tracker=tracker, logger=log)
+    for doc in progress.read_jsonl(args.input, reading):
         if document_split(doc["id"], valid_fraction=args.valid_fraction, heldout_fraction=args.heldout_fraction,
                           seed=args.seed) != "heldout":
             continue
@@ -135,6 +139,7 @@ def run(args, tracker) -> None:
         if sentences:
             part = document_split(doc["id"], valid_fraction=0.2, heldout_fraction=0.2, seed=args.seed + 1)
             by_split[{"heldout": "test", "valid": "dev", "train": "train"}[part]].append(sentences)
+    reading.close()
 
     rng = random.Random(args.seed)
     tasks = {"probe-acceptability": ({}, write_acceptability, acceptability_examples),

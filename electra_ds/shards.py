@@ -35,7 +35,7 @@ from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
-from electra_ds.fileio import atomic_path, read_jsonl, sha256_file, write_json
+from electra_ds.fileio import atomic_path, sha256_file, write_json
 from electra_ds.parallel import batched, ordered_map
 from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
 from electra_ds.splits import document_split
@@ -346,9 +346,13 @@ def run(args, tracker) -> None:
                 "heldout_fraction": args.heldout_fraction, "short_seq_prob": args.short_seq_prob,
                 "seed": args.seed, "examples_per_shard": args.examples_per_shard, "packing": args.packing}
     tracker.log_params(settings)
+    from electra_ds import progress
+
     with atomic_path(args.output_dir, is_dir=True) as tmp:
-        result = write_shards(read_jsonl(args.input), sp, tmp, workers=args.threads,
-                              **{k: v for k, v in settings.items()})
+        with progress.Progress("shards: tokenizing and packing", unit="docs",
+                               total_bytes=progress.file_bytes(args.input), tracker=tracker, logger=log) as reading:
+            result = write_shards(progress.read_jsonl(args.input, reading), sp, tmp, workers=args.threads,
+                                  **{k: v for k, v in settings.items()})
         if result["splits"]["train"]["examples"] == 0:
             raise UserError("no training examples (every document went to valid/held-out, or none had text)",
                             path=args.input, fix="add text or lower --valid-fraction/--heldout-fraction")

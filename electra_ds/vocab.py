@@ -23,7 +23,7 @@ from electra_ds import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
-from electra_ds.fileio import atomic_path, read_jsonl
+from electra_ds.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,40 @@ def _reservoir_add(reservoir: list, item, seen: int, size: int, rng: random.Rand
 
 def train_sentencepiece(lines: list[str], model_prefix: Path, *, vocab_size: int, model_type: str = "unigram",
                         character_coverage: float = 0.9999, byte_fallback: bool = False, threads: int = 1,
-                        seed: int = 0) -> None:
-    """Train ``<model_prefix>.model``/``.vocab`` with ELECTRA's special ids; UserError if it cannot."""
+                        seed: int = 0, tracker=None) -> None:
+    """Train ``<model_prefix>.model``/``.vocab`` with ELECTRA's special ids; UserError if it cannot.
+
+    Progress: the lines fed to the trainer are counted; then, while sentencepiece trains (no callback),
+    a heartbeat says it is still running."""
     import sentencepiece as spm
+
+    from electra_ds.progress import Progress
 
     spm.set_random_generator_seed(seed)
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
+    phases: list = []
+
+    def feed():
+        with Progress("vocab: loading sentences into sentencepiece", total=len(lines), unit="lines",
+                      tracker=tracker, logger=log) as loading:
+            for line in lines:
+                loading.update(1, len(line.encode("utf-8")))
+                yield line
+        phases.append(Progress(f"vocab: training the {model_type} model (vocab {vocab_size})", unit="lines",
+                               heartbeat=True, logger=log))
+
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_prefix=str(model_prefix), vocab_size=vocab_size,
+            sentence_iterator=feed(), model_prefix=str(model_prefix), vocab_size=vocab_size,
             model_type=model_type, character_coverage=character_coverage, byte_fallback=byte_fallback,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=CLS_ID, eos_id=SEP_ID,
             pad_piece=pad, unk_piece=unk, bos_piece=cls, eos_piece=sep, control_symbols=[mask],
             input_sentence_size=0, shuffle_input_sentence=False, num_threads=threads, minloglevel=2)
+        for phase in phases:
+            phase.close()
     except RuntimeError as exc:
+        for phase in phases:
+            phase.__exit__(RuntimeError, exc, None)
         too_high = _TOO_HIGH.search(str(exc))
         if too_high:
             raise UserError(f"--vocab-size {vocab_size} is more than the training text supports: sentencepiece "
@@ -169,14 +189,19 @@ def run(args, tracker) -> None:
     params = {k: getattr(args, k) for k in ("vocab_size", "model_type", "sample_sentences", "character_coverage",
                                             "byte_fallback", "seed", "threads")}
     tracker.log_params(params)
-    train, heldout, total = sample_sentences(read_jsonl(args.input), args.sample_sentences, args.seed)
+    from electra_ds import progress
+
+    with progress.Progress("vocab: sampling lines", unit="docs", total_bytes=progress.file_bytes(args.input),
+                           tracker=tracker, logger=log) as reading:
+        train, heldout, total = sample_sentences(progress.read_jsonl(args.input, reading), args.sample_sentences,
+                                                 args.seed)
     if not train:
         raise UserError("no text lines to train on", path=args.input, fix="check the corpus and dedup outputs")
     log.info("training %s vocab of %d on %d of %d lines", args.model_type, args.vocab_size, len(train), total)
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         train_sentencepiece(train, tmp / "spm", vocab_size=args.vocab_size, model_type=args.model_type,
                             character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
-                            threads=args.threads, seed=args.seed)
+                            threads=args.threads, seed=args.seed, tracker=tracker)
         sp = spm.SentencePieceProcessor(model_file=str(tmp / "spm.model"))
         tokenizer = fast_tokenizer_from_spm(tmp / "spm.model")
         if len(tokenizer) != sp.get_piece_size():

@@ -60,7 +60,8 @@ def test_plots_are_pngs_even_without_data(tmp_path):
     (tmp_path / "mlm.jsonl").write_text(MLM_LOG)
     histories = {"electra": plots.read_train_log(tmp_path / "electra.jsonl"),
                  "mlm": plots.read_train_log(tmp_path / "mlm.jsonl")}
-    plots.plot_pretraining(histories, {"electra": 1e9, "mlm": 0.9e9}, tmp_path / "loss.png")
+    plots.plot_pretraining(histories, {"electra": 1e9, "mlm": 0.9e9}, tmp_path / "loss.png",
+                           {"electra": 8192, "mlm": 8192})
     plots.plot_pretraining({}, {}, tmp_path / "empty.png")
     plots.plot_task_scores({"electra": summary(), "scratch": summary()}, tmp_path / "scores.png",
                            {"ELECTRA-Base (README)": PUBLISHED["ELECTRA-Base (README)"]["scores"]})
@@ -161,3 +162,109 @@ def test_earlier_runs_from_a_real_store(tmp_path, monkeypatch):
         runs, note = earlier_runs(uri, exclude_run_id=current.run_id)
     assert [r["run_id"] for r in runs] == [old.run_id] and "1 earlier evaluate run" in note
     assert runs[0]["metrics"] == {"cola.main": 0.25, "glue_score": 0.4}
+
+
+def test_second_axis_of_the_pretraining_plot():
+    histories = {"a": {}, "b": {}}
+    assert plots._second_axis(histories, {"a": 1e9, "b": 2e9}, {"a": 8192, "b": 8192}) == (8192, "tokens seen (incl. padding)")
+    assert plots._second_axis(histories, {"a": 1e9, "b": 1e9}, {"a": 8192, "b": 4096}) == (1e9, "pretraining FLOPs")
+    assert plots._second_axis(histories, {"a": 1e9, "b": 2e9}, {"a": 8192, "b": 4096}) == (8192, "tokens seen by a")
+    assert plots._second_axis(histories, {}, {}) == (None, None)
+
+
+def finetune_result(task, seed, model, values, metric="accuracy", nested=None):
+    history = []
+    for epoch, v in enumerate(values, 1):
+        dev = {metric: v} if nested is None else {split: {metric: v} for split in nested}
+        history.append({"epoch": epoch, "steps": 10 * epoch, "train_loss": 0.5, "dev": dev})
+    main_metric = metric if nested is None else f"{nested[0]}.{metric}"
+    return {"task": task, "seed": seed, "model": model, "main_metric": main_metric, "main": values[-1],
+            "history": history}
+
+
+def test_finetune_epochs_plot(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    results = [finetune_result("rte", s, m, [0.5, 0.55 + 0.01 * s, 0.6]) for m in ("electra", "scratch")
+               for s in (1, 2, 3)]
+    results.append(finetune_result("mnli", 1, "electra", [0.7, 0.75], nested=["dev_matched", "dev_mismatched"]))
+    results.append({"task": "cola", "seed": 1, "model": "electra", "main_metric": "mcc", "main": 0.1})  # no history
+    drawn = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        drawn["lines"] = {ax.get_title(): [list(line.get_ydata()) for line in ax.lines] for ax in fig.axes}
+        drawn["legend"] = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    plots.plot_finetune_epochs(results, tmp_path / "epochs.png")
+    assert (tmp_path / "epochs.png").read_bytes().startswith(PNG_MAGIC)
+    assert len(drawn["lines"]["rte: dev accuracy"]) == 6
+    assert drawn["lines"]["mnli: dev dev_matched.accuracy"] == [[70.0, 75.0]]
+    assert drawn["lines"]["cola: dev mcc"] == []
+    assert "electra seed 1" in drawn["legend"] and "scratch seed 3" in drawn["legend"]
+    plots.plot_finetune_epochs([], tmp_path / "none.png")
+    assert (tmp_path / "none.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_pretraining_plot_panels(tmp_path, monkeypatch):
+    """Discriminator loss on its own axis with the base rate beside it; reference lines; a legend outside."""
+    import matplotlib.pyplot as plt
+
+    (tmp_path / "log.jsonl").write_text(TRAIN_LOG)
+    seen = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        for ax in fig.axes:
+            seen[ax.get_title()] = (ax.get_xlabel(), ax.get_ylabel(), [line.get_label() for line in ax.lines],
+                                    ax.get_ylim())
+        seen["legends on axes"] = [ax for ax in fig.axes if ax.get_legend() is not None]
+        seen["figure legend"] = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    plots.plot_pretraining({"electra": plots.read_train_log(tmp_path / "log.jsonl")}, {"electra": 1e9},
+                           tmp_path / "loss.png", {"electra": 8192})
+    disc = seen["discriminator loss vs the base rate it must beat"]
+    assert disc[0] == "optimizer step" and "nats per token" in disc[1]
+    assert "electra: base-rate entropy H(replaced)" in disc[2]
+    assert disc[3][1] < 1.0  # its own axis: not shared with the generator's loss (about 8)
+    assert "rtd_gain 0: no better than the base rate" in seen["learning signal: rtd_gain = 1 - disc_loss / H(replaced)"][2]
+    assert "ROC AUC 0.5: chance" in seen["discriminator ROC AUC (replaced vs original)"][2]
+    assert "total loss (generator + weighted discriminator)" in seen
+    assert seen["legends on axes"] == [] and "electra: validation" in seen["figure legend"]
+
+
+def test_full_report_renders(tmp_path, monkeypatch):
+    """The evaluate stage's HTML page: every plot embedded, no Markdown source left as text."""
+    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "0")
+    from electra_ds.cli import main
+
+    paths = []
+    for model in ("electra", "scratch"):
+        for seed in (1, 2):
+            for task, metric in (("rte", "accuracy"), ("probe-adjacency", "accuracy")):
+                data = finetune_result(task, seed, model, [0.5, 0.6 + 0.01 * seed], metric)
+                data["dev"] = data["history"][-1]["dev"]
+                path = tmp_path / "ft" / model / task / f"seed{seed}" / "metrics.json"
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps(data))
+                paths.append(str(path))
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    (pre / "train_log.jsonl").write_text(TRAIN_LOG)
+    (pre / "summary.json").write_text(json.dumps({"objective": "electra", "steps": 8, "flops": 8e9,
+                                                  "global_batch_size": 64, "tokens_per_example": 128}))
+    out = tmp_path / "evaluate"
+    assert main(["evaluate", "--metrics", *paths, "--output-json", str(out / "results.json"),
+                 "--output-md", str(out / "results.md"), "--output-html", str(out / "results.html"),
+                 "--loss-plot", str(out / "pretrain_loss.png"), "--scores-plot", str(out / "task_scores.png"),
+                 "--epochs-plot", str(out / "finetune_epochs.png"), "--models", "electra", "scratch",
+                 "--pretrain-dirs", f"electra={pre}", "--results-dir", str(tmp_path)]) == 0
+    md = (out / "results.md").read_text()
+    assert "![Dev score after each fine-tuning epoch](finetune_epochs.png)" in md
+    page = (out / "results.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "<li>" in page
+    assert_no_raw_markdown(page)
