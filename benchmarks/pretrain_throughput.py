@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, flops_per_token, mask_positions
-from electra_ds.pretrain import param_groups
+
 
 SHAPES = {  # discriminator shapes; generator = generator_fraction of the width
     "tiny": dict(embedding_size=128, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
@@ -81,7 +81,7 @@ class ReferenceElectra(torch.nn.Module):
 def time_loop(model, batches, steps: int, warmup: int, autocast_dtype=None) -> float:
     """Seconds per optimizer step (median of ``steps`` after ``warmup``)."""
     device = batches[0].device
-    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, eps=1e-6)
+    opt = torch.optim.AdamW(ElectraPretrainer.param_groups(model, 0.01), lr=1e-4, eps=1e-6)  # same groups for both
     times = []
     for i in range(warmup + steps):
         ids = batches[i % len(batches)]

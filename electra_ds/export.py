@@ -14,19 +14,23 @@ from pathlib import Path
 
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path, read_json
+from electra_ds.progress import Progress
+from electra_ds.settings import add_settings
 
 log = logging.getLogger(__name__)
+
+
+SETTINGS = {"pretrain": ("model",), "": ("seed",)}
 
 
 def add_arguments(p) -> None:
     p.add_argument("--pretrain-summary", default=None, help="summary.json written by the pretrain stage")
     p.add_argument("--scratch", action="store_true",
                    help="no checkpoint: write the architecture of --model with random weights (the scratch baseline)")
-    p.add_argument("--model", default="{}", help="with --scratch: JSON model shape (as pretrain --model)")
-    p.add_argument("--seed", type=int, default=0, help="with --scratch: seed of the random initialisation")
     p.add_argument("--tokenizer-dir", required=True, help="tokenizer directory from the vocab stage")
     p.add_argument("--output-dir", required=True, help="gets discriminator/ and generator/")
     p.add_argument("--tag", default=None, help="checkpoint tag to export (default: the summary's final one)")
+    add_settings(p, SETTINGS)  # used with --scratch: the architecture and the seed of its random weights
 
 
 def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
@@ -69,28 +73,17 @@ def run(args, tracker) -> None:
     summary = read_json(args.pretrain_summary)
     tag = args.tag or summary["tag"]
     shape = ModelShape(**summary["model"])
-    objective = summary.get("objective", "electra")
-    state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
-    model = ElectraPretrainer(shape, objective=objective)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied/shared tensors may be stored once under either name.
-    tied = {"generator.generator_lm_head.weight"} | {k for k in missing if k.startswith("generator.electra.embeddings.")}
-    if set(missing) - tied or unexpected:
-        raise UserError(f"checkpoint does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                        f"unexpected {sorted(unexpected)[:5]})", path=summary["checkpoint_dir"])
-    model.eval()
-    if objective == "mlm":
-        # The MLM baseline has no discriminator: fine-tuning starts from its encoder, so export it as one
-        # (a new, untrained replaced-token head on top) next to the MLM itself.
-        from transformers import ElectraForPreTraining
-
-        model.discriminator = ElectraForPreTraining(model.generator.config)
-        model.discriminator.electra.load_state_dict(model.generator.electra.state_dict())
-        model.discriminator.eval()
+    objective = summary["objective"]
+    with Progress(f"export: consolidating {tag}", unit="files", heartbeat=True, tracker=tracker, logger=log):
+        state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
+    try:
+        nets = ElectraPretrainer.from_training_state(shape, objective, state).exported()
+    except ValueError as exc:
+        raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=summary["checkpoint_dir"]) from None
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:
-        for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
+        for name, net in nets.items():
             net.save_pretrained(tmp / name, safe_serialization=True)
             tokenizer.save_pretrained(tmp / name)
         # Check: the exported models reproduce the training model's outputs.
@@ -100,8 +93,8 @@ def run(args, tracker) -> None:
         gen = AutoModelForMaskedLM.from_pretrained(tmp / "generator").eval()
         with torch.no_grad():
             diffs = {
-                "discriminator": (disc(ids, **kwargs).logits - model.discriminator(ids, **kwargs).logits).abs().max().item(),
-                "generator": (gen(ids, **kwargs).logits - model.generator(ids, **kwargs).logits).abs().max().item(),
+                "discriminator": (disc(ids, **kwargs).logits - nets["discriminator"](ids, **kwargs).logits).abs().max().item(),
+                "generator": (gen(ids, **kwargs).logits - nets["generator"](ids, **kwargs).logits).abs().max().item(),
             }
         if max(diffs.values()) > 1e-4:
             raise RuntimeError(f"exported models differ from the trained model: {diffs}")
@@ -122,8 +115,8 @@ def export_scratch(args, tracker) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
     try:
-        shape = ModelShape(vocab_size=len(tokenizer), **json.loads(args.model))
-    except (TypeError, ValueError) as exc:
+        shape = ModelShape(vocab_size=len(tokenizer), **args.model)
+    except TypeError as exc:
         raise UserError(f"not a model shape: {exc}", field="--model") from None
     torch.manual_seed(args.seed)
     model = ElectraPretrainer(shape).eval()

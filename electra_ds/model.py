@@ -152,6 +152,39 @@ class ElectraPretrainer(nn.Module):
         self.generator.electra.embeddings = self.discriminator.electra.embeddings
         self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
 
+    @classmethod
+    def from_training_state(cls, shape: ModelShape, objective: str, state: dict) -> "ElectraPretrainer":
+        """The model holding a consolidated training state dict (a tensor tied or shared between generator and
+        discriminator may be stored once, under either name). ValueError when the state does not fit."""
+        model = cls(shape, objective=objective)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"generator.generator_lm_head.weight"} | {k for k in missing
+                                                          if k.startswith("generator.electra.embeddings.")}
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return model.eval()
+
+    def exported(self) -> dict:
+        """The Hugging Face models to publish, ``{"discriminator": ElectraForPreTraining, "generator":
+        ElectraForMaskedLM}``. The MLM baseline has no discriminator: fine-tuning starts from its encoder, so
+        its encoder is published as one (with a new, untrained replaced-token head)."""
+        if self.discriminator is None:
+            from transformers import ElectraForPreTraining
+
+            disc = ElectraForPreTraining(self.generator.config)
+            disc.electra.load_state_dict(self.generator.electra.state_dict())
+            return {"discriminator": disc.eval(), "generator": self.generator}
+        return {"discriminator": self.discriminator, "generator": self.generator}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups: weight decay on matrices, none on biases, LayerNorm and other vectors."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def forward(self, input_ids: torch.Tensor, seeds=None, gen_denominator: float | None = None,
                 disc_denominator: float | None = None) -> dict:
         """One pretraining step on ``input_ids`` (B, L).

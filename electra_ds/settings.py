@@ -75,6 +75,28 @@ def json_value(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); e.g. '[{{\"type\": \"demo\"}}]' or a JSON file")
 
 
+def default(spec: dict):
+    """A field's default; for an object with declared fields, their defaults under the given one (as Snakemake's
+    validation fills a config)."""
+    value = spec.get("default")
+    if _types(spec) == ["object"] and "properties" in spec:
+        nested = {k: default(v) for k, v in spec["properties"].items() if "default" in v}
+        return {**nested, **(value or {})}
+    return value
+
+
+class _ObjectOption:
+    """An object option: JSON (or a JSON file) merged over the field's defaults, like a config section."""
+
+    def __init__(self, spec: dict):
+        self.defaults = default(spec)
+        self.__name__ = "JSON object"
+
+    def __call__(self, text: str):
+        value = json_value(text)
+        return {**self.defaults, **value} if isinstance(value, dict) else value
+
+
 def add_settings(parser, settings: Settings, **overrides) -> None:
     """One option per field of ``settings``, with the schema's default, type, choices and description.
     ``overrides`` (by field name) adjust an option, e.g. ``required=True`` for a stage that needs a value."""
@@ -83,7 +105,7 @@ def add_settings(parser, settings: Settings, **overrides) -> None:
         for name in names:
             spec = node(section, name)
             field = f"{section}.{name}" if section else name
-            kwargs = {"dest": name, "default": spec.get("default"),
+            kwargs = {"dest": name, "default": default(spec),
                       "help": f"{field}: {' '.join(str(spec.get('description', '')).split())}".rstrip(": ")}
             if _types(spec) == ["boolean"]:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -93,6 +115,8 @@ def add_settings(parser, settings: Settings, **overrides) -> None:
                     kwargs["choices"] = spec["enum"]
                 if kwargs["type"] is json_value:
                     kwargs["metavar"] = "JSON"
+                    if _types(spec) == ["object"] and "properties" in spec:
+                        kwargs["type"] = _ObjectOption(spec)
             kwargs.update(overrides.get(name, {}))
             group.add_argument(flag(name), **kwargs)
 

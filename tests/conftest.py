@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import helpers
 
 # Tests never reach the Hub or the web; DeepSpeed uses its CPU accelerator; MLflow is off unless a
 # test turns it on with its own store.
@@ -19,35 +19,22 @@ os.environ.setdefault("ELECTRA_DS_MLFLOW", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def shared_data_dir() -> Path | None:
-    candidates = [os.environ.get("ELECTRA_DS_SHARED_DATA"), REPO.parent / "shared" / "data"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    path = shared_data_dir()
-    if path is None:
-        pytest.skip("real data folder ../shared/data is absent (set ELECTRA_DS_SHARED_DATA to use another)")
-    return path
+    return helpers.shared_data()
 
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """corpus -> dedup -> vocab -> shards on the built-in demo source, once per test session."""
-    from electra_ds.cli import main
-
     root = tmp_path_factory.mktemp("prepared")
     docs, kept, vocab, shards = root / "docs.jsonl", root / "kept.jsonl", root / "vocab", root / "shards"
-    assert main(["corpus", "--sources", '[{"type": "demo"}]', "--output", str(docs),
-                 "--stats", str(root / "corpus_stats.json"), "--min-chars", "200"]) == 0
-    assert main(["dedup", "--input", str(docs), "--output", str(kept), "--stats", str(root / "dedup.json")]) == 0
-    assert main(["vocab", "--input", str(kept), "--output-dir", str(vocab), "--vocab-size", "2000",
-                 "--threads", "2"]) == 0
-    assert main(["shards", "--input", str(kept), "--tokenizer-dir", str(vocab), "--output-dir", str(shards),
+    assert helpers.cli("corpus", "--sources", '[{"type": "demo"}]', "--output", str(docs),
+                 "--stats", str(root / "corpus_stats.json"), "--min-chars", "200") == 0
+    assert helpers.cli("dedup", "--input", str(docs), "--output", str(kept), "--stats", str(root / "dedup.json")) == 0
+    assert helpers.cli("vocab", "--input", str(kept), "--output-dir", str(vocab), "--vocab-size", "2000",
+                 "--threads", "2") == 0
+    assert helpers.cli("shards", "--input", str(kept), "--tokenizer-dir", str(vocab), "--output-dir", str(shards),
                  "--max-seq-len", "64", "--valid-fraction", "0.05", "--heldout-fraction", "0.15",
-                 "--threads", "2"]) == 0
+                 "--threads", "2") == 0
     return {"root": root, "docs": kept, "vocab": vocab, "shards": shards}

@@ -1,4 +1,4 @@
-"""Helpers for the data-stage tests: the real-data folder, running the CLI, and cached demo outputs.
+"""Data builders for the tests: cached demo documents and vocabulary, Gutenberg files (runners and paths: helpers.py).
 
 Outputs that several test files need (demo documents, a demo vocabulary) are built once per test
 process and cached here, whichever test file asks first.
@@ -15,19 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from electra_ds.cli import main
+from helpers import cli, shared_data
 
 _CACHE: dict = {}
 _ROOT = None
-
-
-def shared_data() -> Path:
-    """The read-only real-data folder (../shared/data or $ELECTRA_DS_SHARED_DATA); skip the test if absent."""
-    sibling = Path(__file__).resolve().parents[2] / "shared" / "data"
-    for candidate in (os.environ.get("ELECTRA_DS_SHARED_DATA"), sibling):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    pytest.skip("real data folder ../shared/data absent (set ELECTRA_DS_SHARED_DATA to use another)")
 
 
 def gutenberg_files() -> list[Path]:
@@ -35,21 +26,6 @@ def gutenberg_files() -> list[Path]:
     if not files:
         pytest.skip("no Gutenberg books: shared/data/corpus/gutenberg absent or empty")
     return files
-
-
-def cli(*args) -> int:
-    """Run ``electra-ds`` in-process with MLflow off; return the exit status."""
-    os.environ["ELECTRA_DS_MLFLOW"] = "0"
-    return main([str(a) for a in args])
-
-
-def cli_error(capsys, *args) -> str:
-    """Run a command that must fail as a user error (exit 2); return its one-line message."""
-    capsys.readouterr()
-    assert cli(*args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error message printed"
-    return err[-1]
 
 
 def scratch() -> Path:

@@ -10,7 +10,8 @@ import time
 
 from electra_ds import corpus, readers
 from electra_ds.text import normalise_text, split_sentences
-from helpers_data import cli, cli_error, demo_documents, gutenberg_files, leftovers, read_records
+from helpers import cli, cli_error
+from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 
 
 def run_corpus(tmp_path, sources, *extra):

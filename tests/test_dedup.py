@@ -7,7 +7,8 @@ import json
 
 from electra_ds.dedup import exact_dedup, normalise_for_hash
 from electra_ds.fileio import write_jsonl
-from helpers_data import cli, cli_error, demo_documents, leftovers, read_records
+from helpers import cli, cli_error
+from helpers_data import demo_documents, leftovers, read_records
 
 
 def test_normalise_for_hash_ignores_case_and_whitespace_only():

@@ -6,7 +6,7 @@ import pytest
 
 from electra_ds.ds_config import derive_batch, load_ds_config, zero_stage
 from electra_ds.errors import UserError
-from conftest import REPO
+from helpers import REPO
 
 
 def test_accumulation_is_derived_from_world_size():

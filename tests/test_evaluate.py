@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from electra_ds import evaluate
-from helpers_models import run_cli
+from helpers import cli
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +115,7 @@ def test_probe_only_run_has_no_glue_rows(tmp_path, monkeypatch):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     argv = ["evaluate", "--metrics", *map(str, paths), "--output-json", str(out_json), "--output-md", str(out_md),
             "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 0
+    assert cli(*argv) == 0
     summary = json.loads(out_json.read_text())
     assert summary["glue_score"]["value"] is None and summary["probe_score"]["value"] == pytest.approx(0.7)
     md = out_md.read_text()
@@ -144,7 +144,7 @@ def test_bad_input_exits_2_without_output(tmp_path, monkeypatch, capsys, case, e
     out_json, out_md = tmp_path / "out" / "r.json", tmp_path / "out" / "r.md"
     argv = ["evaluate", "--metrics", str(good), str(bad), "--output-json", str(out_json), "--output-md", str(out_md),
             "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("electra-ds evaluate: error: ") and expected in err
     if case != "duplicate":
@@ -188,7 +188,7 @@ def test_full_report_submission_and_plots(tmp_path, monkeypatch, capsys):
             "--loss-plot", str(out / "pretrain_loss.png"), "--scores-plot", str(out / "task_scores.png"),
             "--pretrain-dirs", f"model={pretrain}", "--submission-zip", str(out / "glue_submission.zip"),
             "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 0
+    assert cli(*argv) == 0
     printed = capsys.readouterr().out
     assert "GLUE score (ELECTRA convention, 3/8 tasks):" in printed and "GLUE score (common convention" in printed
     assert "probe score (1 probe tasks, not GLUE): 90.0" in printed
@@ -218,7 +218,7 @@ def test_bad_prediction_label_stops_without_outputs(tmp_path, monkeypatch, capsy
     out = tmp_path / "evaluate"
     argv = ["evaluate", "--metrics", str(path), "--output-json", str(out / "r.json"), "--output-md",
             str(out / "r.md"), "--submission-zip", str(out / "glue.zip"), "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     err = capsys.readouterr().err
     assert "prediction 'contradiction' is not entailment, not_entailment" in err and "test_predictions.tsv" in err
     assert not out.exists() or not any(out.iterdir())

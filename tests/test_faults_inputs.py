@@ -12,7 +12,8 @@ import pytest
 from electra_ds import fileio
 from electra_ds.errors import UserError
 from electra_ds.glue import load_split
-from helpers_data import cli, cli_error, demo_documents, demo_vocab, read_records
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, read_records
 
 TEXT = "".join(f"Sentence number {i} of a document long enough to keep. " for i in range(400))
 

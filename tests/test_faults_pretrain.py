@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import REPO
-from test_pretrain import TINY, run_cli
+from helpers import REPO, electra_ds
+from test_pretrain import TINY
 
 CKPT = "checkpoints"
 
@@ -34,7 +34,7 @@ def args_for(prepared, out, steps, model=TINY, extra=()):
 @pytest.fixture(scope="module")
 def base(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "base"
-    res = run_cli(args_for(prepared, out, steps=4))
+    res = electra_ds(args_for(prepared, out, steps=4))
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -84,7 +84,7 @@ def test_every_checkpoint_has_a_manifest_and_latest_names_the_newest(base):
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x80", b""], ids=["garbage", "empty"])
 def test_garbage_or_empty_latest_is_ignored(prepared, copy, content):
     (copy / CKPT / "latest").write_bytes(content)
-    res = run_cli(args_for(prepared, copy, steps=5))
+    res = electra_ds(args_for(prepared, copy, steps=5))
     assert "ignoring" in res.stderr and "latest" in res.stderr
     assert_clean_resume(res, copy, at_step=4)
 
@@ -92,7 +92,7 @@ def test_garbage_or_empty_latest_is_ignored(prepared, copy, content):
 def test_missing_file_falls_back_to_the_previous_intact_checkpoint(prepared, copy):
     victim = next((copy / CKPT / "step00000004").glob("*optim_states.pt"))
     victim.unlink()
-    res = run_cli(args_for(prepared, copy, steps=5))
+    res = electra_ds(args_for(prepared, copy, steps=5))
     assert "skipping checkpoint" in res.stderr and f"{victim.name} is missing" in res.stderr, res.stderr[-3000:]
     assert_clean_resume(res, copy, at_step=2)
     # step 4 was rewritten whole, with its manifest; nothing intact was pruned
@@ -105,7 +105,7 @@ def test_all_checkpoints_damaged_is_a_clear_error(prepared, copy):
         model = next((copy / CKPT / tag).glob("*model_states.pt"))
         with open(model, "r+b") as f:
             f.truncate(100)
-    res = run_cli(args_for(prepared, copy, steps=5))
+    res = electra_ds(args_for(prepared, copy, steps=5))
     assert res.returncode == 2, res.stderr[-3000:]
     assert "no intact checkpoint" in res.stderr and "Traceback" not in res.stderr
     line = [ln for ln in res.stderr.splitlines() if "error:" in ln][-1]
@@ -116,7 +116,7 @@ def test_all_checkpoints_damaged_is_a_clear_error(prepared, copy):
 def test_rerun_with_another_model_shape_is_refused_before_loading(prepared, copy):
     wider = json.dumps({**json.loads(TINY), "hidden_size": 64, "intermediate_size": 128})
     before = {p: p.stat().st_mtime_ns for p in (copy / CKPT).rglob("*")}
-    res = run_cli(args_for(prepared, copy, steps=5, model=wider))
+    res = electra_ds(args_for(prepared, copy, steps=5, model=wider))
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr and "size mismatch" not in res.stderr
     line = [ln for ln in res.stderr.splitlines() if "error:" in ln][-1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from electra_ds.config import config_error
 from electra_ds.errors import UserError
 from electra_ds.lock import LOCK_NAME, ResultsLock

@@ -12,9 +12,10 @@ import sys
 import pytest
 
 from electra_ds.glue import get_task, load_split
-from helpers_models import build_tiny_model_dir, glue_texts, run_cli, shared_data_dir, write_tsv
+from helpers import REPO, cli, shared_data_dir
+from helpers_models import build_tiny_model_dir, glue_texts, write_tsv
 
-GLUE_DIR = shared_data_dir() / "glue"
+GLUE_DIR = (shared_data_dir() or REPO.parent / "shared-data-absent") / "glue"  # skipped below when absent
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data absent ({GLUE_DIR}); "
                                 "set ELECTRA_DS_SHARED_DATA to the shared data folder")
 FALLBACK_TEXT = ["The cat sat on the mat.", "A dog barked at the moon.", "She said \"go home\" to him.",
@@ -38,7 +39,7 @@ def finetune(model_dir, task, out, data_dir, *extra, monkeypatch):
             "--data-dir", str(data_dir), "--max-train-examples", "64", "--epochs", "1", "--threads", "1",
             "--max-length", "64",
             "--results-dir", str(out.parent), *extra]
-    return run_cli(argv, monkeypatch)
+    return cli(*argv)
 
 
 def read_predictions(path):
@@ -243,7 +244,7 @@ def test_bad_input_exits_2_without_output(model_dir, tmp_path, monkeypatch, caps
     argv += {"hub_offline": ["--hub-id", "nyu-mll/glue"], "no_source": []}.get(case, ["--data-dir", str(data)])
     if case == "init_without_model":
         argv += ["--init-from", str(tmp_path / "mnli" / "model")]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("electra-ds finetune: error: ") and expected in err[-1]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -255,14 +256,14 @@ def test_refuses_to_replace_a_foreign_output_dir(model_dir, tmp_path, monkeypatc
     (out / "precious.txt").write_text("keep me")
     argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir", str(out),
             "--data-dir", str(_rte_copy(tmp_path, [])), "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     assert "refusing to replace it" in capsys.readouterr().err and (out / "precious.txt").exists()
 
 
 def test_out_of_range_option(model_dir, tmp_path, monkeypatch, capsys):
     argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir",
             str(tmp_path / "out"), "--data-dir", str(tmp_path), "--layer-decay", "1.5", "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     assert "field 'finetune.layer_decay': --layer-decay: 1.5 is greater than the maximum of 1" in capsys.readouterr().err
 
 
@@ -281,7 +282,7 @@ def test_device_selection(monkeypatch, model_dir, tmp_path, capsys):
             str(tmp_path / "out"), "--data-dir", str(_rte_copy(tmp_path, [["index", "sentence1", "sentence2", "label"],
                                                                         [0, "a", "b", "entailment"]])),
             "--device", "cuda", "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 2
+    assert cli(*argv) == 2
     err = capsys.readouterr().err
     assert "field '--device': no usable GPU (CUDA_VISIBLE_DEVICES=''" in err and not (tmp_path / "out").exists()
 
@@ -300,12 +301,12 @@ def test_real_tasks_to_leaderboard_zip(model_dir, tmp_path, monkeypatch):
             argv = ["finetune", "--model-dir", str(model_dir), "--task", name, "--seed", seed, "--output-dir",
                     str(out), "--data-dir", str(GLUE_DIR), "--max-train-examples", "32", "--max-steps", "1",
                     "--threads", "1", "--max-length", "48", "--batch-size", "16", "--results-dir", str(tmp_path)]
-            assert run_cli(argv, monkeypatch) == 0
+            assert cli(*argv) == 0
             paths.append(str(out / "metrics.json"))
     ev = tmp_path / "evaluate"
     argv = ["evaluate", "--metrics", *paths, "--output-json", str(ev / "results.json"), "--output-md",
             str(ev / "results.md"), "--submission-zip", str(ev / "glue_submission.zip"), "--results-dir", str(tmp_path)]
-    assert run_cli(argv, monkeypatch) == 0
+    assert cli(*argv) == 0
     summary = json.loads((ev / "results.json").read_text())
     assert summary["glue_score"]["tasks"] == ["cola", "mrpc", "stsb", "rte"]
     assert set(summary["glue_score_common"]["entries"]) == {"CoLA", "MRPC", "STS-B", "RTE"}

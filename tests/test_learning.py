@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from electra_ds.model import ElectraPretrainer, ModelShape, gumbel_sample
-from electra_ds.pretrain import PlateauWatch, global_batch_indices, lr_lambda, param_groups, step_seed
+from electra_ds.pretrain import PlateauWatch
+from electra_ds.trainer import global_batch_indices, lr_lambda, step_seed
 from electra_ds.step_metrics import (MetricSums, auc_from_histograms, binary_entropy, logit_histogram,
                                      summarise)
 
@@ -148,7 +149,7 @@ def _tiny_run(shards, monkeypatch=None, breakage=None) -> dict:
     shape = ModelShape(vocab_size=train.vocab_size, embedding_size=64, hidden_size=64, num_layers=2, num_heads=2,
                        intermediate_size=256, max_position_embeddings=train.max_seq_len, generator_fraction=0.25)
     model = ElectraPretrainer(shape, temperature=2.0)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=2e-3, eps=1e-6)
+    optimizer = torch.optim.AdamW(model.param_groups(0.01), lr=2e-3, eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(20, LEARN_STEPS))
     for step in range(LEARN_STEPS):
         rows = global_batch_indices(len(train), 32, step, 0)

@@ -13,7 +13,8 @@ from electra_ds.errors import UserError
 from electra_ds.minhash import (MinHashConfig, Signer, candidate_pairs, clusters, edited_copy, near_duplicate_pairs,
                                 optimal_bands, shingle_hashes)
 from electra_ds.text import strip_gutenberg
-from helpers_data import cli, gutenberg_files, read_records
+from helpers import cli
+from helpers_data import gutenberg_files, read_records
 
 
 def test_word_shingles_ignore_case_and_spacing_but_not_order():

@@ -132,7 +132,7 @@ def test_rows_get_the_same_draws_in_any_micro_batch_split():
     torch.manual_seed(0)
     model = ElectraPretrainer(SHAPE).eval()  # no dropout
     ids = batch(rows=8)
-    from electra_ds.pretrain import global_token_counts
+    from electra_ds.trainer import global_token_counts
 
     n_masked, n_real = global_token_counts(ids.numpy(), 0.15)
     full = model(ids, seeds=range(8), gen_denominator=n_masked, disc_denominator=n_real)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
 

@@ -18,7 +18,8 @@ from electra_ds.shard_format import open_split, token_type_ids
 from electra_ds.shards import load_sentencepiece, write_shards
 from electra_ds.splits import document_split
 from electra_ds.text import split_sentences
-from helpers_data import cli, cli_error, demo_documents, demo_vocab, leftovers, scratch
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, leftovers, scratch
 
 L = 64
 SETTINGS = dict(max_seq_len=L, valid_fraction=0.1, heldout_fraction=0.05, short_seq_prob=0.1, seed=3)

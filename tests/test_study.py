@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from electra_ds.errors import UserError
 from electra_ds.shape import ModelShape, flops_per_token, pretraining_flops
 from electra_ds.study import plan_models

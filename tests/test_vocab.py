@@ -9,7 +9,8 @@ import pytest
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 from electra_ds.text import split_sentences
-from helpers_data import cli, cli_error, demo_documents, demo_vocab, gutenberg_files, leftovers, scratch
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, gutenberg_files, leftovers, scratch
 
 VOCAB = 2000
 

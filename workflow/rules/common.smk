@@ -24,10 +24,6 @@ def repo_path(path):
     return path if os.path.isabs(path) else os.path.join(workflow.basedir, path)
 
 
-def as_json(obj):
-    return shlex.quote(json.dumps(obj, sort_keys=True))
-
-
 def stage_args(stage, skip=(), **sections):
     """The options of `electra-ds <stage>` for its settings (its module's SETTINGS), from the config, quoted.
     The schema is their one source (electra_ds/settings.py); `sections` replace config sections (a model's
@@ -36,18 +32,6 @@ def stage_args(stage, skip=(), **sections):
               for section, names in importlib.import_module(f"electra_ds.{stage}").SETTINGS.items()}
     values = {"": config, **{s: config[s] for s in wanted if s}, **sections}
     return " ".join(shlex.quote(word) for word in settings.render(values, wanted))
-
-
-def cli_flags(section, names):
-    """`--name value` for each field of a config section, quoted; booleans are switches (present when true)."""
-    parts = []
-    for name in names:
-        value, flag = section[name], "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts += [flag] if value else []
-        else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
 
 
 # ---- the models of this run (the `model` wildcard): electra_ds/study.py ---------------------------

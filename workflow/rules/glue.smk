@@ -71,6 +71,8 @@ EVALUATE_OUTPUTS = {
                         category="Pretraining"),
     "scores_plot": report(f"{R}/evaluate/task_scores.png", caption="../report/task_scores.rst",
                           category="Evaluation"),
+    "epochs_plot": report(f"{R}/evaluate/finetune_epochs.png", caption="../report/finetune_epochs.rst",
+                          category="Evaluation"),
 }
 if HAS_GLUE:  # the leaderboard zip only when GLUE tasks are fine-tuned (never for probes)
     EVALUATE_OUTPUTS["submission"] = report(f"{R}/evaluate/glue_submission.zip",
@@ -84,6 +86,7 @@ rule evaluate:
         predictions=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/test_predictions.tsv", model=MODELS,
                            task=FT["tasks"], seed=FT["seeds"]),
         pretrain=expand(f"{R}/pretrain/{{model}}/summary.json", model=PRETRAINED),
+        train_logs=expand(f"{R}/pretrain/{{model}}/train_log.jsonl", model=PRETRAINED),  # the curves in the report
     output:
         **EVALUATE_OUTPUTS,
     params:
@@ -103,5 +106,6 @@ rule evaluate:
     shell:
         "electra-ds evaluate --metrics {input.metrics:q} --output-json {output.json:q} --output-md {output.md:q} "
         "--output-html {output.html:q} --loss-plot {output.loss_plot:q} --scores-plot {output.scores_plot:q} "
+        "--epochs-plot {output.epochs_plot:q} "
         "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} "
         "{params.settings} --rule {rule:q} {params.track} > {log:q} 2>&1"

@@ -4,17 +4,11 @@
 # deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
 
 PT = config["pretrain"]  # the job's shape (nodes, processes, GPUs, threads) is the same for every model
-# What each model passes to `electra-ds pretrain` (its merged pretrain section); the job fields are flags of
-# the launcher, not of the stage.
-PRETRAIN_FLAGS = ("objective", "mask_prob", "disc_weight", "temperature", "disallow_correct", "global_batch_size",
-                  "micro_batch_size", "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision",
-                  "device", "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-                  "eval_every", "eval_examples", "plateau_steps", "peak_tflops")
 
 
 def pretrain_args(wildcards):
-    section = MODELS[wildcards.model]["pretrain"]
-    return f"--model {as_json(section['model'])} " + cli_flags(section, PRETRAIN_FLAGS)
+    """The stage's settings from the model's merged pretrain section (ds_config: the rule's input, resolved)."""
+    return stage_args("pretrain", skip=("ds_config",), pretrain=MODELS[wildcards.model]["pretrain"])
 
 
 rule pretrain:
@@ -23,6 +17,8 @@ rule pretrain:
         ds_config=repo_path(PT["ds_config"]),
     output:
         summary=f"{R}/pretrain/{{model}}/summary.json",
+        # deleted by Snakemake before a rerun of an unfinished job; restored from the checkpoint it resumes from
+        train_log=f"{R}/pretrain/{{model}}/train_log.jsonl",
     params:
         args=pretrain_args,
         out=lambda wildcards: f"{R}/pretrain/{wildcards.model}",
@@ -53,7 +49,7 @@ rule pretrain:
         "--nnodes {resources.nodes:q} --launcher {PT[launcher]:q} "
         "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task:q} -- "
         "pretrain --shards {input.shards:q} --output-dir {params.out:q} --ds-config {input.ds_config:q} "
-        "{params.args} --seed {config[seed]:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
+        "{params.args} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 def export_inputs(wildcards):
@@ -65,7 +61,7 @@ def export_inputs(wildcards):
 def export_args(wildcards, input):
     plan = MODELS[wildcards.model]
     if plan["source"] == "scratch":  # the architecture with random weights: no pretraining to export
-        return f"--scratch --model {as_json(plan['pretrain']['model'])} --seed {shlex.quote(str(config['seed']))}"
+        return "--scratch " + stage_args("export", pretrain=plan["pretrain"])
     return f"--pretrain-summary {shlex.quote(input.summary)}"
 
 
