@@ -124,7 +124,8 @@ class ElectraPretrainer(nn.Module):
 
     def __init__(self, shape: ModelShape, mask_prob: float = 0.15, mask_replace_prob: float = 0.85,
                  disc_weight: float = 50.0, objective: str = "electra", adversarial_mle_weight: float = 1.0,
-                 temperature: float = 1.0, disallow_correct: bool = False):
+                 temperature: float = 1.0, disallow_correct: bool = False, masking: str = "token",
+                 mask_count: str = "exact", uniform_generator: bool = False, embedding_sharing: str = "es"):
         super().__init__()
         from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
@@ -140,6 +141,10 @@ class ElectraPretrainer(nn.Module):
             raise ValueError(f"temperature must be > 0, not {temperature}")
         self.temperature = temperature
         self.disallow_correct = disallow_correct
+        self.masking, self.mask_count = masking, mask_count
+        self.uniform_generator, self.embedding_sharing = uniform_generator, embedding_sharing
+        if (masking, mask_count, uniform_generator, embedding_sharing) != ("token", "exact", False, "es"):
+            raise NotImplementedError("masking / mask_count / uniform_generator / embedding_sharing: in progress")
         disc_config, gen_config = electra_configs(shape)
         if objective == "mlm":
             self.generator = ElectraForMaskedLM(disc_config)

@@ -28,7 +28,8 @@ from electra_ds.settings import add_settings
 log = logging.getLogger(__name__)
 
 SETTINGS = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct",
-                         "adversarial_mle_weight", "ds_config", "global_batch_size", "micro_batch_size",
+                         "adversarial_mle_weight", "masking", "mask_count", "uniform_generator", "embedding_sharing",
+                         "optimizer", "schedule", "ds_config", "global_batch_size", "micro_batch_size",
                          "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision", "device",
                          "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
                          "eval_every", "eval_examples", "plateau_steps", "peak_tflops"),

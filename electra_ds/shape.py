@@ -24,6 +24,7 @@ class ModelShape:
     intermediate_size: int = 1024
     max_position_embeddings: int = 512
     generator_fraction: float = 0.25
+    generator_layers: float = 1.0
     dropout: float = 0.1
     attn_implementation: str = "sdpa"
 

@@ -149,7 +149,9 @@ class Trainer:
         _check_token_ids(self.train, self.shape.vocab_size)
         self.run_config = {"model": self.shape.to_dict(), "objective": args.objective, "mask_prob": args.mask_prob,
                            "disc_weight": args.disc_weight, "temperature": args.temperature,
-                           "disallow_correct": args.disallow_correct, "global_batch_size": args.global_batch_size,
+                           "disallow_correct": args.disallow_correct, "masking": args.masking,
+                           "mask_count": args.mask_count, "uniform_generator": args.uniform_generator,
+                           "embedding_sharing": args.embedding_sharing, "global_batch_size": args.global_batch_size,
                            "max_seq_len": self.train.max_seq_len, "seed": args.seed}
 
         # Which checkpoint to resume from is settled before any model exists: another run's checkpoints, or only
@@ -166,7 +168,9 @@ class Trainer:
         torch.manual_seed(args.seed)
         model = ElectraPretrainer(self.shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight,
                                   objective=args.objective, adversarial_mle_weight=args.adversarial_mle_weight,
-                                  temperature=args.temperature, disallow_correct=args.disallow_correct)
+                                  temperature=args.temperature, disallow_correct=args.disallow_correct,
+                                  masking=args.masking, mask_count=args.mask_count,
+                                  uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing)
         self.parameters = sum(p.numel() for p in model.parameters())
         groups = model.param_groups(args.weight_decay)
         if self.offload:
