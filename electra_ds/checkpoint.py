@@ -162,12 +162,20 @@ def read_latest(ckpt_dir) -> tuple[str | None, str | None]:
     return tag, None
 
 
+# What checkpoints written before a run-config field existed did: such a checkpoint resumes when this run asks
+# for that behaviour.
+BEFORE_FIELD = {"masking": "token", "mask_count": "exact", "uniform_generator": False, "embedding_sharing": "es",
+                "optimizer": "adamw", "schedule": "warmup_then_decay", "model.generator_layers": 1.0}
+
+
 def config_differences(saved, current, prefix: str = "") -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (nested dicts flattened with dots)."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
             name = f"{prefix}{key}"
+            if key not in saved and name in BEFORE_FIELD and current[key] == BEFORE_FIELD[name]:
+                continue
             if key not in saved:
                 out.append(f"{name}: not in the checkpoint, this run {current[key]!r}")
             elif key not in current:

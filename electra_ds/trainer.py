@@ -59,14 +59,6 @@ def rank_micro_batches(indices: np.ndarray, rank: int, world: int, micro: int) -
     return [mine[i:i + micro] for i in range(0, per_rank, micro)]
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
-
-
 # -- collectives on small Python objects ------------------------------------------------------------------------
 def broadcast(obj, world: int):
     """rank 0's ``obj`` on every rank."""
@@ -151,7 +143,8 @@ class Trainer:
                            "disc_weight": args.disc_weight, "temperature": args.temperature,
                            "disallow_correct": args.disallow_correct, "masking": args.masking,
                            "mask_count": args.mask_count, "uniform_generator": args.uniform_generator,
-                           "embedding_sharing": args.embedding_sharing, "global_batch_size": args.global_batch_size,
+                           "embedding_sharing": args.embedding_sharing, "optimizer": args.optimizer,
+                           "schedule": args.schedule, "global_batch_size": args.global_batch_size,
                            "max_seq_len": self.train.max_seq_len, "seed": args.seed}
 
         # Which checkpoint to resume from is settled before any model exists: another run's checkpoints, or only
@@ -172,15 +165,13 @@ class Trainer:
                                   masking=args.masking, mask_count=args.mask_count,
                                   uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing)
         self.parameters = sum(p.numel() for p in model.parameters())
-        groups = model.param_groups(args.weight_decay)
-        if self.offload:
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-            optimizer = DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6, adamw_mode=True)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6,
-                                          fused=device_type == "cuda")
+        from electra_ds.optim import build_optimizer, lr_lambda
+
+        optimizer = build_optimizer(args.optimizer, model.param_groups(args.weight_decay), args.learning_rate,
+                                    offload=self.offload, fused=device_type == "cuda")
         self.optimizer_name = type(optimizer).__name__
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps,
+                                                                            args.schedule))
         if device_type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, _local_world())))
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,

@@ -12,7 +12,8 @@ import torch
 
 from electra_ds.model import ElectraPretrainer, ModelShape, gumbel_sample
 from electra_ds.pretrain import PlateauWatch
-from electra_ds.trainer import global_batch_indices, lr_lambda, step_seed
+from electra_ds.optim import lr_lambda
+from electra_ds.trainer import global_batch_indices, step_seed
 from electra_ds.step_metrics import (MetricSums, auc_from_histograms, binary_entropy, logit_histogram,
                                      summarise)
 
