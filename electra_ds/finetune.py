@@ -39,7 +39,7 @@ from pathlib import Path
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
-from electra_ds.glue import get_task, load_split, prediction_to_string, split_path, task_names
+from electra_ds.glue import REGRESSION_RANGE, get_task, load_split, prediction_to_string, split_path, task_names
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
 
 # keep_model and threads are also set per job by the rule (MNLI's model is kept for RTE/MRPC/STS-B; {threads})
 SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
-                         "warmup_fraction", "weight_decay", "max_steps", "keep_model", "threads")}
+                         "warmup_fraction", "weight_decay", "max_steps", "double_unordered", "head", "keep_model",
+                         "threads")}
 
 
 def add_arguments(p) -> None:
@@ -129,6 +130,9 @@ def _encode(tokenizer, examples: list, max_length: int) -> list:
              "label": ex["label"]} for ids, tt, ex in zip(enc["input_ids"], types, examples)]
 
 
+REGRESSION_SCALE = REGRESSION_RANGE[1]  # STS-B: the model learns score / 5; predictions are scaled back
+
+
 def _collate(items: list, pad_id: int, regression: bool, device):
     import torch
 
@@ -142,8 +146,8 @@ def _collate(items: list, pad_id: int, regression: bool, device):
         types[i, :n] = torch.from_numpy(x["token_type_ids"])
         mask[i, :n] = 1
     batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    if items[0]["label"] is not None:
-        batch["labels"] = torch.tensor([x["label"] for x in items],
+    if items[0]["label"] is not None:  # regression targets scaled to 0-1, as the official code trains STS-B
+        batch["labels"] = torch.tensor([x["label"] / REGRESSION_SCALE if regression else x["label"] for x in items],
                                        dtype=torch.float if regression else torch.long)
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -161,7 +165,7 @@ def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: boo
             batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device)
             with autocast():
                 logits = model(**batch).logits.float()
-            values = logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
+            values = (logits[:, 0] * REGRESSION_SCALE).tolist() if regression else logits.argmax(-1).tolist()
             for i, v in zip(idx, values):
                 preds[i] = v
     return preds
@@ -202,7 +206,30 @@ def _load_data(task, args) -> tuple:
     if args.max_train_examples and args.max_train_examples < len(train):
         keep = sorted(random.Random(0).sample(range(len(train)), args.max_train_examples))  # same subset per seed
         train = [train[i] for i in keep]
+    if args.double_unordered and task.unordered_pair:  # as the official code: each training pair in both orders
+        train = train + [{**ex, "text_a": ex["text_b"], "text_b": ex["text_a"]} for ex in train]
     return train, dev, tests, notes
+
+
+def OfficialHead(config):
+    """The official ELECTRA task head: dropout, then one dense layer on the [CLS] state (Hugging Face's
+    ElectraClassificationHead adds a dense + GELU layer before it). Initialised as HF initialises linears."""
+    import torch
+    from torch import nn
+
+    class _Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+            self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+            with torch.no_grad():
+                self.out_proj.weight.normal_(0.0, config.initializer_range)
+                self.out_proj.bias.zero_()
+
+        def forward(self, sequence_output, **kwargs):
+            return self.out_proj(self.dropout(sequence_output[:, 0]))
+
+    return _Head()
 
 
 def _load_model(model_dir: Path, task, init_from: Path | None = None, scratch: bool = False):
@@ -328,6 +355,8 @@ def run(args, tracker) -> None:
 
     with _torch_runtime(args.seed, args.threads, args.device) as (device, use_bf16, autocast):
         tokenizer, model = _load_model(model_dir, task, init_from, scratch=args.model_source == "scratch")
+        if args.head == "official":
+            model.classifier = OfficialHead(model.config)
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
         model.to(device)
         enc_train = _encode(tokenizer, train, max_length)

@@ -62,6 +62,7 @@ class Task:
     has_train: bool = True
     skip_short_rows: bool = False              # QQP's train file has a few truncated rows; skip them
     escapechar: str | None = None              # probes: the probes stage escapes '"' and '\\' as csv does
+    unordered_pair: bool = False               # the pair's order means nothing (official double_unordered)
 
     @property
     def is_regression(self) -> bool:
@@ -95,9 +96,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("sst2", "SST-2", "header", ("sentence",), "label", _BINARY, ("accuracy",), "accuracy",
          hub_config="sst2", hub_text_columns=("sentence",)),
     Task("mrpc", "MRPC", "header", ("#1 String", "#2 String"), "Quality", _BINARY, ("accuracy", "f1"),
-         "accuracy", hub_config="mrpc", hub_text_columns=_PAIR),
+         "accuracy", hub_config="mrpc", hub_text_columns=_PAIR, unordered_pair=True),
     Task("stsb", "STS-B", "header", _PAIR, "score", None, ("pearson", "spearman"), "spearman", epochs=10,
-         hub_config="stsb", hub_text_columns=_PAIR),
+         hub_config="stsb", hub_text_columns=_PAIR, unordered_pair=True),
     Task("qqp", "QQP", "header", ("question1", "question2"), "is_duplicate", _BINARY, ("accuracy", "f1"),
          "accuracy", hub_config="qqp", index_column="id", hub_text_columns=("question1", "question2"),
          skip_short_rows=True),

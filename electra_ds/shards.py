@@ -299,7 +299,7 @@ def load_sentencepiece(tokenizer_dir):
 
 
 def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: int = 128,
-                 valid_fraction: float = 0.01, heldout_fraction: float = 0.0, short_seq_prob: float = 0.1,
+                 valid_fraction: float = 0.01, heldout_fraction: float = 0.0, short_seq_prob: float = 0.05,
                  seed: int = 0, workers: int = 1, examples_per_shard: int = 100_000, packing: str = "electra") -> dict:
     """Write every split's shards into ``out_dir``; return the split summaries and the held-out count.
     ``workers`` processes tokenize and pack batches in parallel (each encodes with one thread)."""

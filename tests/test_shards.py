@@ -27,7 +27,7 @@ SETTINGS = dict(max_seq_len=L, valid_fraction=0.1, heldout_fraction=0.05, short_
 
 def shard_args(out, seed=3, docs=None):
     return ("shards", "--input", docs or demo_documents(), "--tokenizer-dir", demo_vocab(), "--output-dir", out,
-            "--max-seq-len", L, "--valid-fraction", 0.1, "--heldout-fraction", 0.05, "--seed", seed,
+            "--max-seq-len", L, "--valid-fraction", 0.1, "--heldout-fraction", 0.05, "--seed", seed, "--short-seq-prob", 0.1,
             "--examples-per-shard", 1000, "--threads", 2)
 
 
