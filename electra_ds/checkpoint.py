@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from electra_ds.errors import UserError
 
 # Data classes DeepSpeed 0.19 writes into model/optimizer state files (no behaviour on unpickling).
 DEEPSPEED_SAFE_GLOBALS = (
@@ -290,7 +291,6 @@ def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1,
     checkpoints are skipped with a warning; another run's checkpoint, or damaged ones only, are a UserError
     raised on every rank before any weight is loaded.
     """
-    from electra_ds.errors import UserError
 
     log = log or logging.getLogger(__name__)
     ckpt_dir = Path(ckpt_dir)

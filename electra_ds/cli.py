@@ -12,6 +12,9 @@ import importlib
 import logging
 import os
 import sys
+from electra_ds.errors import UserError
+from electra_ds.settings import check_settings
+from electra_ds.tracking import StageRun
 
 STAGES = {
     "corpus": "Read the configured sources and write normalised UTF-8 documents (JSONL).",
@@ -63,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from electra_ds.errors import UserError
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in job logs
     args = build_parser().parse_args(argv)
@@ -76,8 +78,6 @@ def main(argv=None) -> int:
         return args._module.run_status(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from electra_ds.settings import check_settings
-    from electra_ds.tracking import StageRun
 
     rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     try:

@@ -27,12 +27,19 @@ import os
 import sysconfig
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
+import socket
 
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import write_json, write_jsonl
 from electra_ds.readers import TOO_LONG, expand_paths, iter_local
 from electra_ds.text import normalise_text
+from electra_ds.download import fetch
+from electra_ds.download import check_url
+from electra_ds.progress import file_bytes
+from electra_ds.readers import format_of
+from electra_ds.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +112,7 @@ def download_dir(source: dict, default) -> Path:
 
 def iter_url(source: dict, field: str, policy: str, stats: dict, max_chars: int, cache_dir):
     """A downloaded file read like a local one; ids ``url:<file name>...`` (the URL's last path part)."""
-    from urllib.parse import urlparse
 
-    from electra_ds.download import fetch
 
     path = fetch(source["url"], source["sha256"], download_dir(source, cache_dir), field)
     stem = Path(urlparse(source["url"]).path).name or "download"
@@ -120,8 +125,6 @@ def hub_unreachable_reason() -> str | None:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var} is set"
-    import socket
-    from urllib.parse import urlparse
 
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
@@ -203,7 +206,6 @@ def preflight(sources: list[dict], cache_dir=DEFAULT_DOWNLOADS) -> None:
     """Check what can fail before any text is read: local paths match files, remote hosts are reachable."""
     for i, src in enumerate(sources):
         if src["type"] == "url":
-            from electra_ds.download import check_url
 
             check_url(src["url"], src["sha256"], download_dir(src, cache_dir), f"corpus.sources[{i}]")
         elif src["type"] == "local":
@@ -226,13 +228,11 @@ def source_bytes(source: dict, field: str) -> int | None:
     """Total bytes of a local source made of uncompressed text files (an ETA's total), else None."""
     if source["type"] != "local":
         return None
-    from electra_ds.progress import file_bytes
-    from electra_ds.readers import _format_of
 
     total = 0
     for path, _ in expand_paths(source["paths"], f"{field}.paths"):
         size = file_bytes(path)
-        if size is None or _format_of(path, source.get("format", "auto")) != "txt":
+        if size is None or format_of(path, source.get("format", "auto")) != "txt":
             return None
         total += size
     return total
@@ -242,7 +242,6 @@ def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max
                     on_decode_error: str = "fail", cache_dir=DEFAULT_DOWNLOADS, tracker=None) -> Iterator[dict]:
     """Normalised, length-filtered records of all sources; fills ``stats`` (per source) as it goes and reports
     progress per source (:mod:`electra_ds.progress`)."""
-    from electra_ds.progress import Progress
 
     for i, (source, label) in enumerate(zip(sources, source_labels(sources), strict=True)):
         field = f"corpus.sources[{i}]"

@@ -27,6 +27,8 @@ import random
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+import io
+import collections
 
 import numpy as np
 
@@ -37,6 +39,8 @@ from electra_ds.parallel import batched, ordered_map
 from electra_ds.progress import Progress, file_bytes
 from electra_ds.rows import StackedRows
 from electra_ds.settings import add_settings
+from electra_ds.readers import open_binary
+from electra_ds.minhash import estimated_jaccard
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +78,7 @@ def exact_dedup(records: Iterable[dict], stats: dict | None = None) -> Iterator[
 # -- pass 1: signatures ----------------------------------------------------------------------
 def _lines(path) -> Iterator[str]:
     """Non-blank lines of a (possibly gzip/zstd-compressed) JSONL file; one per document."""
-    import io
 
-    from electra_ds.readers import open_binary
 
     with open_binary(Path(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as f:
         for line in f:
@@ -118,7 +120,6 @@ def _sign_batch(lines: list[str], first: int, path: str, config: MinHashConfig |
 
 def sign_documents(path, out_dir: Path, config: MinHashConfig | None, workers: int = 1, tracker=None) -> dict:
     """Pass 1 over one input file: write its signature directory; return its meta."""
-    import collections
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +282,6 @@ def dedup_files(inputs: list[Path], output: Path, sig_dirs: list[Path], *, exact
                                 fix="rerun the signature job for this part")
     est_of = {}
     if sampled:
-        from electra_ds.minhash import estimated_jaccard
 
         pairs = np.array(sorted((int(rep[j]), j) for j in sampled), dtype=np.int64)
         est_of = dict(zip(map(tuple, pairs.tolist()), estimated_jaccard(sigs.sigs, pairs).tolist()))

@@ -22,6 +22,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import ctypes
+import signal
+import threading
+import time
 
 from electra_ds.errors import UserError
 
@@ -105,9 +109,6 @@ def exit_with_launcher(environ=os.environ) -> bool:
     """
     if not started_by_launcher(environ) or not sys.platform.startswith("linux"):
         return False
-    import ctypes
-    import signal
-    import threading
 
     parent = os.getppid()
     if environ.get("TORCHELASTIC_RUN_ID"):  # torchrun forks from its main thread; slurmstepd's threading is its
@@ -123,7 +124,6 @@ def exit_with_launcher(environ=os.environ) -> bool:
 
 
 def _watch_parent(parent: int) -> None:
-    import time
 
     while True:
         time.sleep(WATCH_INTERVAL_S)
@@ -132,7 +132,6 @@ def _watch_parent(parent: int) -> None:
 
 
 def _launcher_gone(parent: int) -> None:
-    import signal
 
     try:
         print(f"electra-ds: the launcher (pid {parent}) is gone; rank {os.environ.get('RANK', '?')} stops now "

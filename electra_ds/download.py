@@ -14,6 +14,8 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
+import urllib.error
+import urllib.request
 
 from electra_ds.errors import UserError
 from electra_ds.fileio import sha256_file
@@ -60,8 +62,6 @@ def check_url(url: str, sha256: str, cache_dir, field: str) -> None:
 
 def fetch(url: str, sha256: str, cache_dir, field: str = "corpus.sources") -> Path:
     """The verified local copy of ``url`` (downloaded, resumed or reused from the cache)."""
-    import urllib.error
-    import urllib.request
 
     sha256 = sha256.lower()
     final = cached_path(url, sha256, cache_dir)

@@ -25,11 +25,17 @@ import json
 import logging
 import statistics
 from pathlib import Path
+import contextlib
 
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import TASKS, get_task
+from electra_ds.report import table_markdown
+from electra_ds import plots, report
+from electra_ds.submission import build_submission
+from electra_ds.tracking import log_model_runs
+from electra_ds.report import model_table, table_markdown
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +221,6 @@ def render_markdown(summary: dict, model: str | None = None, heading: str = "#")
 
 def render_report(summary: dict, table: dict, earlier_note: str, images: dict) -> str:
     """The comparison, submission and plot sections appended to the results table."""
-    from electra_ds.report import table_markdown
 
     has_glue = any(not t["is_probe"] for t in summary["tasks"].values())
     title = "Comparison with published ELECTRA numbers and earlier runs" if has_glue else "Comparison with earlier runs"
@@ -287,9 +292,7 @@ def summarize_models(results: list, order: list | None, pretrain: dict) -> dict:
 
 
 def run(args, tracker) -> None:
-    import contextlib
 
-    from electra_ds import plots, report
 
     results = read_results(args.metrics)
     pretrain = read_pretrain(args.pretrain_dirs)
@@ -299,7 +302,6 @@ def run(args, tracker) -> None:
     summary["primary_model"] = primary
     summary["models"] = models
     if args.submission_zip:
-        from electra_ds.submission import build_submission
 
         summary["submission"] = build_submission([r for r in results if r["model"] == primary],
                                                  args.submission_zip, args.submission_seed)
@@ -350,7 +352,6 @@ def run(args, tracker) -> None:
                  args.submission_zip):
         if path:
             tracker.log_artifact(path)
-    from electra_ds.tracking import log_model_runs
 
     log_model_runs(tracker, {name: (_model_params(m), _model_metrics(m)) for name, m in models.items()})
     for name, m in models.items():
@@ -397,7 +398,6 @@ def render_models(models: dict) -> str:
     """The side-by-side table (only when the run has more than one model)."""
     if len(models) < 2:
         return ""
-    from electra_ds.report import model_table, table_markdown
 
     return "\n".join(["# Models side by side", "",
                       "Each model fine-tuned on the same tasks with the same seeds and recipe; main dev metric in "

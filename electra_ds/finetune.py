@@ -35,11 +35,14 @@ import random
 import re
 import time
 from pathlib import Path
+import json
 
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import REGRESSION_RANGE, get_task, load_split, prediction_to_string, split_path, task_names
+from electra_ds.progress import Progress
+from electra_ds.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +417,6 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
     """The training loop; scores every dev split after each epoch. Returns (history, steps, last dev scores)."""
     import torch
 
-    from electra_ds.progress import Progress
 
     regression = task.is_regression
     generator = torch.Generator().manual_seed(args.seed)
@@ -456,7 +458,6 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
 
 
 def _score(task, preds, labels) -> dict:
-    from electra_ds.metrics import compute_metrics
 
     return compute_metrics(task, preds, labels)
 
@@ -466,7 +467,6 @@ def _prediction_file(task, split: str) -> str:
 
 
 def _write_outputs(out: Path, metrics: dict, test_preds: dict, task, model, tokenizer) -> None:
-    import json
 
     with atomic_path(out, is_dir=True) as tmp:
         for split, rows in test_preds.items():

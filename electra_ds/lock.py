@@ -29,7 +29,7 @@ from electra_ds.errors import UserError
 LOCK_NAME = ".electra-ds.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -165,7 +165,7 @@ class ResultsLock:
                 # flock may not reach across hosts (NFS): a live holder there cannot be ruled out
                 raise self._busy(old)
             pid = old.get("pid")
-            alive = isinstance(pid, int) and _pid_alive(pid)
+            alive = isinstance(pid, int) and pid_alive(pid)
             if alive and not flocked:  # without flock a live pid of this host may well be the holder
                 raise self._busy(old)
             # with flock on this host, a live holder would have kept it: the pid is gone or was reused

@@ -9,6 +9,7 @@ so that metrics files stay valid JSON.
 from __future__ import annotations
 
 import math
+from electra_ds.glue import get_task
 
 METRICS = ("mcc", "accuracy", "f1", "pearson", "spearman")
 
@@ -74,7 +75,6 @@ _FUNCTIONS = {"mcc": mcc, "accuracy": accuracy, "f1": f1, "pearson": pearson, "s
 
 def compute_metrics(task, predictions, labels) -> dict:
     """Score predictions (label indices, or floats for regression) with every metric of ``task``."""
-    from electra_ds.glue import get_task
 
     task = get_task(task)
     unknown = [m for m in task.metrics if m not in _FUNCTIONS]

@@ -25,6 +25,7 @@ from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, write_json
 from electra_ds.splits import document_split
 from electra_ds.text import SENTENCE_END
+from electra_ds import progress
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ def write_adjacency(task_dir: Path, splits: dict) -> None:
 
 
 def run(args, tracker) -> None:
-    from electra_ds import progress
 
     by_split = {"train": [], "dev": [], "test": []}
     reading = progress.Progress("probes: reading held-out documents", unit="docs",

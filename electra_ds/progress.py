@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from electra_ds.fileio import open_text
 
 log = logging.getLogger("electra_ds.progress")
 
@@ -262,7 +263,6 @@ class Progress:
 
 def read_jsonl(path, progress: Progress):
     """The records of a JSONL file (``.gz`` too), counting documents and their bytes into ``progress``."""
-    from electra_ds.fileio import open_text
 
     with open_text(Path(path), "r") as f:
         for line in f:

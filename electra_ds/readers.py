@@ -20,6 +20,8 @@ import logging
 import re
 from pathlib import Path
 from typing import Iterator
+import gzip
+import codecs
 
 from electra_ds.errors import UserError
 from electra_ds.text import gutenberg_body
@@ -55,7 +57,7 @@ def expand_paths(patterns: list[str], field: str) -> list[tuple[Path, str]]:
     return files
 
 
-def _format_of(path: Path, declared: str) -> str:
+def format_of(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".zst")]
@@ -82,7 +84,6 @@ class _Decompressed(io.RawIOBase):
         self.path, self.kind = path, "gzip" if path.name.endswith(".gz") else "zstd"
         self._raw = open(path, "rb")
         if self.kind == "gzip":
-            import gzip
 
             self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
         else:
@@ -162,7 +163,6 @@ def _check_binary(path: Path, first: bytes, policy: str, stats: dict) -> bool:
 def _decoded_blocks(path: Path, policy: str, stats: dict) -> Iterator[str]:
     """The file's text in blocks, LF line ends (CRLF and lone CR converted across block boundaries), BOM
     dropped; bytes that are not UTF-8 kept as surrogates (``_BAD_BYTES``) unless the policy is ``fail``."""
-    import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if policy == "fail" else "surrogateescape")
     consumed, carry, first = 0, "", True
@@ -337,7 +337,7 @@ def iter_local(source: dict, field: str, policy: str, stats: dict, max_chars: in
     fmt, documents = source.get("format", "auto"), source.get("documents", "file")
     text_field = source.get("text_field", "text")
     for path, stem in files or expand_paths(source["paths"], f"{field}.paths"):
-        kind = _format_of(path, fmt)
+        kind = format_of(path, fmt)
         if kind == "txt":
             yield from iter_txt(path, stem, documents, policy, stats, bool(source.get("strip_gutenberg")), max_chars)
         elif kind == "jsonl":

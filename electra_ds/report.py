@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from pathlib import Path
+import datetime
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def earlier_runs(tracking_uri: str | None, exclude_run_id: str | None = None, li
     for r in found:
         if r.info.run_id == exclude_run_id or not r.data.metrics:
             continue
-        import datetime
 
         started = datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         runs.append({"run_id": r.info.run_id, "experiment": experiments.get(r.info.experiment_id, "?"),

@@ -39,6 +39,7 @@ from electra_ds.fileio import atomic_path, sha256_file, write_json
 from electra_ds.parallel import batched, ordered_map
 from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
 from electra_ds.splits import document_split
+from electra_ds import progress
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,6 @@ def run(args, tracker) -> None:
                 "heldout_fraction": args.heldout_fraction, "short_seq_prob": args.short_seq_prob,
                 "seed": args.seed, "examples_per_shard": args.examples_per_shard, "packing": args.packing}
     tracker.log_params(settings)
-    from electra_ds import progress
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         with progress.Progress("shards: tokenizing and packing", unit="docs",

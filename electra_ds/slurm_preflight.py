@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 from electra_ds.errors import UserError
+from electra_ds.ds_config import derive_batch
 
 
 def _slurm_query(cmd: list[str], run=subprocess.run, timeout: int = 20) -> str:
@@ -91,7 +92,6 @@ def check_slurm_jobs(jobs: list[dict], run=subprocess.run, which=shutil.which) -
 def check_world_size(global_batch: int, micro_batch: int, nodes: int, processes_per_node: int,
                      gpus_per_node: int = 0) -> int:
     """World size = nodes x processes_per_node; it must divide the global batch (with the micro-batch)."""
-    from electra_ds.ds_config import derive_batch
 
     if gpus_per_node and processes_per_node != gpus_per_node:
         raise UserError(f"processes_per_node {processes_per_node} != gpus_per_node {gpus_per_node}: "

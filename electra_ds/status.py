@@ -21,8 +21,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+import yaml
 
 from electra_ds.progress import format_bytes, format_count, format_seconds
+from electra_ds.study import plan_models
+from electra_ds.lock import pid_alive
 
 TAG = re.compile(r"^step(\d+)$")
 LOG_STEP = re.compile(r"step (\d+)/(\d+)")
@@ -60,7 +63,6 @@ def load_plan(configfile) -> dict | None:
     from a pipeline config (schema defaults filled where the schema is at hand)."""
     if not configfile:
         return None
-    import yaml
 
     try:
         config = yaml.safe_load(Path(configfile).read_text(encoding="utf-8")) or {}
@@ -71,7 +73,6 @@ def load_plan(configfile) -> dict | None:
         try:
             import jsonschema
 
-            from electra_ds.study import plan_models
 
             schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
             _fill_defaults(config, schema)
@@ -285,9 +286,8 @@ def render(status: dict) -> str:
         here = lock.get("host") == socket.gethostname()
         alive = None
         if here and isinstance(lock.get("pid"), int):
-            from electra_ds.lock import _pid_alive
 
-            alive = _pid_alive(lock["pid"])
+            alive = pid_alive(lock["pid"])
         lines.append(f"pipeline: {'running' if alive else 'lock left by'} pid {lock.get('pid')} on "
                      f"{lock.get('host')} since {lock.get('started')}" + (" (not running)" if alive is False else ""))
     lines += ["", "data stages"]

@@ -20,6 +20,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from electra_ds.tracking_replay import LOCAL_PREFIX, SPOOL_DIRNAME, Spool, is_local
 from electra_ds.tracking_store import (
@@ -148,7 +149,6 @@ def _pipeline_spool_dir(uri: str, artifact_root: str | None, tags: dict) -> Path
     if tags.get("electra_ds.results_dir"):
         return Path(tags["electra_ds.results_dir"]) / SPOOL_DIRNAME
     if artifact_root and artifact_root.startswith("file://"):
-        from urllib.parse import unquote, urlparse
 
         return Path(unquote(urlparse(artifact_root).path)).parent / SPOOL_DIRNAME
     path = sqlite_path(uri)

@@ -24,6 +24,8 @@ from electra_ds.text import split_sentences
 from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
+from electra_ds.progress import Progress
+from electra_ds import progress
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,6 @@ def train_sentencepiece(lines: list[str], model_prefix: Path, *, vocab_size: int
     a heartbeat says it is still running."""
     import sentencepiece as spm
 
-    from electra_ds.progress import Progress
 
     spm.set_random_generator_seed(seed)
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
@@ -189,7 +190,6 @@ def run(args, tracker) -> None:
     params = {k: getattr(args, k) for k in ("vocab_size", "model_type", "sample_sentences", "character_coverage",
                                             "byte_fallback", "seed", "threads")}
     tracker.log_params(params)
-    from electra_ds import progress
 
     with progress.Progress("vocab: sampling lines", unit="docs", total_bytes=progress.file_bytes(args.input),
                            tracker=tracker, logger=log) as reading:
