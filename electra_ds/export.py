@@ -4,7 +4,9 @@ Consolidates fp32 weights from the DeepSpeed checkpoint named in the pretraining
 writes ``<output-dir>/discriminator`` (``AutoModelForPreTraining``) and ``<output-dir>/generator``
 (``AutoModelForMaskedLM``), each with config, ``model.safetensors`` and the tokenizer. Before the
 directory is published the exported discriminator is reloaded and its outputs compared with the
-training model's on the same input.
+training model's on the same input. A run with gradient-disentangled embedding sharing (``gdes``) is
+exported with the discriminator's delta folded into its word and position tables: a plain
+``ElectraForPreTraining``, checked against the training model's discriminator the same way.
 """
 
 from __future__ import annotations
@@ -59,6 +61,22 @@ def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
     return {k: v.float() for k, v in state.items()}
 
 
+def embedding_sharing(summary: dict, tag: str) -> str:
+    """How the run shared embeddings (the structure of its state dict): the summary's, else the checkpoint
+    manifest's run config, else ``es`` (runs from before the option)."""
+    import json
+
+    from electra_ds.checkpoint import MANIFEST
+
+    if summary.get("embedding_sharing"):
+        return summary["embedding_sharing"]
+    try:
+        run_config = json.loads((Path(summary["checkpoint_dir"]) / tag / MANIFEST).read_text())["run_config"]
+    except (OSError, ValueError, KeyError):
+        return "es"
+    return run_config.get("embedding_sharing") or "es"
+
+
 def run(args, tracker) -> None:
     import torch
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
@@ -76,10 +94,16 @@ def run(args, tracker) -> None:
     objective = summary["objective"]
     with Progress(f"export: consolidating {tag}", unit="files", heartbeat=True, tracker=tracker, logger=log):
         state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
+    sharing = embedding_sharing(summary, tag)
     try:
-        nets = ElectraPretrainer.from_training_state(shape, objective, state).exported()
+        model = ElectraPretrainer.from_training_state(shape, objective, state, embedding_sharing=sharing)
     except ValueError as exc:
         raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=summary["checkpoint_dir"]) from None
+    nets = model.exported()
+    # what the exported models must reproduce: the training model's modules (under gdes the discriminator with its
+    # delta unfolded; the MLM baseline has no trained discriminator, its published encoder is the reference)
+    trained = {"discriminator": nets["discriminator"] if model.discriminator is None else model.discriminator,
+               "generator": model.generator}
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:
@@ -92,14 +116,13 @@ def run(args, tracker) -> None:
         disc = AutoModelForPreTraining.from_pretrained(tmp / "discriminator").eval()
         gen = AutoModelForMaskedLM.from_pretrained(tmp / "generator").eval()
         with torch.no_grad():
-            diffs = {
-                "discriminator": (disc(ids, **kwargs).logits - nets["discriminator"](ids, **kwargs).logits).abs().max().item(),
-                "generator": (gen(ids, **kwargs).logits - nets["generator"](ids, **kwargs).logits).abs().max().item(),
-            }
+            diffs = {name: (reloaded(ids, **kwargs).logits - trained[name](ids, **kwargs).logits).abs().max().item()
+                     for name, reloaded in (("discriminator", disc), ("generator", gen))}
         if max(diffs.values()) > 1e-4:
             raise RuntimeError(f"exported models differ from the trained model: {diffs}")
     log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)
-    tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"]})
+    tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"],
+                        "embedding_sharing": sharing})
     tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})
 
 

@@ -39,6 +39,8 @@ SETTINGS = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temp
 def add_arguments(p) -> None:
     p.add_argument("--shards", required=True, help="shards directory (index.json + .bin files)")
     p.add_argument("--output-dir", required=True, help="checkpoints/, train_log.jsonl and summary.json go here")
+    p.add_argument("--tokenizer-dir", default=None,
+                   help="vocab stage output (spm.model): which pieces start a word, needed by --masking whole_word")
     add_settings(p, SETTINGS)
 
 

@@ -1,10 +1,10 @@
 """Model shapes and the one FLOPs formula, without torch (the Snakefile uses them to plan a study).
 
 ``ModelShape`` is the discriminator's shape; the generator is derived from it with
-``generator_fraction`` (:func:`generator_dims`). :func:`flops_per_token` counts the training FLOPs
-(forward + backward = 3 x forward, matrix multiplies only) that one token position costs under an
-objective; pretraining FLOPs = that x steps x global batch x sequence length. It is the number by
-which the equal-compute study matches ELECTRA and the MLM baseline.
+``generator_fraction`` and ``generator_layers`` (:func:`generator_dims`, :func:`generator_num_layers`).
+:func:`flops_per_token` counts the training FLOPs (forward + backward = 3 x forward, matrix multiplies only)
+that one token position costs under an objective; pretraining FLOPs = that x steps x global batch x sequence
+length. It is the number by which the equal-compute study matches ELECTRA and the MLM baseline.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class ModelShape:
-    """Discriminator shape; the generator is derived from it with ``generator_fraction``."""
+    """Discriminator shape; the generator is derived from it with ``generator_fraction`` (width) and
+    ``generator_layers`` (depth, a fraction of ``num_layers``)."""
 
     vocab_size: int
     embedding_size: int = 128
@@ -33,11 +34,28 @@ class ModelShape:
 
 
 def generator_dims(shape: ModelShape) -> tuple[int, int, int]:
-    """(hidden size, heads, intermediate size) of the generator: ``generator_fraction`` of the discriminator's."""
-    f = shape.generator_fraction
-    heads = max(1, round(shape.num_heads * f))
-    hidden = max(heads, round(shape.hidden_size * f / heads) * heads)
-    return hidden, heads, max(1, round(shape.intermediate_size * f))
+    """(hidden size, heads, intermediate size) of the generator, by google-research/electra's rule
+    (run_pretraining.get_generator_config): hidden = round(hidden x generator_fraction), 64 dimensions per
+    head (heads = max(1, hidden // 64)), intermediate = 4 x the generator's hidden.
+
+    The rule depends only on the discriminator's hidden size. electra-ds first scaled the discriminator's heads
+    and intermediate size by the fraction instead; both rules give the same generators for ELECTRA-Small
+    (256 wide, 4 heads, 1024) and -Base (768/12/3072) at 1/4, for Base at 1/3 and for the 128/2/512 demo
+    shape at 1/4. They differ where the discriminator's intermediate size is not 4 x hidden (64/4/128 at 1/4:
+    now 16/1/64, was 16/1/32; 32/2/64 at 1/2: 16/1/64, was 16/1/32) and by round-off: Small at 1/3 or 0.333
+    85/1/340 (was 341), Base at 0.333 256/4/1024 (was 1023). Where the official head count does not divide
+    the hidden size (the official code stops with an error there; e.g. Large at 1/3: 341 and 5 heads) the
+    hidden size is rounded to the nearest multiple of the head count (340).
+    """
+    hidden = max(1, int(round(shape.hidden_size * shape.generator_fraction)))
+    heads = max(1, hidden // 64)
+    hidden = max(heads, int(round(hidden / heads)) * heads)
+    return hidden, heads, 4 * hidden
+
+
+def generator_num_layers(shape: ModelShape) -> int:
+    """The generator's depth: round(num_layers x generator_layers), at least one (official generator_layers)."""
+    return max(1, int(round(shape.num_layers * shape.generator_layers)))
 
 
 def _encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, seq_len: int) -> float:
@@ -50,8 +68,9 @@ def _encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, 
 def flops_per_token(shape: ModelShape, seq_len: int, objective: str = "electra", mask_prob: float = 0.15) -> float:
     """Training FLOPs per token position (3 x forward) for ``objective``.
 
-    electra/adversarial: discriminator encoder + its head at every position, generator encoder at every
-    position, the generator's MLM head (dense + vocabulary projection) at the masked fraction;
+    electra/adversarial: discriminator encoder + its head at every position, generator encoder (its own width
+    and depth, :func:`generator_dims`, :func:`generator_num_layers`) at every position, the generator's MLM
+    head (dense + vocabulary projection) at the masked fraction;
     mlm: one discriminator-sized encoder and its MLM head at the masked fraction.
     """
     e, h, v = shape.embedding_size, shape.hidden_size, shape.vocab_size
@@ -59,7 +78,7 @@ def flops_per_token(shape: ModelShape, seq_len: int, objective: str = "electra",
     if objective == "mlm":
         return 3.0 * (disc + mask_prob * (2 * h * e + 2 * e * v))
     g_hidden, _, g_inter = generator_dims(shape)
-    gen = _encoder_flops(g_hidden, g_inter, shape.num_layers, e, seq_len)
+    gen = _encoder_flops(g_hidden, g_inter, generator_num_layers(shape), e, seq_len)
     gen_head = mask_prob * (2 * g_hidden * e + 2 * e * v)
     disc_head = 2 * h * h + 2 * h
     return 3.0 * (disc + gen + gen_head + disc_head)

@@ -45,12 +45,43 @@ def global_batch_indices(n_examples: int, global_batch: int, step: int, seed: in
     return perm[within * global_batch:(within + 1) * global_batch]
 
 
-def global_token_counts(global_ids: np.ndarray, mask_prob: float) -> tuple[float, float]:
-    """(masked positions, real tokens) in the whole global batch: known from the ids alone."""
-    from electra_ds.model import masks_per_row
+def global_token_counts(global_ids: np.ndarray, mask_prob: float, masking: str = "token", mask_count: str = "exact",
+                        seeds=None, word_starts=None, device="cpu") -> tuple[float, float]:
+    """(generator predictions, real tokens) in the whole global batch, the same on every rank: from the ids alone,
+    or with whole-word masking (whose count depends on the draws) by replaying every row's masking draws from its
+    per-row seed (``seeds``, in global-batch order) on the training ``device``."""
+    from electra_ds.model import prediction_count
 
-    _, n_mask = masks_per_row(global_ids, mask_prob)
-    return float(n_mask.sum()), float((global_ids != 0).sum())
+    n_pred = prediction_count(global_ids, mask_prob, masking, mask_count, seeds, word_starts, device)
+    return float(n_pred), float((global_ids != 0).sum())
+
+
+def load_word_starts(args, shard_dir, vocab_size: int):
+    """Whole-word masking's word-start table from ``--tokenizer-dir`` (checked against the shards' tokenizer),
+    None for token masking; UserError for what a user can get wrong."""
+    from electra_ds.model import check_masking
+
+    try:
+        check_masking(args.masking, args.mask_count)
+    except ValueError as exc:
+        raise UserError(str(exc), field="pretrain.mask_count") from None
+    if args.masking != "whole_word":
+        return None
+    if not args.tokenizer_dir:
+        raise UserError("pretrain.masking whole_word needs the vocabulary to find word starts",
+                        field="pretrain.masking", fix="pass --tokenizer-dir (the vocab stage's directory)")
+    from electra_ds.fileio import read_json, sha256_file
+    from electra_ds.model import word_start_table
+
+    spm_model = Path(args.tokenizer_dir) / "spm.model"
+    expected = read_json(Path(shard_dir) / "index.json").get("tokenizer_sha256")
+    if expected and spm_model.is_file() and sha256_file(spm_model) != expected:
+        raise UserError("this is not the vocabulary the shards were made with", path=spm_model,
+                        fix="pass the vocab directory the shards stage used as --tokenizer-dir")
+    table = word_start_table(args.tokenizer_dir)
+    if len(table) != vocab_size:
+        raise UserError(f"the vocabulary has {len(table)} pieces, the shards {vocab_size}", path=spm_model)
+    return table
 
 
 def rank_micro_batches(indices: np.ndarray, rank: int, world: int, micro: int) -> list[np.ndarray]:
@@ -119,6 +150,7 @@ class Trainer:
         # Everything a user can get wrong is checked before any process group or model exists.
         self.train = open_split(args.shards, "train", verify=True)
         self.valid = open_optional_split(args.shards, "valid")
+        self.word_starts = load_word_starts(args, args.shards, self.train.vocab_size)  # whole_word masking, else None
         ds_cfg = load_ds_config(args.ds_config, global_batch=args.global_batch_size,
                                 micro_batch=args.micro_batch_size, world_size=self.world, precision=args.precision,
                                 device_type=device_type)
@@ -164,6 +196,8 @@ class Trainer:
                                   temperature=args.temperature, disallow_correct=args.disallow_correct,
                                   masking=args.masking, mask_count=args.mask_count,
                                   uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing)
+        if self.word_starts is not None:
+            model.use_word_starts(self.word_starts)
         self.parameters = sum(p.numel() for p in model.parameters())
         from electra_ds.optim import build_optimizer, lr_lambda
 
@@ -216,12 +250,14 @@ class Trainer:
         args, engine = self.args, self.engine
         engine.train()
         indices = global_batch_indices(len(self.train), args.global_batch_size, self.step, args.seed)
-        n_masked, n_real = global_token_counts(self.train.batch(indices), args.mask_prob)
+        row_seeds = [step_seed(args.seed, self.step, 0, i) for i in range(len(indices))]  # per global-batch position
+        n_masked, n_real = global_token_counts(self.train.batch(indices), args.mask_prob, args.masking, args.mask_count,
+                                               row_seeds, self.word_starts, self.device)
         parts = self.world * self.accum  # each micro-batch's loss sum is divided by the global count / parts
         for m, rows in enumerate(rank_micro_batches(indices, self.rank, self.world, self.micro)):
             first_row = self.rank * (len(indices) // self.world) + m * self.micro  # position in the global batch
             torch.manual_seed(step_seed(args.seed, self.step, self.rank, m))  # dropout
-            seeds = [step_seed(args.seed, self.step, 0, first_row + i) for i in range(len(rows))]
+            seeds = row_seeds[first_row:first_row + len(rows)]
             batch = torch.from_numpy(self.train.batch(rows)).to(self.device)
             outputs = engine(batch, seeds=seeds, gen_denominator=n_masked / parts, disc_denominator=n_real / parts)
             engine.backward(outputs["loss"])

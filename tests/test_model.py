@@ -36,7 +36,8 @@ def test_mask_positions_count_and_never_specials():
 
 def test_generator_is_a_fraction_of_the_discriminator():
     disc, gen = electra_configs(SHAPE)
-    assert gen.hidden_size == 16 and gen.num_attention_heads == 1 and gen.intermediate_size == 32
+    # official rule (google-research/electra): 1/4 of the hidden size, 64 dims per head, intermediate 4 x hidden
+    assert gen.hidden_size == 16 and gen.num_attention_heads == 1 and gen.intermediate_size == 64
     assert gen.embedding_size == disc.embedding_size == 32
     assert disc.hidden_size == 64
 

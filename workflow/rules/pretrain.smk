@@ -6,13 +6,25 @@
 PT = config["pretrain"]  # the job's shape (nodes, processes, GPUs, threads) is the same for every model
 
 
-def pretrain_args(wildcards):
+def pretrain_vocab(wildcards):
+    """The vocabulary, an input only with whole-word masking (which pieces start a word): token masking reads
+    the shards alone, so its runs do not depend on (or rerun for) the vocab directory."""
+    if MODELS[wildcards.model]["pretrain"]["masking"] == "whole_word":
+        return {"vocab": rules.vocab.output[0]}
+    return {}
+
+
+def pretrain_args(wildcards, input):
     """The stage's settings from the model's merged pretrain section (ds_config: the rule's input, resolved)."""
-    return stage_args("pretrain", skip=("ds_config",), pretrain=MODELS[wildcards.model]["pretrain"])
+    args = stage_args("pretrain", skip=("ds_config",), pretrain=MODELS[wildcards.model]["pretrain"])
+    if "vocab" in input.keys():
+        args += f" --tokenizer-dir {shlex.quote(input.vocab)}"
+    return args
 
 
 rule pretrain:
     input:
+        unpack(pretrain_vocab),
         shards=rules.shards.output,
         ds_config=repo_path(PT["ds_config"]),
     output:

@@ -1,0 +1,344 @@
+"""Fidelity options of the model (issue 13): the official generator size rule, generator_layers, the uniform
+generator and embedding sharing (es / gdes / none). Each option must change what it should and nothing else."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from electra_ds import CLS_ID, PAD_ID, SEP_ID
+from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, RowRandom, electra_configs
+from electra_ds.shape import ModelShape, _encoder_flops, flops_per_token, generator_dims
+from helpers import electra_ds
+
+SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
+                   intermediate_size=256, max_position_embeddings=64, dropout=0.0)
+
+
+def batch(rows=8, length=40, pad_from=30, vocab=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (rows, length), generator=g)
+    ids[:, 0] = CLS_ID
+    ids[:, 15] = SEP_ID
+    ids[:, length - 1] = SEP_ID
+    ids[: rows // 2, pad_from:] = PAD_ID
+    ids[: rows // 2, pad_from - 1] = SEP_ID
+    return ids
+
+
+def shape(**kw) -> ModelShape:
+    return ModelShape(**{**SHAPE.to_dict(), **kw})
+
+
+def model(seed=0, **kw) -> ElectraPretrainer:
+    torch.manual_seed(seed)
+    return ElectraPretrainer(kw.pop("shape", SHAPE), **kw).eval()
+
+
+def disc_input_spy(m):
+    """Record what the discriminator sees (its input ids) on every forward."""
+    seen = []
+    m.discriminator.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    return seen
+
+
+# -- generator size (fidelity row 7) -------------------------------------------------------------------------------
+
+def official_generator(hidden_size: int, fraction: float):
+    """google-research/electra run_pretraining.get_generator_config."""
+    hidden = int(round(hidden_size * fraction))
+    return hidden, max(1, hidden // 64), 4 * hidden
+
+
+def previous_rule(s: ModelShape):
+    """electra-ds's rule before the official one: heads and intermediate size scaled by the fraction."""
+    f = s.generator_fraction
+    heads = max(1, round(s.num_heads * f))
+    return max(heads, round(s.hidden_size * f / heads) * heads), heads, max(1, round(s.intermediate_size * f))
+
+
+@pytest.mark.parametrize("dims, fraction, expected", [
+    ((256, 4, 1024), 1 / 4, (64, 1, 256)),     # ELECTRA-Small (paper: 1/4)
+    ((768, 12, 3072), 1 / 4, (192, 3, 768)),   # ELECTRA-Base
+    ((768, 12, 3072), 1 / 3, (256, 4, 1024)),  # ELECTRA-Base (paper: 1/3)
+    ((128, 2, 512), 1 / 4, (32, 1, 128)),      # the demo / cpu-study shape
+])
+def test_official_generator_rule_equals_the_previous_one_on_the_paper_shapes(dims, fraction, expected):
+    s = shape(hidden_size=dims[0], num_heads=dims[1], intermediate_size=dims[2], generator_fraction=fraction)
+    assert generator_dims(s) == official_generator(dims[0], fraction) == expected
+    assert previous_rule(s) == expected
+
+
+@pytest.mark.parametrize("dims, fraction, official, previous", [
+    ((256, 4, 1024), 1 / 3, (85, 1, 340), (85, 1, 341)),        # Small at 1/3: round-off of the intermediate
+    ((768, 12, 3072), 0.333, (256, 4, 1024), (256, 4, 1023)),   # the electra-base preset's 0.333
+    ((64, 4, 128), 1 / 4, (16, 1, 64), (16, 1, 32)),            # intermediate != 4 x hidden (test shapes)
+    ((32, 2, 64), 1 / 2, (16, 1, 64), (16, 1, 32)),             # tests/test_pretrain.py's TINY
+])
+def test_shapes_where_the_official_rule_differs(dims, fraction, official, previous):
+    s = shape(hidden_size=dims[0], num_heads=dims[1], intermediate_size=dims[2], generator_fraction=fraction)
+    assert generator_dims(s) == official == official_generator(dims[0], fraction)
+    assert previous_rule(s) == previous
+
+
+def test_heads_that_do_not_divide_the_hidden_size_round_it_to_a_multiple():
+    # Large at 1/3: official 341 wide with 341 // 64 = 5 heads, which the official code rejects
+    hidden, heads, inter = generator_dims(shape(hidden_size=1024, num_heads=16, intermediate_size=4096,
+                                                generator_fraction=1 / 3))
+    assert (hidden, heads, inter) == (340, 5, 1360) and hidden % heads == 0
+
+
+# -- generator_layers ----------------------------------------------------------------------------------------------
+
+def test_generator_layers_changes_only_the_generators_depth():
+    full, half = model(), model(shape=shape(generator_layers=0.5))
+    assert len(full.generator.electra.encoder.layer) == 4 and len(half.generator.electra.encoder.layer) == 2
+    assert len(half.discriminator.electra.encoder.layer) == 4
+    full_state, half_state = full.state_dict(), half.state_dict()
+    dropped = {k for k in full_state if k.startswith(("generator.electra.encoder.layer.2.",
+                                                      "generator.electra.encoder.layer.3."))}
+    assert dropped and set(half_state) == set(full_state) - dropped
+    assert all(half_state[k].shape == full_state[k].shape for k in half_state)
+    _, gen_config = electra_configs(shape(generator_layers=0.5))
+    assert (gen_config.hidden_size, gen_config.num_attention_heads) == generator_dims(SHAPE)[:2]
+    # round(layers x fraction), at least one
+    assert len(model(shape=shape(num_layers=12, generator_layers=0.75)).generator.electra.encoder.layer) == 9
+    assert len(model(shape=shape(num_layers=1, generator_layers=0.25)).generator.electra.encoder.layer) == 1
+
+
+def test_generator_layers_flops_drop_by_the_missing_generator_layers_only():
+    seq = 128
+    g_hidden, _, g_inter = generator_dims(SHAPE)
+    missing = _encoder_flops(g_hidden, g_inter, 4, 32, seq) - _encoder_flops(g_hidden, g_inter, 2, 32, seq)
+    full, half = flops_per_token(SHAPE, seq), flops_per_token(shape(generator_layers=0.5), seq)
+    assert math.isclose(full - half, 3.0 * missing, rel_tol=1e-12)
+    assert flops_per_token(SHAPE, seq, "mlm") == flops_per_token(shape(generator_layers=0.5), seq, "mlm")
+
+
+# -- uniform generator ---------------------------------------------------------------------------------------------
+
+def test_uniform_generator_samples_uniformly_over_non_special_ids():
+    vocab, rows, per_row = 40, 500, 100
+    m = model(shape=shape(vocab_size=vocab), uniform_generator=True)
+    logits = torch.zeros(rows * per_row, vocab)
+    logits[:, 7] = 30.0  # a generator sure of token 7: ignored
+    originals = torch.full((rows * per_row,), 9)
+    uniform = RowRandom(range(rows), rows, "cpu").ragged([per_row] * rows, vocab)
+    sampled = m.sample_replacements(logits, originals, uniform)
+    counts = torch.bincount(sampled, minlength=vocab).double()
+    assert counts[:5].sum() == 0  # never [PAD] [UNK] [CLS] [SEP] [MASK]
+    expected = len(sampled) / (vocab - 5)
+    chi2 = ((counts[5:] - expected) ** 2 / expected).sum().item()
+    df = vocab - 6
+    assert chi2 < df + 5 * math.sqrt(2 * df), chi2  # ~5 sigma above the chi-square mean
+    # the same draws through the generator's logits give token 7 nearly always
+    assert (model(shape=shape(vocab_size=vocab)).sample_replacements(logits, originals, uniform) == 7).all()
+
+
+def test_uniform_generator_changes_only_the_replacements_and_keeps_the_generator_loss():
+    ids = batch(rows=16)
+    base, uni = model(), model(uniform_generator=True)
+    uni.load_state_dict(base.state_dict())
+    seen_base, seen_uni = disc_input_spy(base), disc_input_spy(uni)
+    out_base, out_uni = base(ids, seeds=range(16)), uni(ids, seeds=range(16))
+    # same masks and generator loss; only the tokens at masked positions differ
+    assert out_base["gen_loss"] == out_uni["gen_loss"]
+    assert torch.equal(out_base["stats"]["masked"], out_uni["stats"]["masked"])
+    assert (seen_base[0] != seen_uni[0]).any()
+    # only masked positions are replaced (a uniform draw rarely equals the original)
+    replaced = (seen_uni[0] != ids).sum()
+    assert 0.9 * out_uni["stats"]["masked"] <= replaced <= out_uni["stats"]["masked"]
+    # the generator still trains on its MLM loss
+    out_uni["loss"].backward()
+    grad = uni.generator.generator_predictions.dense.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert abs(out_uni["gen_loss"].item() - math.log(300)) < 1.0
+
+
+def test_uniform_samples_do_not_depend_on_the_generator_and_follow_the_row_seeds():
+    ids = batch(rows=8)
+    a, b = model(seed=0, uniform_generator=True), model(seed=1, uniform_generator=True)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.generator.generator_lm_head.bias[11] = 100.0  # a generator that always proposes token 11
+    seen_a, seen_b = disc_input_spy(a), disc_input_spy(b)
+    a(ids, seeds=range(8))
+    b(ids, seeds=range(8))
+    assert torch.equal(seen_a[0], seen_b[0])
+    # world-size equivalence: the rows split over two "ranks" see the same replacements
+    a(ids[:3], seeds=range(3))
+    a(ids[3:], seeds=range(3, 8))
+    assert torch.equal(torch.cat(seen_a[1:]), seen_a[0])
+
+
+# -- embedding sharing ---------------------------------------------------------------------------------------------
+
+def shared_params(m):
+    gen = {id(p) for p in m.generator.parameters()}
+    return [n for n, p in m.discriminator.named_parameters() if id(p) in gen]
+
+
+def test_none_gives_separate_embeddings_with_the_generator_head_tied_to_its_own():
+    es, none = model(), model(embedding_sharing="none")
+    assert none.generator.electra.embeddings is not none.discriminator.electra.embeddings
+    assert shared_params(none) == []
+    assert none.generator.generator_lm_head.weight is none.generator.electra.embeddings.word_embeddings.weight
+    gen_emb = sum(p.numel() for p in none.generator.electra.embeddings.parameters())
+    assert sum(p.numel() for p in none.parameters()) == sum(p.numel() for p in es.parameters()) + gen_emb
+    # the discriminator's loss no longer reaches the generator's embeddings
+    out = none(batch(), seeds=range(8))
+    (out["loss"] - out["loss"].detach()).backward()
+    word = none.generator.electra.embeddings.word_embeddings.weight
+    g_total = word.grad.clone()
+    none.zero_grad()
+    none.disc_weight = 0.0
+    out = none(batch(), seeds=range(8))
+    out["loss"].backward()
+    assert torch.allclose(word.grad, g_total, atol=1e-7)
+
+
+def test_es_shares_the_whole_embedding_module_once():
+    es = model()
+    assert es.generator.electra.embeddings is es.discriminator.electra.embeddings
+    names = {n.split("electra.embeddings.")[1] for n in shared_params(es)}
+    assert names == {"word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+                     "LayerNorm.weight", "LayerNorm.bias"}
+
+
+def gdes_twin(es: ElectraPretrainer) -> ElectraPretrainer:
+    """A gdes model with es's weights (delta zero): the same function as es at the start."""
+    gdes = model(embedding_sharing="gdes")
+    state = {k: v for k, v in es.state_dict().items()}
+    emb = "discriminator.electra.embeddings."
+    for table in ("word_embeddings", "position_embeddings"):
+        state[f"{emb}{table}.source.weight"] = state.pop(f"{emb}{table}.weight")
+        state[f"{emb}{table}.delta"] = torch.zeros_like(state[f"{emb}{table}.source.weight"])
+    missing, unexpected = gdes.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("generator.electra.embeddings.") or "lm_head" in k for k in missing)
+    return gdes
+
+
+def test_gdes_structure_registers_every_parameter_once():
+    gdes = model(embedding_sharing="gdes")
+    d_emb, g_emb = gdes.discriminator.electra.embeddings, gdes.generator.electra.embeddings
+    assert isinstance(d_emb.word_embeddings, GradientDisentangledEmbedding)
+    assert d_emb.word_embeddings.source is g_emb.word_embeddings
+    assert d_emb.position_embeddings.source is g_emb.position_embeddings
+    assert d_emb.token_type_embeddings is not g_emb.token_type_embeddings and d_emb.LayerNorm is not g_emb.LayerNorm
+    assert torch.count_nonzero(d_emb.word_embeddings.delta) == 0
+    assert gdes.generator.generator_lm_head.weight is g_emb.word_embeddings.weight
+    # every tensor once in parameters(): what the optimizer and ZeRO partition
+    params = list(gdes.parameters())
+    assert len({id(p) for p in params}) == len(params)
+    assert sorted(n.split("electra.embeddings.")[1] for n in shared_params(gdes)) == [
+        "position_embeddings.source.weight", "word_embeddings.source.weight"]
+    # the discriminator's tables: the generator's plus the delta
+    with torch.no_grad():
+        d_emb.word_embeddings.delta.normal_()
+        ids = batch()
+        expected = g_emb.word_embeddings.weight[ids] + d_emb.word_embeddings.delta[ids]
+        assert torch.allclose(d_emb.word_embeddings(ids), expected)
+
+
+def test_gdes_leaves_the_generator_gradient_as_the_mlm_loss_alone_gives_it():
+    ids = batch(rows=16)
+    es = model()
+    gdes = gdes_twin(es)
+    es_gen_only = model(seed=5)
+    es_gen_only.load_state_dict(es.state_dict())
+    es_gen_only.disc_weight = 0.0  # es with the discriminator's loss switched off: the MLM loss alone
+
+    outs = {name: m(ids, seeds=range(16)) for name, m in
+            (("es", es), ("gdes", gdes), ("es_gen_only", es_gen_only))}
+    for out in outs.values():
+        out["loss"].backward()
+    # identical forward at delta = 0
+    assert outs["gdes"]["gen_loss"] == outs["es"]["gen_loss"]
+    assert math.isclose(outs["gdes"]["disc_loss"].item(), outs["es"]["disc_loss"].item(), rel_tol=1e-5)
+
+    # every generator gradient under gdes (full loss) is the MLM loss's alone, as es gives it without the
+    # discriminator's loss
+    checked = 0
+    for name, p in gdes.generator.named_parameters():
+        ref = es_gen_only.generator.get_parameter(name).grad
+        assert torch.allclose(p.grad, ref, rtol=1e-4, atol=1e-7), name
+        checked += 1
+    assert checked > 10
+    word = "electra.embeddings.word_embeddings.weight"
+    # ... while under es the discriminator's loss reaches the shared table (so the comparison is sensitive)
+    es_word, only_gen = es.generator.get_parameter(word).grad, es_gen_only.generator.get_parameter(word).grad
+    assert not torch.allclose(es_word, only_gen, rtol=1e-3, atol=1e-6)
+
+    # the discriminator's loss reaches its tables only through the delta, exactly as much as it reached es's
+    d_emb = gdes.discriminator.electra.embeddings
+    for table in ("word_embeddings", "position_embeddings"):
+        disc_part = (es.generator.get_parameter(f"electra.embeddings.{table}.weight").grad
+                     - es_gen_only.generator.get_parameter(f"electra.embeddings.{table}.weight").grad)
+        delta = getattr(d_emb, table).delta.grad
+        assert delta.abs().sum() > 0
+        assert torch.allclose(delta, disc_part, rtol=1e-3, atol=1e-6), table
+    assert d_emb.token_type_embeddings.weight.grad is not None  # its own, trained by its loss
+
+
+def test_gdes_export_folds_the_delta_and_reproduces_the_trained_model(tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    from electra_ds.model import token_type_ids_for
+
+    tiny = shape(num_layers=2, vocab_size=300)
+    m = model(shape=tiny, embedding_sharing="gdes").train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for step in range(3):
+        opt.zero_grad()
+        m(batch(seed=step), seeds=range(step * 8, step * 8 + 8))["loss"].backward()
+        opt.step()
+    m.eval()
+    d_emb = m.discriminator.electra.embeddings
+    assert d_emb.word_embeddings.delta.abs().max() > 0 and d_emb.position_embeddings.delta.abs().max() > 0
+
+    # the state as ZeRO consolidates it: every tensor once, under one of its names
+    state = {n: p.detach().clone() for n, p in m.named_parameters()}
+    state.update({n: b for n, b in m.named_buffers() if n in m.state_dict()})
+    restored = ElectraPretrainer.from_training_state(tiny, "electra", state, embedding_sharing="gdes")
+    nets = restored.exported()
+    assert type(nets["discriminator"].electra.embeddings.word_embeddings) is torch.nn.Embedding
+    assert not any("delta" in k or "source" in k for k in nets["discriminator"].state_dict())
+    for name, net in nets.items():
+        net.save_pretrained(tmp_path / name)
+    disc = AutoModelForPreTraining.from_pretrained(tmp_path / "discriminator").eval()
+    gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator").eval()
+    ids = batch(rows=4)
+    kwargs = {"attention_mask": (ids != PAD_ID).long(), "token_type_ids": token_type_ids_for(ids)}
+    with torch.no_grad():
+        assert (disc(ids, **kwargs).logits - m.discriminator(ids, **kwargs).logits).abs().max() < 1e-5
+        assert (gen(ids, **kwargs).logits - m.generator(ids, **kwargs).logits).abs().max() < 1e-5
+    assert torch.equal(disc.electra.embeddings.word_embeddings.weight,
+                       m.generator.electra.embeddings.word_embeddings.weight + d_emb.word_embeddings.delta)
+
+
+def test_a_gdes_state_does_not_load_as_es():
+    state = model(embedding_sharing="gdes").state_dict()
+    with pytest.raises(ValueError, match="unexpected"):
+        ElectraPretrainer.from_training_state(SHAPE, "electra", state)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_trains_gdes_and_exports(prepared, tmp_path):
+    from test_pretrain import pretrain_args
+
+    out = tmp_path / "pretrain"
+    res = electra_ds(["launch", "--launcher", "none", "--",
+                      *pretrain_args(prepared, out, stage=3, steps=3, extra=["--embedding-sharing", "gdes"])])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["zero_stage"] == 3
+    res = electra_ds(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
+                      str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    from transformers import AutoModelForPreTraining
+
+    disc = AutoModelForPreTraining.from_pretrained(tmp_path / "export" / "discriminator")
+    assert type(disc.electra.embeddings.word_embeddings) is torch.nn.Embedding
