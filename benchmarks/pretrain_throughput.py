@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, flops_per_token, mask_positions
+from electra_ds.masking import mask_positions
+from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs
+from electra_ds.shape import flops_per_token
 
 
 SHAPES = {  # discriminator shapes; generator = generator_fraction of the width

@@ -27,15 +27,14 @@ import statistics
 from pathlib import Path
 import contextlib
 
+from electra_ds import plots, report
 from electra_ds.errors import UserError
-from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import TASKS, get_task
-from electra_ds.report import table_markdown
-from electra_ds import plots, report
+from electra_ds.report import model_table, table_markdown
+from electra_ds.settings import add_settings
 from electra_ds.submission import build_submission
 from electra_ds.tracking import log_model_runs
-from electra_ds.report import model_table, table_markdown
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ def generator_num_layers(shape: ModelShape) -> int:
     return max(1, int(round(shape.num_layers * shape.generator_layers)))
 
 
-def _encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, seq_len: int) -> float:
+def encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, seq_len: int) -> float:
     """Forward FLOPs per token of one encoder: projections, attention scores and values, feed-forward."""
     per_layer = 2 * (4 * hidden ** 2 + 2 * hidden * intermediate) + 2 * 2 * seq_len * hidden
     projection = 2 * embedding * hidden if embedding != hidden else 0
@@ -74,11 +74,11 @@ def flops_per_token(shape: ModelShape, seq_len: int, objective: str = "electra",
     mlm: one discriminator-sized encoder and its MLM head at the masked fraction.
     """
     e, h, v = shape.embedding_size, shape.hidden_size, shape.vocab_size
-    disc = _encoder_flops(h, shape.intermediate_size, shape.num_layers, e, seq_len)
+    disc = encoder_flops(h, shape.intermediate_size, shape.num_layers, e, seq_len)
     if objective == "mlm":
         return 3.0 * (disc + mask_prob * (2 * h * e + 2 * e * v))
     g_hidden, _, g_inter = generator_dims(shape)
-    gen = _encoder_flops(g_hidden, g_inter, generator_num_layers(shape), e, seq_len)
+    gen = encoder_flops(g_hidden, g_inter, generator_num_layers(shape), e, seq_len)
     gen_head = mask_prob * (2 * g_hidden * e + 2 * e * v)
     disc_head = 2 * h * h + 2 * h
     return 3.0 * (disc + gen + gen_head + disc_head)

@@ -37,7 +37,7 @@ from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, sha256_file, write_json
 from electra_ds.parallel import batched, ordered_map
-from electra_ds.shard_format import FORMAT, SPLITS, open_split, token_type_ids  # noqa: F401 (re-exported)
+from electra_ds.shard_format import FORMAT, SPLITS
 from electra_ds.splits import document_split
 from electra_ds import progress
 

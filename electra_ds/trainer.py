@@ -50,7 +50,7 @@ def global_token_counts(global_ids: np.ndarray, mask_prob: float, masking: str =
     """(generator predictions, real tokens) in the whole global batch, the same on every rank: from the ids alone,
     or with whole-word masking (whose count depends on the draws) by replaying every row's masking draws from its
     per-row seed (``seeds``, in global-batch order) on the training ``device``."""
-    from electra_ds.model import prediction_count
+    from electra_ds.masking import prediction_count
 
     n_pred = prediction_count(global_ids, mask_prob, masking, mask_count, seeds, word_starts, device)
     return float(n_pred), float((global_ids != 0).sum())
@@ -59,7 +59,7 @@ def global_token_counts(global_ids: np.ndarray, mask_prob: float, masking: str =
 def load_word_starts(args, shard_dir, vocab_size: int):
     """Whole-word masking's word-start table from ``--tokenizer-dir`` (checked against the shards' tokenizer),
     None for token masking; UserError for what a user can get wrong."""
-    from electra_ds.model import check_masking
+    from electra_ds.masking import check_masking
 
     try:
         check_masking(args.masking, args.mask_count)
@@ -71,7 +71,7 @@ def load_word_starts(args, shard_dir, vocab_size: int):
         raise UserError("pretrain.masking whole_word needs the vocabulary to find word starts",
                         field="pretrain.masking", fix="pass --tokenizer-dir (the vocab stage's directory)")
     from electra_ds.fileio import read_json, sha256_file
-    from electra_ds.model import word_start_table
+    from electra_ds.masking import word_start_table
 
     spm_model = Path(args.tokenizer_dir) / "spm.model"
     expected = read_json(Path(shard_dir) / "index.json").get("tokenizer_sha256")
@@ -162,7 +162,8 @@ class Trainer:
         import deepspeed
         import torch
 
-        from electra_ds.model import ElectraPretrainer, ModelShape, flops_per_token
+        from electra_ds.model import ElectraPretrainer, ModelShape
+        from electra_ds.shape import flops_per_token
         from electra_ds.step_metrics import MetricSums, TokenPrior
 
         try:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from electra_ds import CLS_ID, PAD_ID, SEP_ID
-from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, RowRandom, electra_configs
-from electra_ds.shape import ModelShape, _encoder_flops, flops_per_token, generator_dims
+from electra_ds.masking import RowRandom
+from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
+from electra_ds.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
 from helpers import electra_ds
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
@@ -112,7 +113,7 @@ def test_generator_layers_changes_only_the_generators_depth():
 def test_generator_layers_flops_drop_by_the_missing_generator_layers_only():
     seq = 128
     g_hidden, _, g_inter = generator_dims(SHAPE)
-    missing = _encoder_flops(g_hidden, g_inter, 4, 32, seq) - _encoder_flops(g_hidden, g_inter, 2, 32, seq)
+    missing = encoder_flops(g_hidden, g_inter, 4, 32, seq) - encoder_flops(g_hidden, g_inter, 2, 32, seq)
     full, half = flops_per_token(SHAPE, seq), flops_per_token(shape(generator_layers=0.5), seq)
     assert math.isclose(full - half, 3.0 * missing, rel_tol=1e-12)
     assert flops_per_token(SHAPE, seq, "mlm") == flops_per_token(shape(generator_layers=0.5), seq, "mlm")

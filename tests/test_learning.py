@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from electra_ds.model import ElectraPretrainer, ModelShape, gumbel_sample
+from electra_ds.masking import gumbel_sample
+from electra_ds.model import ElectraPretrainer, ModelShape
 from electra_ds.pretrain import PlateauWatch
 from electra_ds.optim import lr_lambda
 from electra_ds.trainer import global_batch_indices, step_seed

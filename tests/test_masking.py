@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.model import (MASK_DRAWS, ElectraPretrainer, ModelShape, RowRandom, check_masking, choose_masked,
-                              max_predictions, official_counts, prediction_count, word_start_table)
+from electra_ds.masking import (MASK_DRAWS, RowRandom, check_masking, choose_masked, max_predictions, official_counts,
+                                prediction_count, word_start_table)
+from electra_ds.model import ElectraPretrainer, ModelShape
 from helpers import REPO, electra_ds
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.model import (ElectraPretrainer, ModelShape, RowRandom, electra_configs, gumbel_sample,
-                              mask_positions, token_type_ids_for)
+from electra_ds.masking import RowRandom, gumbel_sample, mask_positions
+from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
 from electra_ds.step_metrics import summarise
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
