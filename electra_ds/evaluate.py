@@ -30,15 +30,14 @@ import contextlib
 from electra_ds import plots, report
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path
-from electra_ds.glue import TASKS, get_task
-from electra_ds.report import model_table, table_markdown
+from electra_ds.glue import GLUE_SCORE_TASKS, TASKS, get_task
+from electra_ds.report import render_markdown, render_models, render_report, score_lines
 from electra_ds.settings import add_settings
 from electra_ds.submission import build_submission
 from electra_ds.tracking import log_model_runs
 
 log = logging.getLogger(__name__)
 
-GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 # The common convention: (entry, task, metrics averaged for the entry).
 COMMON_ENTRIES = (("CoLA", "cola", ("mcc",)), ("SST-2", "sst2", ("accuracy",)), ("MRPC", "mrpc", ("accuracy", "f1")),
                   ("STS-B", "stsb", ("pearson", "spearman")), ("QQP", "qqp", ("accuracy", "f1")),
@@ -168,93 +167,6 @@ def summarize(results: list) -> dict:
     }
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def render_markdown(summary: dict, model: str | None = None, heading: str = "#") -> str:
-    lines = [
-        f"{heading} Fine-tuning results" + (f": {model}" if model else ""),
-        "",
-        "Dev-set scores in percent: median over seeds, with mean ± sample standard deviation of the main "
-        "metric. Rows of kind *probe* are offline probe tasks derived from held-out pretraining text: "
-        "they are not GLUE tasks and are averaged separately.",
-        "",
-        "| task | kind | metrics (median) | main | mean ± std | seeds |",
-        "|---|---|---|---:|---:|---:|",
-    ]
-    for name, t in summary["tasks"].items():
-        kind = "probe" if t["is_probe"] else "GLUE"
-        metrics = ", ".join(f"{m} {_pct(s['median'])}" for m, s in t["metrics"].items())
-        main = t["main"]
-        lines.append(f"| {name} | {kind} | {metrics} | {t['main_metric']} {_pct(main['median'])} | "
-                     f"{_pct(main['mean'])} ± {_pct(main['std'])} | {t['n_seeds']} |")
-    glue, probe, overall = summary["glue_score"], summary["probe_score"], summary["average_score"]
-    glue_note = f"{len(glue['tasks'])} of {len(GLUE_SCORE_TASKS)} tasks: {', '.join(glue['tasks']) or 'none'}"
-    if glue["missing"]:
-        glue_note += f"; missing: {', '.join(glue['missing'])}"
-    if glue["excluded"]:
-        glue_note += f"; not counted: {', '.join(glue['excluded'])}"
-    if glue["tasks"]:
-        lines.append(f"| **GLUE score** | GLUE | {glue_note} | {_pct(glue['value'])} | | |")
-        common = summary["glue_score_common"]
-        if common["value"] is not None:
-            note = f"{len(common['entries'])} entries: {', '.join(common['entries'])}"
-            if common["missing"]:
-                note += f"; missing: {', '.join(common['missing'])}"
-            lines.append(f"| **GLUE score, common** | GLUE | {note} | {_pct(common['value'])} | | |")
-    if probe["tasks"]:
-        lines.append(f"| **probe score** | probe | {len(probe['tasks'])} probe "
-                     f"task{'' if len(probe['tasks']) == 1 else 's'}: {', '.join(probe['tasks'])} "
-                     f"| {_pct(probe['value'])} | | |")
-    if glue["tasks"] and probe["tasks"]:
-        lines.append(f"| **average** | GLUE + probe | all {len(overall['tasks'])} tasks above "
-                     f"| {_pct(overall['value'])} | | |")
-    lines.append("")
-    if glue["tasks"]:
-        lines += [f"GLUE score convention: {glue['convention']}.", ""]
-        if summary["glue_score_common"]["value"] is not None:
-            lines += [f"GLUE score, common convention: {summary['glue_score_common']['convention']}.", ""]
-    return "\n".join(lines)
-
-
-def render_report(summary: dict, table: dict, earlier_note: str, images: dict) -> str:
-    """The comparison, submission and plot sections appended to the results table."""
-
-    has_glue = any(not t["is_probe"] for t in summary["tasks"].values())
-    title = "Comparison with published ELECTRA numbers and earlier runs" if has_glue else "Comparison with earlier runs"
-    lines = ["", f"## {title}", "",
-             "Main dev metric in percent (this run: median ± std over seeds; earlier runs: their logged medians).",
-             "", table_markdown(table), ""]
-    lines += [f"- {note}" for note in table["notes"]]
-    lines += [f"- Earlier runs: {earlier_note}.", ""]
-    sub = summary.get("submission")
-    if sub:
-        lines += ["## Leaderboard submission", "",
-                  f"`{Path(sub['zip']).name}` ({sub['seed_choice']} seed per task; "
-                  f"{'complete' if sub['complete'] else 'incomplete'}):", ""]
-        lines += [f"- {name}: {f['rows']} rows from {f['task']} seed {f['seed']}" for name, f in sub["files"].items()]
-        if sub["missing"]:
-            lines.append(f"- missing: {', '.join(sub['missing'])}")
-        lines += [f"- note: {n}" for n in sub["notes"]] + [""]
-    plots = {k: v for k, v in images.items() if v}
-    if plots:
-        lines += ["## Plots", ""]
-        for caption, path in plots.items():
-            lines += [f"### {caption}", "", PLOT_NOTES.get(caption, ""), "", f"![{caption}]({Path(path).name})", ""]
-    return "\n".join(lines)
-
-
-PLOT_NOTES = {
-    "Pretraining curves": "Against the optimizer step (top axis: tokens seen). The discriminator's loss has its "
-                          "own axis, with the base-rate entropy H(replaced) it must get below; `rtd_gain` > 0 and "
-                          "ROC AUC > 0.5 mean it does better than guessing from the replacement rate.",
-    "Dev score per task and model": "Bars: median over seeds (its value written in the bar); dots: the seeds.",
-    "Dev score after each fine-tuning epoch": "One line per model and seed (dodged sideways a little so equal "
-                                              "curves stay visible); the reported score is the last epoch's.",
-}
-
-
 def read_pretrain(pairs) -> dict:
     """``NAME=DIR`` -> {name: headline of DIR/summary.json, with the train log's path}."""
     out = {}
@@ -354,7 +266,7 @@ def run(args, tracker) -> None:
 
     log_model_runs(tracker, {name: (_model_params(m), _model_metrics(m)) for name, m in models.items()})
     for name, m in models.items():
-        for line in _score_lines(m["summary"]):
+        for line in score_lines(m["summary"]):
             line = f"{name}: {line}" if len(models) > 1 else line
             print(line)
             log.info(line)
@@ -393,29 +305,3 @@ def _model_params(m: dict) -> dict:
             "tasks": ",".join(m["summary"]["tasks"])}
 
 
-def render_models(models: dict) -> str:
-    """The side-by-side table (only when the run has more than one model)."""
-    if len(models) < 2:
-        return ""
-
-    return "\n".join(["# Models side by side", "",
-                      "Each model fine-tuned on the same tasks with the same seeds and recipe; main dev metric in "
-                      "percent, median ± sample std over seeds. *scratch* is the same architecture with random "
-                      "weights: what pretraining adds is the distance to it. `rtd_gain` > 0 means the "
-                      "discriminator beats the base rate; `context_auc` is the part of its ROC AUC that a context-free "
-                      "per-token score does not already give (README, 'What a healthy run looks like').", "",
-                      table_markdown(model_table(models)), "", ""])
-
-
-def _score_lines(summary: dict) -> list:
-    lines = []
-    if summary["glue_score"]["tasks"]:
-        lines.append(f"GLUE score (ELECTRA convention, {len(summary['glue_score']['tasks'])}/8 tasks): "
-                     f"{_pct(summary['glue_score']['value'])}")
-        if summary["glue_score_common"]["value"] is not None:
-            lines.append(f"GLUE score (common convention, {len(summary['glue_score_common']['entries'])} entries): "
-                         f"{_pct(summary['glue_score_common']['value'])}")
-    if summary["probe_score"]["tasks"]:
-        lines.append(f"probe score ({len(summary['probe_score']['tasks'])} probe tasks, not GLUE): "
-                     f"{_pct(summary['probe_score']['value'])}")
-    return lines

@@ -37,6 +37,7 @@ _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 _BINARY = ("0", "1")
 REGRESSION_RANGE = (0.0, 5.0)  # STS-B similarity scores
+GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")  # the GLUE score: 8 tasks, no WNLI
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def run(args, tracker) -> None:
         due_time = rank == 0 and 0 < args.checkpoint_minutes < (time.time() - last_ckpt_time) / 60
         due_time, stopping = agree([due_time, stop_signal.received], trainer.device)
         if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
-            trainer.save(out / TRAIN_LOG)
+            trainer.save(train_log.snapshot(trainer.ckpt_dir) if train_log is not None else None)
             last_ckpt_time = time.time()
         if stopping and step < args.max_steps:
             raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
@@ -161,11 +161,22 @@ class TrainLog:
         kept = []
         if start_step and source.exists():
             kept = [line for line in source.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        self.lines = [line + "\n" for line in kept]  # the whole log, also when the file is gone (see snapshot)
+        path.write_text("".join(self.lines))
 
     def write(self, split: str, step: int, metrics: dict) -> None:
+        self.lines.append(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
         with open(self.path, "a") as f:
-            f.write(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
+            f.write(self.lines[-1])
+
+    def snapshot(self, ckpt_dir: Path) -> Path:
+        """The log so far, from memory, in a file of its own for the checkpoint's copy. Not the output file: on
+        SLURM's SIGTERM (requeue, preemption, time limit) the job's Snakemake deletes its outputs at once, while
+        the ranks still finish the step and write the checkpoint the next attempt resumes from."""
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        snap = ckpt_dir / f".{self.path.name}.snapshot"
+        snap.write_text("".join(self.lines))
+        return snap
 
 
 class StopSignal:

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from electra_ds import evaluate
+from electra_ds import evaluate, report
 from helpers import cli
 
 
@@ -166,7 +166,7 @@ def test_common_convention_averages_each_tasks_metrics(results, tmp_path):
     assert common["missing"] == ["SST-2", "QQP", "QNLI"]
     # the ELECTRA convention: accuracy for MRPC, Spearman for STS-B, no WNLI
     assert summary["glue_score"]["value"] == pytest.approx((0.60 + 0.82 + 0.68 + 0.81 + 0.65) / 5)
-    md = evaluate.render_markdown(summary)
+    md = report.render_markdown(summary)
     assert "| **GLUE score, common** | GLUE | 7 entries: CoLA, MRPC, STS-B, MNLI-m, MNLI-mm, RTE, WNLI" in md
 
 

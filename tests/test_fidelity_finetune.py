@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from electra_ds import finetune
+from electra_ds.classifier import OfficialHead
 from electra_ds.cli import build_parser
 from electra_ds.glue import get_task
 from helpers import cli
@@ -77,7 +78,7 @@ def test_official_head_is_dropout_and_one_dense_layer_on_cls(model_dir, tmp_path
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir, num_labels=3)
-    head = finetune.OfficialHead(config)
+    head = OfficialHead(config)
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert [tuple(m.weight.shape) for m in linears] == [(3, config.hidden_size)]
     seq = torch.randn(2, 5, config.hidden_size)

@@ -61,7 +61,8 @@ def test_finetune_real_task_subset(model_dir, tmp_path, monkeypatch, name):
     assert finetune(model_dir, name, out, GLUE_DIR, monkeypatch=monkeypatch) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == name and metrics["seed"] == 1 and metrics["epochs"] == 1
-    assert metrics["train_examples"] == 64 and metrics["steps"] == 2 and not metrics["is_probe"]
+    doubled = 2 if task.unordered_pair else 1  # MRPC, STS-B: each pair in both orders (double_unordered)
+    assert metrics["train_examples"] == 64 * doubled and metrics["steps"] == 2 * doubled and not metrics["is_probe"]
     assert set(metrics["dev"]) == set(task.metrics)
     assert metrics["main_metric"] == task.main_metric and metrics["main"] == metrics["dev"][task.main_metric]
     for metric, value in metrics["dev"].items():
@@ -186,7 +187,7 @@ def test_same_seed_same_results(model_dir, tmp_path, monkeypatch):
 def test_layer_wise_learning_rates():
     from transformers import ElectraConfig, ElectraForSequenceClassification
 
-    from electra_ds.finetune import layer_lr_groups
+    from electra_ds.classifier import layer_lr_groups
 
     config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3,
                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)

@@ -1,6 +1,6 @@
 """SLURM preflight: the profile where SLURM is absent, GPUs on a partition without them, a world size
 that does not divide the global batch. Pure checks always run; the live ones need a responding
-`sinfo` (.ci/slurm.sh brings up a one-node SLURM and runs this file again) and submit nothing."""
+`sinfo` (.ci/slurm.sh brings up a two-node SLURM and runs this file again) and submit nothing."""
 
 from __future__ import annotations
 
