@@ -74,6 +74,20 @@ PRETRAIN_PANELS = (
 )
 
 
+def _shared_legend(fig, axes, max_columns: int, fontsize: int) -> int:
+    """One legend below the panels for every distinct label of ``axes`` (never on data); its number of rows."""
+    handles: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if not handles:
+        return 0
+    columns = min(max_columns, len(handles))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=columns, fontsize=fontsize,
+               frameon=False)
+    return -(-len(handles) // columns)
+
+
 def plot_pretraining(histories: dict, flops_per_step: dict, path, tokens_per_step: dict | None = None) -> None:
     """Six panels against the optimizer step (top axis: tokens seen, or FLOPs): total loss, generator loss
     and accuracy, discriminator loss on its own axis with the base-rate entropy H(replaced) it must beat
@@ -124,18 +138,7 @@ def plot_pretraining(histories: dict, flops_per_step: dict, path, tokens_per_ste
             top.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
             top.set_xlabel(second, fontsize=8)
             top.tick_params(labelsize=8)
-    handles, labels = {}, []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    rows = 0
-    if labels:
-        columns = min(3, len(labels))
-        rows = -(-len(labels) // columns)
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=columns, fontsize=9,
-                   frameon=False)
+    rows = _shared_legend(fig, axes, max_columns=3, fontsize=9)
     fig.suptitle("Pretraining curves (lines: training log intervals; dots: validation passes)", fontsize=13)
     fig.tight_layout(rect=(0, 0.025 * rows + 0.01, 1, 0.98))  # the legend sits below the panels, never on data
     with atomic_path(path) as tmp:
@@ -195,18 +198,7 @@ def plot_finetune_epochs(results: list, path) -> None:
     if not tasks:
         axes.flat[0].set_visible(True)
         axes.flat[0].text(0.5, 0.5, "no fine-tuning results", ha="center", va="center")
-    handles, labels = {}, []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    rows = 0
-    if labels:
-        ncol = min(6, len(labels))
-        rows = -(-len(labels) // ncol)
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=8,
-                   frameon=False)
+    rows = _shared_legend(fig, axes, max_columns=6, fontsize=8)
     fig.suptitle("Fine-tuning: main dev metric after each epoch (colour: model; line style: seed)", fontsize=12)
     fig.tight_layout(rect=(0, min(0.4, (0.03 * rows + 0.01) * 3 / (n_rows + 2)), 1, 0.97))
     with atomic_path(path) as tmp:
