@@ -9,7 +9,6 @@ A WordPiece tokenizer is trained with the ``tokenizers`` library on the given te
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -68,3 +67,19 @@ def write_tsv(path, lines: list) -> Path:
     text = "".join(("\t".join(map(str, line)) if not isinstance(line, str) else line) + "\n" for line in lines)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def tiny_batch(rows=8, length=40, pad_from=30, seed=0, vocab=300):
+    """Random token rows with [CLS] first, a [SEP] at 15 and at the end; half the rows padded from ``pad_from``."""
+    import torch
+
+    from electra_ds import CLS_ID, PAD_ID, SEP_ID
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (rows, length), generator=g)
+    ids[:, 0] = CLS_ID
+    ids[:, 15] = SEP_ID
+    ids[:, length - 1] = SEP_ID
+    ids[: rows // 2, pad_from:] = PAD_ID
+    ids[: rows // 2, pad_from - 1] = SEP_ID
+    return ids

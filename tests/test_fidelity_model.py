@@ -9,25 +9,15 @@ import math
 import pytest
 import torch
 
-from electra_ds import CLS_ID, PAD_ID, SEP_ID
+from electra_ds import PAD_ID
 from electra_ds.masking import RowRandom
 from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
 from electra_ds.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
 from helpers import electra_ds
+from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
                    intermediate_size=256, max_position_embeddings=64, dropout=0.0)
-
-
-def batch(rows=8, length=40, pad_from=30, vocab=300, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (rows, length), generator=g)
-    ids[:, 0] = CLS_ID
-    ids[:, 15] = SEP_ID
-    ids[:, length - 1] = SEP_ID
-    ids[: rows // 2, pad_from:] = PAD_ID
-    ids[: rows // 2, pad_from - 1] = SEP_ID
-    return ids
 
 
 def shape(**kw) -> ModelShape:

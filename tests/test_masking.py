@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +19,7 @@ from electra_ds.masking import (MASK_DRAWS, RowRandom, check_masking, choose_mas
                                 prediction_count, word_start_table)
 from electra_ds.model import ElectraPretrainer, ModelShape
 from helpers import REPO, electra_ds
+from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
                    intermediate_size=128, max_position_embeddings=128, dropout=0.0)
@@ -52,17 +48,6 @@ def generator_input_v0(ids, draws, objective, vocab_size):
         random_ids = 5 + (draws[:, 2] * (vocab_size - 5)).long()
         return torch.where(use_random, random_ids, ids.masked_fill(use_mask, MASK_ID))
     return ids.masked_fill(masked & (draws[:, 1] < 0.85), MASK_ID)
-
-
-def batch(rows=8, length=40, pad_from=30, seed=0, vocab=300):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (rows, length), generator=g)
-    ids[:, 0] = CLS_ID
-    ids[:, 15] = SEP_ID
-    ids[:, length - 1] = SEP_ID
-    ids[: rows // 2, pad_from:] = PAD_ID
-    ids[: rows // 2, pad_from - 1] = SEP_ID
-    return ids
 
 
 def synthetic_word_starts(vocab=300, seed=0):
@@ -357,9 +342,7 @@ def test_whole_word_two_ranks_with_micro_b_match_one_rank_with_2b(prepared, tmp_
 
 @pytest.mark.slow
 def test_whole_word_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_path):
-    import psutil
-
-    from test_pretrain import final_weights, train_log
+    from test_pretrain import assert_sigkill_and_restart_is_exact
 
     def args(out):
         a = whole_word_args(prepared, out, steps=10)
@@ -367,35 +350,5 @@ def test_whole_word_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prep
         a[a.index("--keep-checkpoints") + 1] = "3"
         return ["launch", "--nproc-per-node", "1", "--", *a]
 
-    reference = tmp_path / "reference"
-    res = electra_ds(args(reference))
-    assert res.returncode == 0, res.stderr[-3000:]
-
-    killed = tmp_path / "killed"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "electra_ds", *args(killed)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() >= "step00000004":
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    tree = psutil.Process(proc.pid)
-    victims = [tree, *tree.children(recursive=True)]
-    for p in victims:
-        p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(victims, timeout=60)
-    proc.wait(timeout=60)
-    assert not (killed / "summary.json").exists()
-
-    res = electra_ds(args(killed))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "resumed from" in res.stderr
-    timing = {"tokens_per_s", "samples_per_s", "model_tflops", "time"}
-    strip = lambda log: [{k: v for k, v in r.items() if k not in timing} for r in log]  # noqa: E731
-    assert strip(train_log(reference)) == strip(train_log(killed))
-    w_ref, w_resumed = final_weights(reference), final_weights(killed)
-    assert all(torch.equal(w_ref[k], w_resumed[k]) for k in w_ref)
+    reference = assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after="step00000004")
     assert json.loads((reference / "summary.json").read_text())["steps"] == 10

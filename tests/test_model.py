@@ -9,20 +9,10 @@ from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from electra_ds.masking import RowRandom, gumbel_sample, mask_positions
 from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
 from electra_ds.step_metrics import summarise
+from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
                    intermediate_size=128, max_position_embeddings=64, dropout=0.0)
-
-
-def batch(rows=8, length=40, pad_from=30):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 300, (rows, length), generator=g)
-    ids[:, 0] = CLS_ID
-    ids[:, 15] = SEP_ID
-    ids[:, length - 1] = SEP_ID
-    ids[: rows // 2, pad_from:] = PAD_ID
-    ids[: rows // 2, pad_from - 1] = SEP_ID
-    return ids
 
 
 def test_mask_positions_count_and_never_specials():

@@ -223,15 +223,11 @@ def test_optimizer_offload_trains_like_zero3_and_resumes(prepared, tmp_path):
     assert [r["step"] for r in train_log(runs["3_offload"]) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.slow
-def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_path):
+def assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after: str):
+    """Run ``args(out)`` uninterrupted; run it again, SIGKILL the launcher and every worker once checkpoint
+    ``kill_after`` exists, start it once more the same way: the log and the weights equal the uninterrupted run's."""
+    import psutil
     import torch
-
-    def args(out):
-        a = pretrain_args(prepared, out, stage=2, steps=14)
-        a[a.index("--checkpoint-every") + 1] = "2"
-        a[a.index("--keep-checkpoints") + 1] = "3"
-        return ["launch", "--nproc-per-node", "1", "--", *a]
 
     reference = tmp_path / "reference"
     res = electra_ds(args(reference))
@@ -244,14 +240,12 @@ def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_p
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() >= "step00000006":
+        if latest.exists() and latest.read_text().strip() >= kill_after:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     # The launcher and every worker, mid-run, no clean-up (torchrun starts workers in their own sessions,
     # so the process group alone would miss them; a SLURM job's cgroup kills all of them the same way).
-    import psutil
-
     tree = psutil.Process(proc.pid)
     victims = [tree, *tree.children(recursive=True)]
     for p in victims:
@@ -270,6 +264,18 @@ def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_p
         [{k: v for k, v in r.items() if k not in timing} for r in resumed_log]
     w_ref, w_resumed = final_weights(reference), final_weights(killed)
     assert all(torch.equal(w_ref[k], w_resumed[k]) for k in w_ref)
+    return reference
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_path):
+    def args(out):
+        a = pretrain_args(prepared, out, stage=2, steps=14)
+        a[a.index("--checkpoint-every") + 1] = "2"
+        a[a.index("--keep-checkpoints") + 1] = "3"
+        return ["launch", "--nproc-per-node", "1", "--", *a]
+
+    assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after="step00000006")
 
 
 @pytest.mark.slow
