@@ -6,7 +6,8 @@ writes ``<output-dir>/discriminator`` (``AutoModelForPreTraining``) and ``<outpu
 directory is published the exported discriminator is reloaded and its outputs compared with the
 training model's on the same input. A run with gradient-disentangled embedding sharing (``gdes``) is
 exported with the discriminator's delta folded into its word and position tables: a plain
-``ElectraForPreTraining``, checked against the training model's discriminator the same way.
+``ElectraForPreTraining``, checked against the training model's discriminator the same way. A
+``uniform_generator`` run (the official ablation) has no generator: only ``discriminator`` is written.
 """
 
 from __future__ import annotations
@@ -61,20 +62,21 @@ def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
     return {k: v.float() for k, v in state.items()}
 
 
-def embedding_sharing(summary: dict, tag: str) -> str:
-    """How the run shared embeddings (the structure of its state dict): the summary's, else the checkpoint
-    manifest's run config, else ``es`` (runs from before the option)."""
+def run_setting(summary: dict, tag: str, name: str, before):
+    """A setting that shapes the run's state dict (``embedding_sharing``, ``uniform_generator``): the summary's,
+    else the checkpoint manifest's run config, else ``before`` (runs from before the option)."""
     import json
 
     from electra_ds.checkpoint import MANIFEST
 
-    if summary.get("embedding_sharing"):
-        return summary["embedding_sharing"]
+    if summary.get(name) is not None:
+        return summary[name]
     try:
         run_config = json.loads((Path(summary["checkpoint_dir"]) / tag / MANIFEST).read_text())["run_config"]
     except (OSError, ValueError, KeyError):
-        return "es"
-    return run_config.get("embedding_sharing") or "es"
+        return before
+    value = run_config.get(name)
+    return before if value is None else value
 
 
 def run(args, tracker) -> None:
@@ -94,16 +96,20 @@ def run(args, tracker) -> None:
     objective = summary["objective"]
     with Progress(f"export: consolidating {tag}", unit="files", heartbeat=True, tracker=tracker, logger=log):
         state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
-    sharing = embedding_sharing(summary, tag)
+    sharing = run_setting(summary, tag, "embedding_sharing", "es")
+    uniform = bool(run_setting(summary, tag, "uniform_generator", False))
     try:
-        model = ElectraPretrainer.from_training_state(shape, objective, state, embedding_sharing=sharing)
+        model = ElectraPretrainer.from_training_state(shape, objective, state, embedding_sharing=sharing,
+                                                      uniform_generator=uniform)
     except ValueError as exc:
         raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=summary["checkpoint_dir"]) from None
     nets = model.exported()
     # what the exported models must reproduce: the training model's modules (under gdes the discriminator with its
     # delta unfolded; the MLM baseline has no trained discriminator, its published encoder is the reference)
+    # (a uniform_generator run has no generator to publish)
     trained = {"discriminator": nets["discriminator"] if model.discriminator is None else model.discriminator,
                "generator": model.generator}
+    loaders = {"discriminator": AutoModelForPreTraining, "generator": AutoModelForMaskedLM}
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:
@@ -113,16 +119,14 @@ def run(args, tracker) -> None:
         # Check: the exported models reproduce the training model's outputs.
         ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
         kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
-        disc = AutoModelForPreTraining.from_pretrained(tmp / "discriminator").eval()
-        gen = AutoModelForMaskedLM.from_pretrained(tmp / "generator").eval()
         with torch.no_grad():
-            diffs = {name: (reloaded(ids, **kwargs).logits - trained[name](ids, **kwargs).logits).abs().max().item()
-                     for name, reloaded in (("discriminator", disc), ("generator", gen))}
+            diffs = {name: (loaders[name].from_pretrained(tmp / name).eval()(ids, **kwargs).logits
+                            - trained[name](ids, **kwargs).logits).abs().max().item() for name in nets}
         if max(diffs.values()) > 1e-4:
             raise RuntimeError(f"exported models differ from the trained model: {diffs}")
     log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)
     tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"],
-                        "embedding_sharing": sharing})
+                        "embedding_sharing": sharing, "uniform_generator": uniform})
     tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from electra_ds.masking import MASK_DRAWS, RowRandom, check_masking, choose_masked, gumbel_sample
-from electra_ds.shape import ModelShape, generator_dims, generator_num_layers
+from electra_ds.shape import ModelShape, check_uniform_generator, generator_dims, generator_num_layers
 from electra_ds.step_metrics import logit_histogram
 
 
@@ -135,7 +135,14 @@ class ElectraPretrainer(nn.Module):
         self.register_buffer("word_starts", None, persistent=False)  # whole_word: set by use_word_starts
         if embedding_sharing not in EMBEDDING_SHARING:
             raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, not {embedding_sharing!r}")
+        check_uniform_generator(uniform_generator, objective, embedding_sharing)
         disc_config, gen_config = electra_configs(shape)
+        if uniform_generator:
+            # The official code's ablation builds no generator: replacements are drawn from zero logits over the
+            # whole vocabulary and its "MLM loss" is the constant log(vocab) (forward); only the discriminator trains.
+            self.discriminator = ElectraForPreTraining(disc_config)
+            self.generator = None
+            return
         if objective == "mlm":
             self.generator = ElectraForMaskedLM(disc_config)
             self.discriminator = None
@@ -158,11 +165,12 @@ class ElectraPretrainer(nn.Module):
         self.generator.generator_lm_head.weight = self.generator.electra.embeddings.word_embeddings.weight
 
     @classmethod
-    def from_training_state(cls, shape: ModelShape, objective: str, state: dict,
-                            embedding_sharing: str = "es") -> "ElectraPretrainer":
+    def from_training_state(cls, shape: ModelShape, objective: str, state: dict, embedding_sharing: str = "es",
+                            uniform_generator: bool = False) -> "ElectraPretrainer":
         """The model holding a consolidated training state dict (a tensor tied or shared between generator and
         discriminator may be stored once, under any of its names). ValueError when the state does not fit."""
-        model = cls(shape, objective=objective, embedding_sharing=embedding_sharing)
+        model = cls(shape, objective=objective, embedding_sharing=embedding_sharing,
+                    uniform_generator=uniform_generator)
         missing, unexpected = model.load_state_dict(state, strict=False)
         aliases = {}  # every name of a tensor -> all its names (shared modules and the tied LM head)
         for named in (model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
@@ -177,7 +185,7 @@ class ElectraPretrainer(nn.Module):
 
     def exported(self) -> dict:
         """The Hugging Face models to publish, ``{"discriminator": ElectraForPreTraining, "generator":
-        ElectraForMaskedLM}``. The MLM baseline has no discriminator: fine-tuning starts from its encoder, so
+        ElectraForMaskedLM}`` (no generator under ``uniform_generator``, which builds none). The MLM baseline has no discriminator: fine-tuning starts from its encoder, so
         its encoder is published as one (with a new, untrained replaced-token head). Under ``gdes`` the delta is
         folded in: the discriminator is a plain ``ElectraForPreTraining`` whose word and position tables are the
         generator's plus the delta."""
@@ -195,6 +203,8 @@ class ElectraPretrainer(nn.Module):
             disc = ElectraForPreTraining(self.discriminator.config)
             disc.load_state_dict(state, strict=True)
             return {"discriminator": disc.eval(), "generator": self.generator}
+        if self.generator is None:
+            return {"discriminator": self.discriminator}
         return {"discriminator": self.discriminator, "generator": self.generator}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -235,18 +245,19 @@ class ElectraPretrainer(nn.Module):
         if self.objective == "mlm":  # BERT: 80% [MASK], 10% a random token, 10% unchanged
             use_mask_token = masked & (decide < 0.8)
             use_random = masked & (decide >= 0.8) & (decide < 0.9)
-            random_ids = 5 + (draws[:, 2] * (self.shape.vocab_size - 5)).long()
+            random_ids = N_SPECIAL_IDS + (draws[:, 2] * (self.shape.vocab_size - N_SPECIAL_IDS)).long()
             generator_input = torch.where(use_random, random_ids, input_ids.masked_fill(use_mask_token, MASK_ID))
         else:  # ELECTRA: 85% [MASK], 15% unchanged
             use_mask_token = masked & (decide < self.mask_replace_prob)
             generator_input = input_ids.masked_fill(use_mask_token, MASK_ID)
 
-        # Generator: hidden states everywhere, vocabulary logits only at masked positions.
-        hidden = self.generator.electra(generator_input, attention_mask=attention_mask,
-                                        token_type_ids=token_type_ids).last_hidden_state
-        hidden = hidden[masked]
-        gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden))
         originals = input_ids[masked]
+        if self.generator is None:  # uniform_generator: zero logits, so uniform samples and a constant log(V) loss
+            gen_logits = torch.zeros(originals.shape[0], self.shape.vocab_size, device=input_ids.device)
+        else:  # the generator: hidden states everywhere, vocabulary logits only at masked positions
+            hidden = self.generator.electra(generator_input, attention_mask=attention_mask,
+                                            token_type_ids=token_type_ids).last_hidden_state
+            gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden[masked]))
         gen_losses = F.cross_entropy(gen_logits.float(), originals, reduction="none")
         gen_correct = (gen_logits.detach().argmax(-1) == originals).float()
         n_pred = masked.sum().float()
@@ -310,18 +321,10 @@ class ElectraPretrainer(nn.Module):
     def sample_replacements(self, gen_logits: torch.Tensor, originals: torch.Tensor,
                             uniform: torch.Tensor) -> torch.Tensor:
         """The generator's samples at masked positions: softmax(logits / temperature), Gumbel-max on ``uniform``;
-        with ``disallow_correct`` the original token is never drawn (as the official code's option).
-
-        ``uniform_generator``: uniform over the vocabulary less the special ids instead, from the same per-row
-        draws (so still a function of the row seeds). The official code's uniform generator samples from zero
-        logits over the whole vocabulary, special ids included, and builds no generator at all (its "MLM loss"
-        is the constant log(vocab)); here the generator still runs and trains on its MLM loss, only its samples
-        are unused."""
-        if self.uniform_generator:
-            logits = torch.zeros_like(gen_logits, dtype=torch.float32)
-            logits[:, :N_SPECIAL_IDS] = float("-inf")
-        else:
-            logits = gen_logits.float() / self.temperature
+        with ``disallow_correct`` the original token is never drawn (as the official code's option). Under
+        ``uniform_generator`` the logits are zero, so the draw is uniform over the whole vocabulary, special ids
+        included, as the official code's."""
+        logits = gen_logits.float() / self.temperature
         if self.disallow_correct:
             logits = logits.scatter(1, originals.unsqueeze(1), float("-inf"))
         return gumbel_sample(logits, uniform)

@@ -58,6 +58,13 @@ def generator_num_layers(shape: ModelShape) -> int:
     return max(1, int(round(shape.num_layers * shape.generator_layers)))
 
 
+def check_uniform_generator(uniform_generator: bool, objective: str, embedding_sharing: str) -> None:
+    """ValueError when ``uniform_generator`` (no generator is built) meets a setting that needs a generator."""
+    if uniform_generator and (objective != "electra" or embedding_sharing == "gdes"):
+        raise ValueError("uniform_generator builds no generator: it needs objective electra and embedding_sharing "
+                         f"es or none, not objective {objective!r} with embedding_sharing {embedding_sharing!r}")
+
+
 def encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, seq_len: int) -> float:
     """Forward FLOPs per token of one encoder: projections, attention scores and values, feed-forward."""
     per_layer = 2 * (4 * hidden ** 2 + 2 * hidden * intermediate) + 2 * 2 * seq_len * hidden
@@ -65,25 +72,29 @@ def encoder_flops(hidden: int, intermediate: int, layers: int, embedding: int, s
     return layers * per_layer + projection
 
 
-def flops_per_token(shape: ModelShape, seq_len: int, objective: str = "electra", mask_prob: float = 0.15) -> float:
+def flops_per_token(shape: ModelShape, seq_len: int, objective: str = "electra", mask_prob: float = 0.15,
+                    uniform_generator: bool = False) -> float:
     """Training FLOPs per token position (3 x forward) for ``objective``.
 
     electra/adversarial: discriminator encoder + its head at every position, generator encoder (its own width
     and depth, :func:`generator_dims`, :func:`generator_num_layers`) at every position, the generator's MLM
     head (dense + vocabulary projection) at the masked fraction;
-    mlm: one discriminator-sized encoder and its MLM head at the masked fraction.
+    mlm: one discriminator-sized encoder and its MLM head at the masked fraction;
+    ``uniform_generator``: no generator (the discriminator's terms only).
     """
     e, h, v = shape.embedding_size, shape.hidden_size, shape.vocab_size
     disc = encoder_flops(h, shape.intermediate_size, shape.num_layers, e, seq_len)
     if objective == "mlm":
         return 3.0 * (disc + mask_prob * (2 * h * e + 2 * e * v))
+    disc_head = 2 * h * h + 2 * h
+    if uniform_generator:
+        return 3.0 * (disc + disc_head)
     g_hidden, _, g_inter = generator_dims(shape)
     gen = encoder_flops(g_hidden, g_inter, generator_num_layers(shape), e, seq_len)
     gen_head = mask_prob * (2 * g_hidden * e + 2 * e * v)
-    disc_head = 2 * h * h + 2 * h
     return 3.0 * (disc + gen + gen_head + disc_head)
 
 
 def pretraining_flops(shape: ModelShape, seq_len: int, steps: int, global_batch: int, objective: str = "electra",
-                      mask_prob: float = 0.15) -> float:
-    return flops_per_token(shape, seq_len, objective, mask_prob) * steps * global_batch * seq_len
+                      mask_prob: float = 0.15, uniform_generator: bool = False) -> float:
+    return flops_per_token(shape, seq_len, objective, mask_prob, uniform_generator) * steps * global_batch * seq_len

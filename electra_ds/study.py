@@ -23,7 +23,7 @@ import re
 import jsonschema
 
 from electra_ds.errors import UserError
-from electra_ds.shape import ModelShape, pretraining_flops
+from electra_ds.shape import ModelShape, check_uniform_generator, pretraining_flops
 
 SOURCES = ("pretrained", "scratch")
 # Fields that shape the job rather than the model: one value for every model (set them in pretrain:).
@@ -57,6 +57,10 @@ def plan_models(config: dict, schema: dict) -> dict:
         except jsonschema.ValidationError as exc:
             where = ".".join(str(p) for p in exc.absolute_path)
             raise UserError(exc.message, field=f"models.{name}.{where}") from None
+        try:
+            check_uniform_generator(merged["uniform_generator"], merged["objective"], merged["embedding_sharing"])
+        except ValueError as exc:
+            raise UserError(str(exc), field=f"models.{name}.uniform_generator") from None
         plans[name] = {"source": source, "pretrain": merged, "flops": 0.0}
 
     pretrained = [n for n, p in plans.items() if p["source"] == "pretrained"]
@@ -64,7 +68,8 @@ def plan_models(config: dict, schema: dict) -> dict:
 
     def flops(p: dict, steps: int) -> float:
         shape = ModelShape(vocab_size=vocab, **p["model"])
-        return pretraining_flops(shape, seq_len, steps, p["global_batch_size"], p["objective"], p["mask_prob"])
+        return pretraining_flops(shape, seq_len, steps, p["global_batch_size"], p["objective"], p["mask_prob"],
+                                 p["uniform_generator"])
 
     budget = None
     for name in pretrained:

@@ -163,7 +163,7 @@ class Trainer:
         import torch
 
         from electra_ds.model import ElectraPretrainer, ModelShape
-        from electra_ds.shape import flops_per_token
+        from electra_ds.shape import check_uniform_generator, flops_per_token
         from electra_ds.step_metrics import MetricSums, TokenPrior
 
         try:
@@ -172,6 +172,10 @@ class Trainer:
             raise UserError(f"not a model shape: {exc}", field="pretrain.model") from None
         self.shape.max_position_embeddings = max(self.shape.max_position_embeddings, self.train.max_seq_len)
         _check_token_ids(self.train, self.shape.vocab_size)
+        try:
+            check_uniform_generator(args.uniform_generator, args.objective, args.embedding_sharing)
+        except ValueError as exc:
+            raise UserError(str(exc), field="pretrain.uniform_generator") from None
         self.run_config = {"model": self.shape.to_dict(), "objective": args.objective, "mask_prob": args.mask_prob,
                            "disc_weight": args.disc_weight, "temperature": args.temperature,
                            "disallow_correct": args.disallow_correct, "masking": args.masking,
@@ -216,7 +220,8 @@ class Trainer:
         if args.compile:
             self.engine.compile()
 
-        self.fpt = flops_per_token(self.shape, self.train.max_seq_len, args.objective, args.mask_prob)
+        self.fpt = flops_per_token(self.shape, self.train.max_seq_len, args.objective, args.mask_prob,
+                                   args.uniform_generator)
         self.step_flops = self.fpt * args.global_batch_size * self.train.max_seq_len
         self.sums = MetricSums()
         self.prior = TokenPrior(self.shape.vocab_size, self.device)  # context-free baseline of the discriminator

@@ -109,60 +109,112 @@ def test_generator_layers_flops_drop_by_the_missing_generator_layers_only():
     assert flops_per_token(SHAPE, seq, "mlm") == flops_per_token(shape(generator_layers=0.5), seq, "mlm")
 
 
-# -- uniform generator ---------------------------------------------------------------------------------------------
+# -- uniform generator (the official ablation: no generator is built) --------------------------------------------
 
-def test_uniform_generator_samples_uniformly_over_non_special_ids():
-    vocab, rows, per_row = 40, 500, 100
-    m = model(shape=shape(vocab_size=vocab), uniform_generator=True)
-    logits = torch.zeros(rows * per_row, vocab)
-    logits[:, 7] = 30.0  # a generator sure of token 7: ignored
-    originals = torch.full((rows * per_row,), 9)
-    uniform = RowRandom(range(rows), rows, "cpu").ragged([per_row] * rows, vocab)
-    sampled = m.sample_replacements(logits, originals, uniform)
-    counts = torch.bincount(sampled, minlength=vocab).double()
-    assert counts[:5].sum() == 0  # never [PAD] [UNK] [CLS] [SEP] [MASK]
-    expected = len(sampled) / (vocab - 5)
-    chi2 = ((counts[5:] - expected) ** 2 / expected).sum().item()
-    df = vocab - 6
+def test_uniform_generator_builds_no_generator_and_its_loss_is_the_constant_log_vocab():
+    ids = batch(rows=16)
+    uni = model(uniform_generator=True).train()
+    assert uni.generator is None
+    assert sum(p.numel() for p in uni.parameters()) == sum(p.numel() for p in uni.discriminator.parameters())
+    out = uni(ids, seeds=range(16))
+    assert math.isclose(out["gen_loss"].item(), math.log(SHAPE.vocab_size), rel_tol=1e-6)
+    assert out["stats"]["gen_correct"] == 0  # argmax of zero logits is id 0, [PAD], never an original
+    out["loss"].backward()  # the discriminator's loss alone trains it, embeddings included
+    assert all(p.grad is not None for p in uni.parameters())
+    assert uni.discriminator.electra.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def masked_positions(m, ids, seeds):
+    """The positions ``m`` masks on ``ids`` with these row seeds (the same draws its forward makes)."""
+    from electra_ds.masking import MASK_DRAWS, choose_masked
+
+    draws = RowRandom(seeds, ids.shape[0], "cpu").rows(MASK_DRAWS, ids.shape[1])
+    return choose_masked(ids, draws, m.mask_prob, m.masking, m.mask_count, m.word_starts)[0]
+
+
+def test_uniform_generator_draws_uniformly_over_the_whole_vocabulary_specials_included():
+    vocab, rows = 40, 64
+    uni = model(shape=shape(vocab_size=vocab), uniform_generator=True)
+    seen = disc_input_spy(uni)
+    ids = torch.randint(5, vocab, (rows, 60), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    with torch.no_grad():
+        for rep in range(40):
+            seeds = range(rep * rows, (rep + 1) * rows)
+            uni(ids, seeds=seeds)
+            counts += torch.bincount(seen[-1][masked_positions(uni, ids, seeds)], minlength=vocab).double()
+    assert counts[:5].min() > 0  # [PAD] [UNK] [CLS] [SEP] [MASK] are drawn too, as in the official code
+    expected = counts.sum().item() / vocab
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    df = vocab - 1
     assert chi2 < df + 5 * math.sqrt(2 * df), chi2  # ~5 sigma above the chi-square mean
-    # the same draws through the generator's logits give token 7 nearly always
-    assert (model(shape=shape(vocab_size=vocab)).sample_replacements(logits, originals, uniform) == 7).all()
 
 
-def test_uniform_generator_changes_only_the_replacements_and_keeps_the_generator_loss():
+def test_uniform_generator_changes_only_the_replacements():
     ids = batch(rows=16)
     base, uni = model(), model(uniform_generator=True)
-    uni.load_state_dict(base.state_dict())
+    uni.discriminator.load_state_dict(base.discriminator.state_dict())
     seen_base, seen_uni = disc_input_spy(base), disc_input_spy(uni)
     out_base, out_uni = base(ids, seeds=range(16)), uni(ids, seeds=range(16))
-    # same masks and generator loss; only the tokens at masked positions differ
-    assert out_base["gen_loss"] == out_uni["gen_loss"]
-    assert torch.equal(out_base["stats"]["masked"], out_uni["stats"]["masked"])
-    assert (seen_base[0] != seen_uni[0]).any()
-    # only masked positions are replaced (a uniform draw rarely equals the original)
-    replaced = (seen_uni[0] != ids).sum()
-    assert 0.9 * out_uni["stats"]["masked"] <= replaced <= out_uni["stats"]["masked"]
-    # the generator still trains on its MLM loss
-    out_uni["loss"].backward()
-    grad = uni.generator.generator_predictions.dense.weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-    assert abs(out_uni["gen_loss"].item() - math.log(300)) < 1.0
+    masked = masked_positions(base, ids, range(16))
+    assert torch.equal(out_base["stats"]["masked"], out_uni["stats"]["masked"])  # the same masks
+    assert torch.equal(seen_base[0][~masked], ids[~masked]) and torch.equal(seen_uni[0][~masked], ids[~masked])
+    assert (seen_base[0][masked] != seen_uni[0][masked]).any()  # other tokens there
+    assert (seen_uni[0] != ids).sum() >= 0.9 * masked.sum()  # a uniform draw rarely equals the original
 
 
-def test_uniform_samples_do_not_depend_on_the_generator_and_follow_the_row_seeds():
+def test_uniform_samples_follow_the_row_seeds_only():
     ids = batch(rows=8)
     a, b = model(seed=0, uniform_generator=True), model(seed=1, uniform_generator=True)
-    b.load_state_dict(a.state_dict())
-    with torch.no_grad():
-        b.generator.generator_lm_head.bias[11] = 100.0  # a generator that always proposes token 11
     seen_a, seen_b = disc_input_spy(a), disc_input_spy(b)
     a(ids, seeds=range(8))
-    b(ids, seeds=range(8))
+    b(ids, seeds=range(8))  # other weights, the same draws
     assert torch.equal(seen_a[0], seen_b[0])
     # world-size equivalence: the rows split over two "ranks" see the same replacements
     a(ids[:3], seeds=range(3))
     a(ids[3:], seeds=range(3, 8))
     assert torch.equal(torch.cat(seen_a[1:]), seen_a[0])
+
+
+@pytest.mark.parametrize("kw", [{"objective": "mlm"}, {"objective": "adversarial"}, {"embedding_sharing": "gdes"}])
+def test_uniform_generator_refuses_settings_that_need_a_generator(kw):
+    with pytest.raises(ValueError, match="uniform_generator builds no generator"):
+        model(uniform_generator=True, **kw)
+
+
+def test_uniform_generator_flops_are_the_discriminators_alone():
+    seq = 128
+    full, uni = flops_per_token(SHAPE, seq), flops_per_token(SHAPE, seq, uniform_generator=True)
+    g_hidden, _, g_inter = generator_dims(SHAPE)
+    gen = encoder_flops(g_hidden, g_inter, SHAPE.num_layers, SHAPE.embedding_size, seq)
+    head = 0.15 * (2 * g_hidden * SHAPE.embedding_size + 2 * SHAPE.embedding_size * SHAPE.vocab_size)
+    assert math.isclose(full - uni, 3.0 * (gen + head), rel_tol=1e-12)
+
+
+def test_uniform_generator_export_publishes_the_discriminator_alone(tmp_path):
+    from transformers import AutoModelForPreTraining
+
+    from electra_ds.model import token_type_ids_for
+
+    m = model(uniform_generator=True).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for step in range(2):
+        opt.zero_grad()
+        m(batch(seed=step), seeds=range(step * 8, step * 8 + 8))["loss"].backward()
+        opt.step()
+    m.eval()
+    state = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with pytest.raises(ValueError, match="missing"):  # it is not an es state with a generator
+        ElectraPretrainer.from_training_state(SHAPE, "electra", state)
+    nets = ElectraPretrainer.from_training_state(SHAPE, "electra", state, uniform_generator=True).exported()
+    assert set(nets) == {"discriminator"}
+    nets["discriminator"].save_pretrained(tmp_path / "discriminator")
+    disc = AutoModelForPreTraining.from_pretrained(tmp_path / "discriminator").eval()
+    ids = batch(rows=4)
+    kwargs = {"attention_mask": (ids != PAD_ID).long(), "token_type_ids": token_type_ids_for(ids)}
+    with torch.no_grad():
+        assert (disc(ids, **kwargs).logits - m.discriminator(ids, **kwargs).logits).abs().max() < 1e-5
 
 
 # -- embedding sharing ---------------------------------------------------------------------------------------------
@@ -317,12 +369,13 @@ def test_a_gdes_state_does_not_load_as_es():
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_trains_gdes_and_exports(prepared, tmp_path):
+@pytest.mark.parametrize("option", [["--embedding-sharing", "gdes"], ["--uniform-generator"]])
+def test_deepspeed_zero3_trains_the_option_and_exports(prepared, tmp_path, option):
     from test_pretrain import pretrain_args
 
     out = tmp_path / "pretrain"
     res = electra_ds(["launch", "--launcher", "none", "--",
-                      *pretrain_args(prepared, out, stage=3, steps=3, extra=["--embedding-sharing", "gdes"])])
+                      *pretrain_args(prepared, out, stage=3, steps=3, extra=option)])
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["zero_stage"] == 3
@@ -333,3 +386,10 @@ def test_deepspeed_zero3_trains_gdes_and_exports(prepared, tmp_path):
 
     disc = AutoModelForPreTraining.from_pretrained(tmp_path / "export" / "discriminator")
     assert type(disc.electra.embeddings.word_embeddings) is torch.nn.Embedding
+    published = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert published == (["discriminator"] if option == ["--uniform-generator"] else ["discriminator", "generator"])
+    if option == ["--uniform-generator"]:  # no generator: the FLOPs are the discriminator's alone
+        from electra_ds.shape import ModelShape
+
+        assert summary["flops_per_token"] == flops_per_token(ModelShape(**summary["model"]), summary["tokens_per_example"],
+                                                             uniform_generator=True)

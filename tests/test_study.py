@@ -72,6 +72,8 @@ def test_model_overrides_merge_into_the_pretrain_section():
     ({"bad": {"temperature": 0}}, "models.bad.temperature"),           # schema violation
     ({"bad": {"objective": "gan"}}, "models.bad.objective"),
     ({"no/slash": {}}, "models.no/slash"),                             # a name that reaches paths
+    ({"bad": {"uniform_generator": True, "objective": "mlm"}}, "models.bad.uniform_generator"),  # no generator
+    ({"bad": {"uniform_generator": True, "embedding_sharing": "gdes"}}, "models.bad.uniform_generator"),
 ])
 def test_bad_model_entries_name_the_field(models, field):
     with pytest.raises(UserError) as err:
@@ -131,3 +133,10 @@ def test_micro_study_runs_every_model_side_by_side(tmp_path, shared_data):
     md = (results / "evaluate/results.md").read_text()
     assert "# Models side by side" in md and "none (random weights)" in md
     assert (results / "evaluate/glue_submission.zip").is_file()
+
+
+def test_a_uniform_generator_model_gets_more_steps_at_equal_flops():
+    plans = plan_models(study_config(electra={}, uniform={"uniform_generator": True}), SCHEMA)
+    electra, uniform = plans["electra"], plans["uniform"]
+    assert uniform["pretrain"]["max_steps"] > electra["pretrain"]["max_steps"]  # it builds no generator
+    assert abs(uniform["flops"] / electra["flops"] - 1) < 1e-3
