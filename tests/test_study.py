@@ -140,3 +140,10 @@ def test_a_uniform_generator_model_gets_more_steps_at_equal_flops():
     electra, uniform = plans["electra"], plans["uniform"]
     assert uniform["pretrain"]["max_steps"] > electra["pretrain"]["max_steps"]  # it builds no generator
     assert abs(uniform["flops"] / electra["flops"] - 1) < 1e-3
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "config/presets").glob("*.yaml")))
+def test_every_preset_validates_and_plans(preset):
+    cfg = filled(yaml.safe_load((REPO / "config/presets" / preset).read_text()))
+    plans = plan_models(cfg, SCHEMA)
+    assert plans and all(p["source"] in ("pretrained", "scratch") for p in plans.values())
