@@ -136,6 +136,8 @@ def summarize(results: list) -> dict:
             "main": _stats([float(r["main"]) for r in runs]),
             "metrics": {m: _stats([f[m] for f in flat]) for m in names},
             "files": [r["_path"] for r in runs],
+            "majority_baseline": next((r["majority_baseline"]["main"] for r in runs
+                                       if isinstance(r.get("majority_baseline"), dict)), None),
         }
 
     def average(names: list) -> float | None:

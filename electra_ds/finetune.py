@@ -34,7 +34,9 @@ import os
 import random
 import re
 import json
+import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from electra_ds.classifier import OfficialHead, layer_lr_groups, load_classifier
@@ -281,6 +283,7 @@ def run(args, tracker) -> None:
         "dev": dev_results["dev"] if single else dev_results,
         "main_metric": task.main_metric if single else f"{first_dev}.{task.main_metric}",
         "main": main_value,
+        "majority_baseline": _majority_baseline(task, train, dev[first_dev]),
         "train_examples": len(train), "dev_examples": {s: len(ex) for s, ex in dev.items()},
         "test_predictions": {s: {"file": _prediction_file(task, s), "rows": len(p),
                                  **({"note": notes[s]} if s in notes else {})} for s, p in test_preds.items()},
@@ -340,6 +343,15 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
                  dev_results)
     progress.close()
     return history, step, dev_results
+
+
+def _majority_baseline(task, train: list, dev: list) -> dict:
+    """What a constant answer scores on the (first) dev split: the training set's most frequent label (its mean
+    for regression, whose correlations are then 0), so a reader can tell a score from no learning at all."""
+    labels = [ex["label"] for ex in train]
+    constant = statistics.fmean(labels) if task.is_regression else Counter(labels).most_common(1)[0][0]
+    scores = _score(task, [constant] * len(dev), [ex["label"] for ex in dev])
+    return {"prediction": constant, "dev": scores, "main": scores[task.main_metric]}
 
 
 def _score(task, preds, labels) -> dict:

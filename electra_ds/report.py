@@ -220,7 +220,21 @@ def model_table(models: dict) -> dict:
         kind = "GLUE" if summary["glue_score"]["tasks"] else "probe"
         cells.append(f"{kind} {_pct(100 * score['value'])}" if score["value"] is not None else "-")
         rows.append(cells)
+    baselines = {t: majority_baseline(models, t) for t in tasks}
+    if any(v is not None for v in baselines.values()):
+        rows.append(["majority class", "none (a constant answer: the training set's most frequent label)", "0", "-",
+                     "-"] + ["-" if baselines[t] is None else _pct(100 * baselines[t]) for t in tasks] + ["-"])
     return {"columns": columns, "rows": rows, "notes": []}
+
+
+def majority_baseline(models: dict, task: str):
+    """The task's constant-answer score on dev (finetune's ``majority_baseline``, the same for every model and
+    seed), or None when no result records it (results of older versions)."""
+    for m in models.values():
+        value = m["summary"]["tasks"].get(task, {}).get("majority_baseline")
+        if value is not None:
+            return value
+    return None
 
 
 # -- the evaluate stage's Markdown --------------------------------------------------------------------------
@@ -234,17 +248,19 @@ def render_markdown(summary: dict, model: str | None = None, heading: str = "#")
         "",
         "Dev-set scores in percent: median over seeds, with mean ± sample standard deviation of the main "
         "metric. Rows of kind *probe* are offline probe tasks derived from held-out pretraining text: "
-        "they are not GLUE tasks and are averaged separately.",
+        "they are not GLUE tasks and are averaged separately. *majority class*: what a constant answer (the "
+        "training set's most frequent label) scores on the same dev set, the floor a model must beat.",
         "",
-        "| task | kind | metrics (median) | main | mean ± std | seeds |",
-        "|---|---|---|---:|---:|---:|",
+        "| task | kind | metrics (median) | main | mean ± std | majority class | seeds |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for name, t in summary["tasks"].items():
         kind = "probe" if t["is_probe"] else "GLUE"
         metrics = ", ".join(f"{m} {_percent(s['median'])}" for m, s in t["metrics"].items())
         main = t["main"]
         lines.append(f"| {name} | {kind} | {metrics} | {t['main_metric']} {_percent(main['median'])} | "
-                     f"{_percent(main['mean'])} ± {_percent(main['std'])} | {t['n_seeds']} |")
+                     f"{_percent(main['mean'])} ± {_percent(main['std'])} | "
+                     f"{_percent(t.get('majority_baseline'))} | {t['n_seeds']} |")
     glue, probe, overall = summary["glue_score"], summary["probe_score"], summary["average_score"]
     glue_note = f"{len(glue['tasks'])} of {len(GLUE_SCORE_TASKS)} tasks: {', '.join(glue['tasks']) or 'none'}"
     if glue["missing"]:
@@ -252,20 +268,20 @@ def render_markdown(summary: dict, model: str | None = None, heading: str = "#")
     if glue["excluded"]:
         glue_note += f"; not counted: {', '.join(glue['excluded'])}"
     if glue["tasks"]:
-        lines.append(f"| **GLUE score** | GLUE | {glue_note} | {_percent(glue['value'])} | | |")
+        lines.append(f"| **GLUE score** | GLUE | {glue_note} | {_percent(glue['value'])} | | | |")
         common = summary["glue_score_common"]
         if common["value"] is not None:
             note = f"{len(common['entries'])} entries: {', '.join(common['entries'])}"
             if common["missing"]:
                 note += f"; missing: {', '.join(common['missing'])}"
-            lines.append(f"| **GLUE score, common** | GLUE | {note} | {_percent(common['value'])} | | |")
+            lines.append(f"| **GLUE score, common** | GLUE | {note} | {_percent(common['value'])} | | | |")
     if probe["tasks"]:
         lines.append(f"| **probe score** | probe | {len(probe['tasks'])} probe "
                      f"task{'' if len(probe['tasks']) == 1 else 's'}: {', '.join(probe['tasks'])} "
-                     f"| {_percent(probe['value'])} | | |")
+                     f"| {_percent(probe['value'])} | | | |")
     if glue["tasks"] and probe["tasks"]:
         lines.append(f"| **average** | GLUE + probe | all {len(overall['tasks'])} tasks above "
-                     f"| {_percent(overall['value'])} | | |")
+                     f"| {_percent(overall['value'])} | | | |")
     lines.append("")
     if glue["tasks"]:
         lines += [f"GLUE score convention: {glue['convention']}.", ""]

@@ -31,7 +31,8 @@ def results(tmp_path):
     paths = []
     for seed, (mcc, acc) in enumerate([(0.50, 0.60), (0.60, 0.70), (0.90, 0.65)]):
         paths.append(write_metrics(tmp_path, "cola", seed, {"mcc": mcc}, "mcc", mcc))
-        paths.append(write_metrics(tmp_path, "rte", seed, {"accuracy": acc}, "accuracy", acc))
+        paths.append(write_metrics(tmp_path, "rte", seed, {"accuracy": acc}, "accuracy", acc,
+                                   majority_baseline={"prediction": 1, "dev": {"accuracy": 0.527}, "main": 0.527}))
     for seed, (m, mm) in enumerate([(0.80, 0.81), (0.82, 0.83)]):
         paths.append(write_metrics(tmp_path, "mnli", seed, {"dev_matched": {"accuracy": m},
                                                             "dev_mismatched": {"accuracy": mm}},
@@ -91,7 +92,9 @@ def test_summary_medians_and_separate_scores(results, tmp_path):
 
     md = out_md.read_text()
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
-    assert "| GLUE | mcc 60.0 | mcc 60.0 | 66.7 ± 20.8 | 3 |" in rows["cola"]
+    assert "| GLUE | mcc 60.0 | mcc 60.0 | 66.7 ± 20.8 | n/a | 3 |" in rows["cola"]  # no baseline recorded
+    assert "| accuracy 65.0 | 65.0 ± 5.0 | 52.7 | 3 |" in rows["rte"]  # the constant answer's score beside it
+    assert summary["tasks"]["rte"]["majority_baseline"] == 0.527 and summary["tasks"]["cola"]["majority_baseline"] is None
     assert "dev_matched.accuracy 81.0, dev_mismatched.accuracy 82.0" in rows["mnli"]
     for probe in ("probe-acceptability", "probe-adjacency"):
         assert rows[probe].split("|")[2].strip() == "probe"
@@ -222,3 +225,21 @@ def test_bad_prediction_label_stops_without_outputs(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "prediction 'contradiction' is not entailment, not_entailment" in err and "test_predictions.tsv" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_models_table_ends_with_the_majority_class_row(tmp_path):
+    paths = []
+    for model, accs in (("electra", (0.60, 0.62)), ("scratch", (0.55, 0.58))):
+        for seed, acc in enumerate(accs):
+            paths.append(write_metrics(tmp_path / model, "mrpc", seed, {"accuracy": acc, "f1": acc}, "accuracy", acc,
+                                       model=model, majority_baseline={"prediction": 1, "main": 0.684,
+                                                                       "dev": {"accuracy": 0.684, "f1": 0.812}}))
+            paths.append(write_metrics(tmp_path / model, "stsb", seed, {"pearson": 0.2, "spearman": 0.2},
+                                       "spearman", 0.2, model=model,
+                                       majority_baseline={"prediction": 2.7, "main": 0.0,
+                                                          "dev": {"pearson": 0.0, "spearman": 0.0}}))
+    models = evaluate.summarize_models(evaluate.read_results(paths), ["electra", "scratch"], {})
+    table = report.model_table(models)
+    assert [row[0] for row in table["rows"]] == ["electra", "scratch", "majority class"]
+    cells = dict(zip(table["columns"], table["rows"][-1]))
+    assert cells["MRPC (acc)"] == "68.4" and cells["STS-B (Spearman)"] == "0.0"  # below it, a model learned nothing

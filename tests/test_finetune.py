@@ -69,6 +69,16 @@ def test_finetune_real_task_subset(model_dir, tmp_path, monkeypatch, name):
         assert (0.0 <= value <= 1.0) if metric in ("accuracy", "f1") else (-1.0 <= value <= 1.0)
     assert metrics["seconds"] > 0 and metrics["model_dir"] == str(model_dir.resolve())
     assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
+    # the constant answer's score, from the dev labels themselves
+    dev = load_split(task, "dev", GLUE_DIR)
+    baseline = metrics["majority_baseline"]
+    if task.is_regression:
+        assert metrics["majority_baseline"]["main"] == 0.0  # a constant has no correlation
+    else:
+        share = sum(ex["label"] == baseline["prediction"] for ex in dev) / len(dev)
+        assert baseline["dev"].get("accuracy", share) == pytest.approx(share)
+        if name == "cola":
+            assert baseline["main"] == 0.0  # MCC of a constant
     rows = read_predictions(out / "test_predictions.tsv")
     test = load_split(task, "test", GLUE_DIR)
     assert rows[0] == ["index", "prediction"] and len(rows) - 1 == len(test)
