@@ -3,7 +3,6 @@ generator and embedding sharing (es / gdes / none). Each option must change what
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -13,7 +12,6 @@ from electra_ds import PAD_ID
 from electra_ds.masking import RowRandom
 from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
 from electra_ds.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
-from helpers import electra_ds
 from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
@@ -27,6 +25,17 @@ def shape(**kw) -> ModelShape:
 def model(seed=0, **kw) -> ElectraPretrainer:
     torch.manual_seed(seed)
     return ElectraPretrainer(kw.pop("shape", SHAPE), **kw).eval()
+
+
+def trained(m, steps):
+    """``m`` after ``steps`` AdamW steps on tiny batches (fresh row seeds each step), in eval mode."""
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for step in range(steps):
+        opt.zero_grad()
+        m(batch(seed=step), seeds=range(step * 8, step * 8 + 8))["loss"].backward()
+        opt.step()
+    return m.eval()
 
 
 def disc_input_spy(m):
@@ -197,13 +206,7 @@ def test_uniform_generator_export_publishes_the_discriminator_alone(tmp_path):
 
     from electra_ds.model import token_type_ids_for
 
-    m = model(uniform_generator=True).train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for step in range(2):
-        opt.zero_grad()
-        m(batch(seed=step), seeds=range(step * 8, step * 8 + 8))["loss"].backward()
-        opt.step()
-    m.eval()
+    m = trained(model(uniform_generator=True), steps=2)
     state = {n: p.detach().clone() for n, p in m.named_parameters()}
     with pytest.raises(ValueError, match="missing"):  # it is not an es state with a generator
         ElectraPretrainer.from_training_state(SHAPE, "electra", state)
@@ -332,13 +335,7 @@ def test_gdes_export_folds_the_delta_and_reproduces_the_trained_model(tmp_path):
     from electra_ds.model import token_type_ids_for
 
     tiny = shape(num_layers=2, vocab_size=300)
-    m = model(shape=tiny, embedding_sharing="gdes").train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for step in range(3):
-        opt.zero_grad()
-        m(batch(seed=step), seeds=range(step * 8, step * 8 + 8))["loss"].backward()
-        opt.step()
-    m.eval()
+    m = trained(model(shape=tiny, embedding_sharing="gdes"), steps=3)
     d_emb = m.discriminator.electra.embeddings
     assert d_emb.word_embeddings.delta.abs().max() > 0 and d_emb.position_embeddings.delta.abs().max() > 0
 
@@ -371,17 +368,10 @@ def test_a_gdes_state_does_not_load_as_es():
 @pytest.mark.slow
 @pytest.mark.parametrize("option", [["--embedding-sharing", "gdes"], ["--uniform-generator"]])
 def test_deepspeed_zero3_trains_the_option_and_exports(prepared, tmp_path, option):
-    from test_pretrain import pretrain_args
+    from test_pretrain import pretrain_and_export
 
-    out = tmp_path / "pretrain"
-    res = electra_ds(["launch", "--launcher", "none", "--",
-                      *pretrain_args(prepared, out, stage=3, steps=3, extra=option)])
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary, _ = pretrain_and_export(prepared, tmp_path, ["--launcher", "none"], stage=3, steps=3, extra=option)
     assert summary["zero_stage"] == 3
-    res = electra_ds(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
-                      str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
-    assert res.returncode == 0, res.stderr[-3000:]
     from transformers import AutoModelForPreTraining
 
     disc = AutoModelForPreTraining.from_pretrained(tmp_path / "export" / "discriminator")

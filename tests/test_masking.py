@@ -319,25 +319,9 @@ def test_whole_word_without_the_vocabulary_is_a_clear_error(prepared, tmp_path):
 
 @pytest.mark.slow
 def test_whole_word_two_ranks_with_micro_b_match_one_rank_with_2b(prepared, tmp_path):
-    from test_pretrain import NO_DROPOUT, final_weights, train_log
+    from test_pretrain import assert_two_ranks_match_one
 
-    runs = {}
-    for procs, micro in ((1, "8"), (2, "4")):
-        out = tmp_path / f"p{procs}"
-        args = whole_word_args(prepared, out, steps=3)
-        args[args.index("--model") + 1] = NO_DROPOUT
-        args[args.index("--global-batch-size") + 1] = "8"
-        args[args.index("--micro-batch-size") + 1] = micro
-        res = electra_ds(["launch", "--nproc-per-node", str(procs), "--", *args])
-        assert res.returncode == 0, res.stderr[-3000:]
-        runs[procs] = out
-    one, two = (train_log(runs[p]) for p in (1, 2))
-    assert [r["step"] for r in one] == [r["step"] for r in two]
-    for a, b in zip(one, two):
-        for key in ("loss", "gen_loss", "disc_loss", "gen_acc", "disc_acc"):
-            assert a[key] == pytest.approx(b[key], rel=2e-4, abs=1e-5), (a["step"], key)
-    w1, w2 = final_weights(runs[1]), final_weights(runs[2])
-    assert all(torch.allclose(w1[name], w2[name], atol=2e-4) for name in w1)
+    assert_two_ranks_match_one(lambda out: whole_word_args(prepared, out, steps=3), tmp_path)
 
 
 @pytest.mark.slow

@@ -29,6 +29,19 @@ def pretrain_args(prepared, out, stage=2, steps=6, extra=()):
             "--eval-examples", "16", "--precision", "fp32", "--device", "cpu", *extra]
 
 
+def pretrain_and_export(prepared, tmp_path, launch, **pretrain_kw):
+    """Pretrain through ``electra-ds launch`` (``launch``: its options) and export; the summary and the export
+    folder (``tmp_path/pretrain``, ``tmp_path/export``)."""
+    out, export = tmp_path / "pretrain", tmp_path / "export"
+    res = electra_ds(["launch", *launch, "--", *pretrain_args(prepared, out, **pretrain_kw)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    res = electra_ds(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
+                      str(prepared["vocab"]), "--output-dir", str(export)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return summary, export
+
+
 def losses(out):
     """Training loss per logged step, from the run's train_log.jsonl (never from log text)."""
     return {r["step"]: r["loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
@@ -68,14 +81,8 @@ def test_zero3_export_matches_training_weights(prepared, tmp_path):
 
     from electra_ds.export import consolidated_state_dict
 
-    out = tmp_path / "pretrain"
-    res = electra_ds(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, stage=3, steps=3)])
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary, _ = pretrain_and_export(prepared, tmp_path, ["--nproc-per-node", "2"], stage=3, steps=3)
     assert summary["zero_stage"] == 3
-    res = electra_ds(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
-                   str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
-    assert res.returncode == 0, res.stderr[-3000:]
     for sub in ("discriminator", "generator"):
         assert (tmp_path / "export" / sub / "model.safetensors").is_file()
     disc = AutoModelForPreTraining.from_pretrained(tmp_path / "export" / "discriminator").eval()
@@ -162,12 +169,18 @@ def final_weights(out):
 def test_two_ranks_with_micro_b_match_one_rank_with_2b(prepared, tmp_path, stage):
     """Every draw is seeded per example and losses are normalised by global-batch counts, so the split of a
     global batch over ranks does not change the run (dropout off: it is drawn per process)."""
+    assert_two_ranks_match_one(lambda out: pretrain_args(prepared, out, stage=stage, steps=4), tmp_path)
+
+
+def assert_two_ranks_match_one(make_args, tmp_path):
+    """The run of ``make_args(out)`` (a pretrain command line) with dropout off and a global batch of 8: on one
+    rank with micro-batches of 8 and on two with 4 it logs the same losses and ends with the same weights."""
     import torch
 
     runs = {}
     for procs, micro in ((1, "8"), (2, "4")):
         out = tmp_path / f"p{procs}"
-        args = pretrain_args(prepared, out, stage=stage, steps=4)
+        args = make_args(out)
         args[args.index("--model") + 1] = NO_DROPOUT
         args[args.index("--global-batch-size") + 1] = "8"
         args[args.index("--micro-batch-size") + 1] = micro
@@ -297,17 +310,10 @@ def test_other_objectives_train_under_deepspeed_and_export(prepared, tmp_path, o
     """ZeRO-0 on one process (stage 0 has its own export path), then the exported models load."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    out = tmp_path / "pretrain"
-    res = electra_ds(["launch", "--nproc-per-node", "1", "--",
-                   *pretrain_args(prepared, out, stage=0, steps=4, extra=["--objective", objective])])
-    assert res.returncode == 0, res.stderr[-3000:]
-    log = train_log(out)
-    assert all(r["loss"] == r["loss"] for r in log)  # finite, no NaN
-    summary = json.loads((out / "summary.json").read_text())
+    summary, _ = pretrain_and_export(prepared, tmp_path, ["--nproc-per-node", "1"], stage=0, steps=4,
+                                     extra=["--objective", objective])
+    assert all(r["loss"] == r["loss"] for r in train_log(tmp_path / "pretrain"))  # finite, no NaN
     assert summary["objective"] == objective and summary["zero_stage"] == 0
-    res = electra_ds(["export", "--pretrain-summary", str(out / "summary.json"), "--tokenizer-dir",
-                   str(prepared["vocab"]), "--output-dir", str(tmp_path / "export")])
-    assert res.returncode == 0, res.stderr[-3000:]
     gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "export" / "generator")
     # mlm: the MLM is discriminator-sized; electra/adversarial: generator_fraction 0.5 of 32
     assert gen.config.hidden_size == (32 if objective == "mlm" else 16)
