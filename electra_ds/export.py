@@ -105,8 +105,8 @@ def run(args, tracker) -> None:
         raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=summary["checkpoint_dir"]) from None
     nets = model.exported()
     # what the exported models must reproduce: the training model's modules (under gdes the discriminator with its
-    # delta unfolded; the MLM baseline has no trained discriminator, its published encoder is the reference)
-    # (a uniform_generator run has no generator to publish)
+    # delta unfolded; the MLM baseline has no trained discriminator, its published encoder is the reference; a
+    # uniform_generator run publishes no generator, so nets has none to check)
     trained = {"discriminator": nets["discriminator"] if model.discriminator is None else model.discriminator,
                "generator": model.generator}
     loaders = {"discriminator": AutoModelForPreTraining, "generator": AutoModelForMaskedLM}
@@ -120,8 +120,9 @@ def run(args, tracker) -> None:
         ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
         kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
         with torch.no_grad():
-            diffs = {name: (loaders[name].from_pretrained(tmp / name).eval()(ids, **kwargs).logits
-                            - trained[name](ids, **kwargs).logits).abs().max().item() for name in nets}
+            reloaded = {name: loaders[name].from_pretrained(tmp / name).eval() for name in nets}
+            diffs = {name: (net(ids, **kwargs).logits - trained[name](ids, **kwargs).logits).abs().max().item()
+                     for name, net in reloaded.items()}
         if max(diffs.values()) > 1e-4:
             raise RuntimeError(f"exported models differ from the trained model: {diffs}")
     log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)

@@ -130,7 +130,7 @@ class ElectraPretrainer(nn.Module):
         self.temperature = temperature
         self.disallow_correct = disallow_correct
         self.masking, self.mask_count = masking, mask_count
-        self.uniform_generator, self.embedding_sharing = uniform_generator, embedding_sharing
+        self.embedding_sharing = embedding_sharing  # uniform_generator: self.generator is None
         check_masking(masking, mask_count)
         self.register_buffer("word_starts", None, persistent=False)  # whole_word: set by use_word_starts
         if embedding_sharing not in EMBEDDING_SHARING:
@@ -185,10 +185,10 @@ class ElectraPretrainer(nn.Module):
 
     def exported(self) -> dict:
         """The Hugging Face models to publish, ``{"discriminator": ElectraForPreTraining, "generator":
-        ElectraForMaskedLM}`` (no generator under ``uniform_generator``, which builds none). The MLM baseline has no discriminator: fine-tuning starts from its encoder, so
-        its encoder is published as one (with a new, untrained replaced-token head). Under ``gdes`` the delta is
-        folded in: the discriminator is a plain ``ElectraForPreTraining`` whose word and position tables are the
-        generator's plus the delta."""
+        ElectraForMaskedLM}`` (no generator under ``uniform_generator``, which builds none). The MLM baseline has
+        no discriminator: fine-tuning starts from its encoder, so its encoder is published as one (with a new,
+        untrained replaced-token head). Under ``gdes`` the delta is folded in: the discriminator is a plain
+        ``ElectraForPreTraining`` whose word and position tables are the generator's plus the delta."""
         from transformers import ElectraForPreTraining
 
         if self.discriminator is None:
