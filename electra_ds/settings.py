@@ -105,8 +105,10 @@ def add_settings(parser, settings: Settings, **overrides) -> None:
         for name in names:
             spec = node(section, name)
             field = f"{section}.{name}" if section else name
+            description = " ".join(str(spec.get("description", "")).split())
             kwargs = {"dest": name, "default": default(spec),
-                      "help": f"{field}: {' '.join(str(spec.get('description', '')).split())}".rstrip(": ")}
+                      # argparse %-formats help text ("%(default)s"): a literal % in a description must be %%
+                      "help": f"{field}: {description}".rstrip(": ").replace("%", "%%")}
             if _types(spec) == ["boolean"]:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:

@@ -153,3 +153,16 @@ def test_the_model_shape_defaults_are_the_schemas():
 def test_a_partial_model_option_is_filled_from_the_schema():
     args = build_parser().parse_args(required_argv("pretrain") + ["--model", '{"hidden_size": 64}'])
     assert args.model == {**settings.default(settings.node("pretrain", "model")), "hidden_size": 64}
+
+
+@pytest.mark.parametrize("stage", [None, *STAGES])
+def test_every_subcommand_prints_its_help(stage, capsys):
+    """`electra-ds <stage> --help` for every stage (a `%` in a schema description once crashed argparse)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([stage, "--help"] if stage else ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: electra-ds") and "--help" in out
+    if stage in STAGE_MODULES:  # every setting of the stage is listed with its config field
+        for field in settings.fields(STAGE_MODULES[stage].SETTINGS):
+            assert field in out, field
