@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from electra_ds.config import config_error
+from electra_ds.settings import SCHEMA_PATH
 
 min_version("9.0")
 
@@ -21,9 +22,11 @@ if not workflow.overwrite_configfiles:
 
 
 
-if problem := config_error(config, "workflow/schemas/config.schema.yaml"):
+# The schema ships inside the package (electra_ds/schemas/config.schema.yaml): one copy for the workflow and
+# the `electra-ds` stages, installed or not.
+if problem := config_error(config, SCHEMA_PATH):
     raise WorkflowError(problem)
-validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
+validate(config, str(SCHEMA_PATH))  # fills the schema's defaults
 
 
 include: "workflow/rules/common.smk"

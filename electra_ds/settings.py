@@ -1,10 +1,11 @@
 """The config schema is the one source of every setting: its default, type, range, choices and help.
 
-``workflow/schemas/config.schema.yaml`` declares each field once. Snakemake validates a config against it and
-fills the defaults; each stage builds its command-line options for the fields it takes from the same
-schema (:func:`add_settings`), checks the values it is given against it (:func:`check_settings`), and the
-rules render a config section into those options with one helper (:func:`render`, ``stage_args`` in
-``common.smk``). So ``electra-ds <stage>`` run by hand sees the defaults the pipeline sees.
+``electra_ds/schemas/config.schema.yaml`` (package data: an installed package has it too) declares each field
+once. Snakemake validates a config against it and fills the defaults; each stage builds its command-line options
+for the fields it takes from the same schema (:func:`add_settings`), checks the values it is given against it
+(:func:`check_settings`), and the rules render a config section into those options with one helper
+(:func:`render`, ``stage_args`` in ``common.smk``). So ``electra-ds <stage>`` run by hand sees the defaults the
+pipeline sees.
 
 A stage declares what it takes as ``SETTINGS = {section: (field, ...)}``; the section ``""`` is the top level
 (``seed``). Each field becomes ``--field-name`` (``--flag``/``--no-flag`` for booleans, JSON for objects and
@@ -22,7 +23,8 @@ import yaml
 
 from electra_ds.errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# The one copy of the schema, shipped inside the package; the Snakefile and every reader use this path.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 Settings = dict  # {section: (field, ...)}
 

@@ -24,13 +24,14 @@ from pathlib import Path
 import yaml
 
 from electra_ds.progress import format_bytes, format_count, format_seconds
+from electra_ds.settings import SCHEMA_PATH
 from electra_ds.study import plan_models
 from electra_ds.lock import pid_alive
 
 TAG = re.compile(r"^step(\d+)$")
 LOG_STEP = re.compile(r"step (\d+)/(\d+)")
 HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc")
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = SCHEMA_PATH
 
 
 def add_arguments(p) -> None:

@@ -18,6 +18,7 @@ from helpers import REPO
 from electra_ds.config import config_error
 from electra_ds.errors import UserError
 from electra_ds.lock import LOCK_NAME, ResultsLock
+from electra_ds.settings import SCHEMA_PATH
 
 # Each is a shell command if a value reaching a shell line is not quoted; {m} is the marker folder.
 HOSTILE = ["$(touch {m}/{tag}1)", "`touch {m}/{tag}2`", "; touch {m}/{tag}3", "|| touch {m}/{tag}4 #"]
@@ -138,7 +139,7 @@ def test_control_characters_in_a_path_name_the_field(dotted, value):
     for key in parents:
         node = node.setdefault(key, {})
     node[last] = value
-    problem = config_error(cfg, REPO / "workflow/schemas/config.schema.yaml")
+    problem = config_error(cfg, SCHEMA_PATH)
     field = {"corpus.sources": "corpus.sources.0."}.get(dotted, dotted)
     assert problem and problem.startswith(f"config field '{field}") and "control character" in problem, problem
     assert "\n" not in problem  # one line

@@ -18,6 +18,7 @@ from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from electra_ds.masking import (MASK_DRAWS, RowRandom, check_masking, choose_masked, max_predictions, official_counts,
                                 prediction_count, word_start_table)
 from electra_ds.model import ElectraPretrainer, ModelShape
+from electra_ds.settings import SCHEMA_PATH
 from helpers import REPO, electra_ds
 from helpers_models import tiny_batch as batch
 
@@ -80,7 +81,7 @@ def spy_generator_input(model):
 
 # -- defaults ---------------------------------------------------------------------------------------------------
 def test_options_are_off_by_default():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     pretrain = schema["properties"]["pretrain"]["properties"]
     assert pretrain["masking"]["default"] == "token" and pretrain["mask_count"]["default"] == "exact"
     model = ElectraPretrainer(SHAPE)

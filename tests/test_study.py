@@ -9,10 +9,11 @@ import yaml
 
 from helpers import REPO
 from electra_ds.errors import UserError
+from electra_ds.settings import SCHEMA_PATH
 from electra_ds.shape import ModelShape, flops_per_token, pretraining_flops
 from electra_ds.study import plan_models
 
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def filled(config: dict) -> dict:
@@ -20,7 +21,7 @@ def filled(config: dict) -> dict:
     from snakemake.utils import validate
 
     config = copy.deepcopy(config)
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(config, str(SCHEMA_PATH))
     return config
 
 

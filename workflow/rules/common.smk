@@ -35,7 +35,7 @@ def stage_args(stage, skip=(), **sections):
 
 
 # ---- the models of this run (the `model` wildcard): electra_ds/study.py ---------------------------
-with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"), encoding="utf-8") as _f:
+with open(settings.SCHEMA_PATH, encoding="utf-8") as _f:
     _SCHEMA = yaml.safe_load(_f)
 try:
     MODELS = plan_models(config, _SCHEMA)
