@@ -1,6 +1,7 @@
 """Process launch and the environment mapping for distributed training, in one place.
 
-Locally ``electra-ds launch --nproc-per-node N -- pretrain ...`` starts N processes with torchrun;
+Locally ``electra-ds launch --nproc-per-node N -- pretrain ...`` starts N processes with torchrun (run in this
+process, so that a rank's own clear error, not torchrun's traceback, ends the launch);
 inside a SLURM allocation (``SLURM_JOB_ID`` set) it starts them with
 ``srun -n <nodes x N> -N <nodes> --ntasks-per-node N -c <cpus> --kill-on-bad-exit=1`` instead
 (the rule's ``{resources.mpi} -n {resources.tasks}`` pattern; ``--srun`` takes the rule's ``mpi``
@@ -16,6 +17,7 @@ The checks the workflow runs before it submits anything to SLURM are in :mod:`el
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import shutil
@@ -202,9 +204,39 @@ def run_launch(args) -> int:
         print(f"electra-ds launch: error: {exc}", file=sys.stderr)
         return 2
     print("electra-ds launch:", " ".join(cmd), file=sys.stderr, flush=True)
-    env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
-    os.execvpe(cmd[0], cmd, env)  # replace this process: signals (SLURM's SIGTERM) reach the launcher
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:
+        return _torchrun(cmd[3:])
+    os.execvp(cmd[0], cmd)  # replace this process: signals (SLURM's SIGTERM) reach the launcher
+
+
+USER_ERROR_STATUS = 2  # what electra_ds.cli returns for a UserError, after printing its one line
+
+
+def _drop_user_error_report(record) -> bool:
+    """torchrun's "failed (exitcode: 2) local_rank: ..." line: left out for a rank that ended with a UserError,
+    which has already said what is wrong in one line."""
+    return not (str(record.msg).startswith("failed (exitcode:") and record.args and record.args[0] == USER_ERROR_STATUS)
+
+
+def _torchrun(torchrun_args: list[str]) -> int:
+    """torchrun in this process, as ``python -m torch.distributed.run`` runs it (this process is the launcher that
+    SLURM's or Snakemake's signals reach, as with exec), except that a failed rank ends the launch with the rank's
+    exit status and its own error, not with torchrun's ChildFailedError traceback after it."""
+    from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_drop_user_error_report)
+    try:
+        torch_run.run(torch_run.parse_args(torchrun_args))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()  # the root cause: the others were stopped because of it
+        status = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by signal N
+        if status != USER_ERROR_STATUS:
+            print(f"electra-ds launch: error: rank {rank} failed with exit status {failure.exitcode} "
+                  f"({failure.signal_name() if failure.exitcode < 0 else 'its output is above'})", file=sys.stderr)
+        return status
+    return 0
 
 
 def _has_cuda() -> bool:

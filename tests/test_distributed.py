@@ -80,3 +80,22 @@ def test_launch_cli_takes_the_rule_resources(monkeypatch):
     add_arguments(p)
     args = p.parse_args(["--nproc-per-node", "2", "--srun", "srun", "--cpus-per-task", "3", "--", "pretrain", "--x"])
     assert (args.srun, args.cpus_per_task, args.command) == ("srun", 3, ["--", "pretrain", "--x"])
+
+
+def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypatch, capsys):
+    """A rank's UserError (status 2) already said what is wrong; any other failure gets one line from the launch,
+    with the shell's status for a signal (128 + N), instead of torchrun's ChildFailedError traceback."""
+    from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from electra_ds import distributed
+
+    for exitcode, status, said in [(2, 2, ""), (1, 1, "rank 1 failed with exit status 1 (its output is above)"),
+                                   (-9, 137, "rank 1 failed with exit status -9 (SIGKILL)")]:
+        def fail(args, exitcode=exitcode):
+            raise ChildFailedError("electra_ds", {1: ProcessFailure(1, 123, exitcode, "<N/A>")})
+
+        monkeypatch.setattr(torch_run, "run", fail)
+        assert distributed._torchrun(["--standalone", "--nproc_per_node=2", "-m", "electra_ds", "pretrain"]) == status
+        err = capsys.readouterr().err
+        assert (said in err if said else err == "") and "Traceback" not in err

@@ -113,6 +113,23 @@ def test_inconsistent_deepspeed_config_fails_before_training(prepared, tmp_path)
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+def test_a_failing_rank_ends_the_launch_with_its_own_error(prepared, tmp_path):
+    """Through `electra-ds launch` (torchrun), a rank's clear error is the launch's last word: the rank's one line
+    and exit status, no ChildFailedError traceback from torchrun after it."""
+    bad = tmp_path / "ds_bad.json"
+    bad.write_text(json.dumps({"train_batch_size": 999, "zero_optimization": {"stage": 2}}))
+    args = pretrain_args(prepared, tmp_path / "out")
+    args[args.index("--ds-config") + 1] = str(bad)
+    res = electra_ds(["launch", "--nproc-per-node", "1", "--", *args])
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("electra-ds launch: ") and "torch.distributed.run" in lines[0]
+    errors = [line for line in lines[1:] if "error" in line.lower()]
+    assert errors == [lines[-1]], res.stderr[-3000:]
+    assert lines[-1].startswith("electra-ds pretrain: error: ") and "train_batch_size=999" in lines[-1]
+    assert "ChildFailedError" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--device", "cuda"], "GPUs requested but none is available"),
     (["--precision", "fp16"], "fp16 is not supported on CPU"),
