@@ -16,6 +16,10 @@
 #      latest checkpoint and ends with the uninterrupted run's losses; Snakemake sees one successful job
 #   5. node loss: node 2's slurmd and all its processes are killed mid-run; the job fails (time measured and
 #      bounded), node 2 comes back, Snakemake's restart-times resubmits the job, it resumes, same losses
+#   6. one task: pretraining of 1 node x 1 process (the electra-small preset's shape; tests/configs/micro_one_task.yaml
+#      over the same configs) through the same profiles: a plain one-task job (the plugin refuses an MPI job of one
+#      task) that COMPLETED with NumTasks=1, its one process started by `electra-ds launch` itself, world size 1
+#      (run before 4 and 5, and also with SLURM_CI_FAULTS=0)
 # Every SLURM/Snakemake call is under `timeout`; daemons, namespaces, links and files are removed on any exit.
 #
 #   bash .ci/slurm.sh            (as root; installs the packages if missing; needs .venv from `make setup`)
@@ -266,9 +270,24 @@ CT 10 scontrol -o show job "$ref_job" | grep -q "NumNodes=1 .*NumTasks=2" || { C
 TIMES[3-pipeline-and-one-node-reference]=$(elapsed $t)
 CHECK same-losses "$WORK/reference/train_log.jsonl" "$WORK/uninterrupted_train_log.jsonl" \
     "2 nodes x 1 process vs 1 node x 2 processes"
+PRETRAIN_OUT=$RESULTS/pretrain/electra
+
+# ---- 6. one task: pretraining of 1 node x 1 process is a plain SLURM job (no mpi), its process run in the step ----
+t=$(date +%s)
+say "one task: pretraining of 1 node x 1 process through the same profiles"
+rm -rf "$PRETRAIN_OUT"
+ONE_TASK=("$VENV/bin/snakemake" --profile profiles/slurm --profile profiles/slurm_ci
+          --configfile tests/configs/micro.yaml tests/configs/micro_two_nodes.yaml tests/configs/micro_one_task.yaml
+          --config "results_dir=$RESULTS" --slurm-logdir "$WORK/slurm_logs" --latency-wait 10)
+if ! CT 900 "${ONE_TASK[@]}" "$PRETRAIN_OUT/summary.json" > "$WORK/one_task.snakemake.log" 2>&1; then
+    say "snakemake failed for the one-task pretraining"; cat "$WORK/one_task.snakemake.log"; show_logs; exit 1
+fi
+submitted=$(grep -o "has been submitted with SLURM jobid [0-9]*" "$WORK/one_task.snakemake.log" | awk '{print $NF}')
+[ "$(echo "$submitted" | wc -w)" = 1 ] || { say "expected one submitted job: '$submitted'"; cat "$WORK/one_task.snakemake.log"; exit 1; }
+CHECK one-task "$RESULTS" "$submitted"
+TIMES[6-one-task]=$(elapsed $t)
 
 if [ "${SLURM_CI_FAULTS:-1}" = 1 ]; then
-    PRETRAIN_OUT=$RESULTS/pretrain/electra
     pretrain_job() {  # the id of the running (or pending) pretraining job, waiting up to $1 s for it
         local t0=$SECONDS id
         while (( SECONDS - t0 < $1 )); do

@@ -3,6 +3,7 @@
     python .ci/slurm_checks.py pipeline WORK RESULTS        the micro pipeline on the two-node cluster
     python .ci/slurm_checks.py same-losses REF RUN LABEL    two train_log.jsonl files describe the same run
     python .ci/slurm_checks.py resumed WORK RESULTS JOBID... a pretraining that was interrupted and resumed
+    python .ci/slurm_checks.py one-task RESULTS JOBID        a pretraining job of 1 node x 1 process
 
 SLURM commands go to the cluster's controller: .ci/slurm.sh runs this in the controller's network namespace.
 """
@@ -162,6 +163,26 @@ def cmd_resumed(work: Path, results: Path, job_ids: list[str]) -> None:
     print(check_ranks_on_two_nodes(work, job_ids[-1]))
 
 
+def cmd_one_task(results: Path, job_id: str) -> None:
+    """The pretraining of 1 node x 1 process: one SLURM job of one task (a plain job: the plugin refuses an MPI job
+    of one task) that COMPLETED, whose one process `electra-ds launch` ran itself (no srun in the plugin's
+    `srun -n1` step, no torchrun), as a world of one, for every step."""
+    steps = int(re.search(r"max_steps: (\d+)", (REPO / "tests/configs/micro_one_task.yaml").read_text()).group(1))
+    info = scontrol_job(job_id)
+    assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "1" and info["NumTasks"] == "1", \
+        f"pretrain job {job_id}: {info}"
+    assert info.get("Comment", "").startswith("rule_pretrain"), info
+    log = (results / "logs/pretrain/electra.log").read_text()
+    launch = next(line for line in log.splitlines() if line.startswith("electra-ds launch:"))
+    started = launch.split(":", 1)[1].split()
+    assert started[1:4] == ["-m", "electra_ds", "pretrain"], f"not the process itself: {launch}"
+    assert "world size 1," in log, "pretraining did not report world size 1"
+    summary = json.loads((results / "pretrain/electra/summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == steps, summary
+    print(f"pretrain job {job_id}: NumNodes=1 NumTasks=1 on {info['NodeList']}, COMPLETED; the launch ran "
+          f"{' '.join(started[1:4])} itself; world size 1, {steps} steps")
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "pipeline":
@@ -172,5 +193,7 @@ if __name__ == "__main__":
         cmd_same_losses(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
     elif what == "resumed":
         cmd_resumed(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
+    elif what == "one-task":
+        cmd_one_task(Path(sys.argv[2]), sys.argv[3])
     else:
         sys.exit(f"unknown check {what!r}")

@@ -5,7 +5,8 @@ process, so that a rank's own clear error, not torchrun's traceback, ends the la
 inside a SLURM allocation (``SLURM_JOB_ID`` set) it starts them with
 ``srun -n <nodes x N> -N <nodes> --ntasks-per-node N -c <cpus> --kill-on-bad-exit=1`` instead
 (the rule's ``{resources.mpi} -n {resources.tasks}`` pattern; ``--srun`` takes the rule's ``mpi``
-resource, e.g. ``srun --mpi=pmix`` on sites that need it).
+resource, e.g. ``srun --mpi=pmix`` on sites that need it), and runs a single process (1 node x 1) directly:
+that job is a plain one-task job, whose shell line the SLURM plugin already runs in a ``srun -n1`` step.
 Each started process calls :func:`setup_env`, which maps SLURM's variables (SLURM_PROCID,
 SLURM_LOCALID, SLURM_NTASKS, the job's first node, a port derived from the job id) onto the
 torch.distributed ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and gives a single
@@ -156,10 +157,14 @@ def launch_command(stage_args: list[str], nproc_per_node: int, nnodes: int = 1, 
     ``srun`` is the SLURM starter (the rule's ``mpi`` resource); ``cpus_per_task`` > 0 is passed to it
     as ``-c`` (since SLURM 22.11 a step no longer inherits the job's --cpus-per-task).
     """
-    if launcher == "auto":
-        launcher = "srun" if environ.get("SLURM_JOB_ID") else "torchrun"
     python = [sys.executable, "-m", "electra_ds", *stage_args]
     total = nproc_per_node * nnodes
+    if launcher == "auto":
+        if not environ.get("SLURM_JOB_ID"):
+            launcher = "torchrun"
+        else:  # one process in a SLURM job runs right here: a one-task job is not an MPI job for the SLURM plugin,
+            # which runs its shell line in a `srun -n1` step already (a nested srun would wait for that step's CPUs)
+            launcher = "srun" if total > 1 else "none"
     if launcher == "srun":
         starter = shlex.split(srun or "srun")
         if not shutil.which(starter[0]):
@@ -186,7 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per node (one per GPU)")
     p.add_argument("--nnodes", type=int, default=1, help="number of nodes")
     p.add_argument("--launcher", default="auto", choices=["auto", "torchrun", "srun", "none"],
-                   help="auto: srun inside a SLURM allocation, else torchrun")
+                   help="auto: srun inside a SLURM allocation (one process: run it directly), else torchrun")
     p.add_argument("--srun", default="srun", help="SLURM starter command (the rule's mpi resource), e.g. 'srun'")
     p.add_argument("--cpus-per-task", type=int, default=0, help="CPUs per process under srun (0 = SLURM default)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- <stage> [stage options]")

@@ -46,6 +46,10 @@ def test_launch_picks_torchrun_locally_and_srun_inside_slurm(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/srun")
     cmd = launch_command(["pretrain"], 4, nnodes=2, environ={"SLURM_JOB_ID": "7"})
     assert cmd[:3] == ["srun", "-n", "8"] and cmd[-3:] == ["-m", "electra_ds", "pretrain"]
+    # one process in a SLURM job (the plugin's `srun -n1` step of a one-task job): the process itself, no nested srun
+    cmd = launch_command(["pretrain"], 1, environ={"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"})
+    assert cmd == [sys.executable, "-m", "electra_ds", "pretrain"]
+    assert launch_command(["pretrain"], 1, environ={})[2] == "torch.distributed.run"  # locally still torchrun
 
 
 def test_srun_without_slurm_is_a_clear_error(monkeypatch):

@@ -5,15 +5,20 @@ that does not divide the global batch. Pure checks always run; the live ones nee
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from electra_ds.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
 from electra_ds.errors import UserError
+from helpers import REPO
+from helpers_slurm import slurm_jobs
 from test_pipeline import micro_config, snakemake
 
 SLURM_PROFILES = ["--profile", "profiles/slurm", "--profile", "profiles/slurm_ci"]
@@ -132,3 +137,82 @@ def test_site_placeholders_left_in_the_profile(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "resource slurm_partition is still the placeholder '<partition>'" in out, out[-3000:]
+
+
+# ---- what the SLURM plugin itself submits (its own code on the real DAG: tests/helpers_slurm.py) ----------------
+
+def _preset(tmp_path, name, **overrides):
+    """A preset (or test config) with dotted overrides, written beside the test."""
+    cfg = yaml.safe_load((REPO / name).read_text())
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _launch_args(shell: str) -> tuple[dict, list[str]]:
+    """The options of `electra-ds launch` in a pretrain job's shell line, and the stage command after `--`."""
+    words = shlex.split(shell.split(">")[0])
+    launch = words[words.index("launch") + 1:words.index("--")]
+    return dict(zip(launch[::2], launch[1::2])), words[words.index("--") + 1:]
+
+
+def _flag(line: str, name: str):
+    found = re.findall(rf"{name}[= ](\S+)", line)
+    return found[-1] if found else None
+
+
+# Every job shape of the presets and README: 1 GPU, 1 node x N GPUs, N nodes x M GPUs, CPU-only (1 and 2 processes,
+# 1 and 2 nodes). The pretraining job must be accepted by the plugin, ask SLURM for the launch's processes, GPUs
+# and CPUs, and the launch inside the job must start exactly those processes (srun for several, the process
+# itself for one: the plugin runs a plain job's shell line in its own `srun -n1` step).
+SHAPES = {  # name: (config, overrides, nodes, processes per node, GPUs per node, CPUs per process)
+    "electra-small: 1 GPU": ("config/presets/electra-small.yaml", {}, 1, 1, 1, 8),
+    "electra-base: 2 nodes x 8 GPUs": ("config/presets/electra-base.yaml", {}, 2, 8, 8, 8),
+    "1 node x 8 GPUs": ("config/presets/electra-base.yaml", {"pretrain.nodes": 1}, 1, 8, 8, 8),
+    "CPU only, 1 node x 2 processes (demo)": ("config/config.yaml", {}, 1, 2, 0, 1),
+    "CPU only, 1 process": ("config/config.yaml", {"pretrain.processes_per_node": 1, "pretrain.threads": 2},
+                            1, 1, 0, 2),
+    "CPU only, 2 nodes x 1 process (CI)": ("tests/configs/micro.yaml", {"pretrain.nodes": 2,
+                                           "pretrain.processes_per_node": 1, "pretrain.threads": 1}, 2, 1, 0, 1),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_slurm_plugin_accepts_every_pretraining_shape(tmp_path, shape):
+    from electra_ds.distributed import launch_command
+
+    config, overrides, nodes, per_node, gpus, cpus = SHAPES[shape]
+    jobs = slurm_jobs(tmp_path, _preset(tmp_path, config, **overrides))
+    refused = [(j["rule"], j["refused"]) for j in jobs if j.get("refused")]
+    assert not refused, refused
+    job = next(j for j in jobs if j["rule"] == "pretrain")
+    sbatch, tasks = job["sbatch"], nodes * per_node
+    assert _flag(sbatch, "--nodes") == str(nodes) and _flag(sbatch, "--cpus-per-task") == str(cpus), sbatch
+    assert _flag(sbatch, "--gres") == (f"gpu:{gpus}" if gpus else None), sbatch
+    assert "--ntasks-per-gpu" not in sbatch  # it would bind each process to one GPU, hiding its peers from NCCL
+    if tasks > 1:  # an MPI-style job: the shell line runs in the batch step and starts the tasks itself
+        assert _flag(sbatch, "--ntasks") == str(tasks) and job["resources"]["mpi"] == "srun" and "step" not in job
+    else:  # a plain job: the plugin runs the shell line in `srun -n1` with the job's CPUs
+        assert _flag(sbatch, "--ntasks") in (None, "1") and job["resources"]["mpi"] is None, sbatch
+        assert _flag(job["step"], "--cpus-per-task") == str(cpus) and _flag(job["step"], "--nodes") == "1"
+
+    # What `electra-ds launch` runs inside that job (the SLURM variables of its shell line's environment there).
+    opts, stage = _launch_args(job["shell"])
+    step_env = {"SLURM_JOB_ID": "42"} if tasks > 1 else {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+        cmd = launch_command(stage, int(opts["--nproc-per-node"]), int(opts["--nnodes"]), opts["--launcher"],
+                             environ=step_env, srun=opts["--srun"], cpus_per_task=int(opts["--cpus-per-task"]))
+    if tasks > 1:
+        assert cmd[:8] == ["srun", "-n", str(tasks), "-N", str(nodes), f"--ntasks-per-node={per_node}", "-c",
+                           str(cpus)], cmd
+    else:
+        assert cmd[:3] == [sys.executable, "-m", "electra_ds"] and "srun" not in cmd, cmd
+    assert cmd[-len(stage):] == stage and stage[0] == "pretrain"
+

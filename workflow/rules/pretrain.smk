@@ -4,6 +4,7 @@
 # deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
 
 PT = config["pretrain"]  # the job's shape (nodes, processes, GPUs, threads) is the same for every model
+PT_TASKS = PT["nodes"] * PT["processes_per_node"]  # processes (one per GPU): the job's SLURM tasks
 
 
 def pretrain_vocab(wildcards):
@@ -35,6 +36,7 @@ rule pretrain:
         args=pretrain_args,
         out=lambda wildcards: f"{R}/pretrain/{wildcards.model}",
         track=track,
+        starter=lambda wildcards, resources: resources.get("mpi") or "srun",  # a site's mpi (set-resources) wins
     threads: PT["threads"]
     log:
         f"{R}/logs/pretrain/{{model}}.log",
@@ -45,13 +47,15 @@ rule pretrain:
     resources:
         mem_mb=PT["mem_mb"],
         runtime=PT["runtime"],
-        # Under SLURM (profiles/slurm): one sbatch job of `nodes` nodes with one task per process (per GPU);
-        # `mpi` makes the job run this shell line directly, and the launcher starts the processes with
-        # `{resources.mpi} -n {resources.tasks} -N {resources.nodes} -c {resources.cpus_per_task} ...`.
-        # Locally the same line starts them with torchrun; these resources then only label the job.
+        # Under SLURM (profiles/slurm): one sbatch job of `nodes` nodes with one task per process (per GPU).
+        # More than one task: `mpi` makes the job run this shell line directly, and the launcher starts the
+        # processes with `{resources.mpi} -n {resources.tasks} -N {resources.nodes} -c {resources.cpus_per_task}`.
+        # One task (1 node x 1 process, e.g. electra-small's one GPU): a plain job, as the SLURM plugin refuses an
+        # MPI job of one task (so a site's `mpi` in set-resources is only for multi-process runs); the plugin runs
+        # this shell line in a `srun -n1` step and the launcher runs the one process right there.
+        # Locally the same line starts the processes with torchrun; these resources then only label the job.
         nodes=PT["nodes"],
-        tasks=PT["nodes"] * PT["processes_per_node"],
-        mpi="srun",
+        **({"tasks": PT_TASKS, "mpi": "srun"} if PT_TASKS > 1 else {}),
         cpus_per_task=max(1, PT["threads"] // PT["processes_per_node"]),
         # GPUs per node as GRES (sbatch --gres=gpu:N, per node); tasks_per_gpu=0 keeps the plugin from
         # adding --ntasks-per-gpu, which would bind each process to one GPU and hide its peers from NCCL.
@@ -59,7 +63,7 @@ rule pretrain:
     shell:
         "electra-ds launch --nproc-per-node {PT[processes_per_node]:q} "
         "--nnodes {resources.nodes:q} --launcher {PT[launcher]:q} "
-        "--srun {resources.mpi:q} --cpus-per-task {resources.cpus_per_task:q} -- "
+        "--srun {params.starter:q} --cpus-per-task {resources.cpus_per_task:q} -- "
         "pretrain --shards {input.shards:q} --output-dir {params.out:q} --ds-config {input.ds_config:q} "
         "{params.args} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
