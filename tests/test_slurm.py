@@ -216,3 +216,23 @@ def test_the_slurm_plugin_accepts_every_pretraining_shape(tmp_path, shape):
         assert cmd[:3] == [sys.executable, "-m", "electra_ds"] and "srun" not in cmd, cmd
     assert cmd[-len(stage):] == stage and stage[0] == "pretrain"
 
+
+def test_every_job_asks_slurm_for_the_cpus_its_command_uses(tmp_path):
+    """electra-small through profiles/slurm: each job's --cpus-per-task is the threads its shell line uses (its
+    --threads option, or the launch's CPUs per process), and the CPU-heavy stages get the config's threads."""
+    cfg = yaml.safe_load((REPO / "config/presets/electra-small.yaml").read_text())
+    jobs = [j for j in slurm_jobs(tmp_path, REPO / "config/presets/electra-small.yaml") if j["shell"]]
+    assert {j["rule"] for j in jobs} >= {"corpus", "dedup", "vocab", "shards", "pretrain", "export", "finetune",
+                                         "evaluate"}
+    for job in jobs:
+        cpus = _flag(job["sbatch"], "--cpus-per-task")
+        if job["rule"] == "pretrain":
+            used = _launch_args(job["shell"])[0]["--cpus-per-task"]
+        else:
+            used = _flag(job["shell"].split(">")[0], "--threads") or "1"  # no --threads option: one thread
+            assert int(cpus) == job["threads"], job
+        assert cpus == used, (job["rule"], job["sbatch"], job["shell"])
+    by_rule = {j["rule"]: int(_flag(j["sbatch"], "--cpus-per-task")) for j in jobs}
+    assert by_rule["dedup"] == cfg["dedup"]["threads"] and by_rule["vocab"] == cfg["vocab"]["threads"]
+    assert by_rule["shards"] == cfg["shards"]["threads"] and by_rule["finetune"] == cfg["finetune"]["threads"]
+    assert by_rule["pretrain"] == cfg["pretrain"]["threads"] // cfg["pretrain"]["processes_per_node"]
