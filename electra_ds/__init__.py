@@ -10,6 +10,7 @@ Each pipeline stage lives in its own module and is reachable as ``electra-ds <st
     pretrain  electra_ds.pretrain  generator + discriminator through DeepSpeed -> checkpoints
     export    electra_ds.export    checkpoint -> Hugging Face discriminator / generator
     finetune  electra_ds.finetune  one (task, seed) fine-tuning job -> dev metrics + test predictions
+    linear-probe electra_ds.linear_probe  frozen features of every layer -> logistic regression dev accuracy
     evaluate  electra_ds.evaluate  aggregate -> results table (JSON + Markdown)
 """
 

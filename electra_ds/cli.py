@@ -26,6 +26,8 @@ STAGES = {
     "pretrain": "Train ELECTRA (generator + discriminator) through DeepSpeed; write checkpoints.",
     "export": "Export the pretrained discriminator and generator in Hugging Face format.",
     "finetune": "Fine-tune the exported discriminator on one task with one seed; write metrics + predictions.",
+    "linear-probe": "Frozen-feature linear probe of an exported model: per task and layer, dev accuracy of a "
+                    "logistic regression on mean-pooled features.",
     "evaluate": "Aggregate fine-tuning results into one table (JSON and Markdown).",
     "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
     "tracking-replay": "Send MLflow records spooled while the tracking store was down (<results-dir>/mlflow-spool).",
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
     for stage, help_text in STAGES.items():
-        module = importlib.import_module(f"electra_ds.{MODULES.get(stage, stage)}")
+        module = importlib.import_module(f"electra_ds.{MODULES.get(stage, stage.replace('-', '_'))}")
         p = sub.add_parser(stage, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)

@@ -101,6 +101,8 @@ def test_the_pipeline_renders_what_the_stage_parses(stage):
                 target[name] = not value
             elif "enum" in spec:
                 target[name] = [v for v in spec["enum"] if v != value][0]
+            elif value is None and "array" in settings._types(spec):  # a list or null (linear_probe.tasks)
+                target[name] = ["sst2"]
             elif isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
                 target[name] = _other_number(spec, value)
     for values in (config, changed):
