@@ -13,6 +13,9 @@ over seeds of its main metric. Four averages are reported separately:
 * ``probe_score``: the mean over the offline probe tasks, which are never counted as GLUE;
 * ``average_score``: the mean over all tasks present (GLUE and probes).
 
+With ``--linear-probe`` (the linear-probe stage's files), a *frozen probe* table: per model, each task's
+dev accuracy of a linear reader on every layer, scratch as the baseline (:mod:`electra_ds.linear_probe`).
+
 Optional outputs (see :mod:`electra_ds.report` and :mod:`electra_ds.submission`): a comparison with
 published ELECTRA numbers and earlier MLflow runs (in the Markdown and an HTML page), PNG plots of
 the pretraining loss and per-task scores, and the GLUE leaderboard zip. JSON values are fractions;
@@ -27,7 +30,7 @@ import statistics
 from pathlib import Path
 import contextlib
 
-from electra_ds import plots, report
+from electra_ds import linear_probe, plots, report
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path
 from electra_ds.glue import GLUE_SCORE_TASKS, TASKS, get_task
@@ -66,6 +69,8 @@ def add_arguments(p) -> None:
                         "comparison); default: as they appear in the metrics files")
     p.add_argument("--pretrain-dirs", nargs="*", default=[], metavar="NAME=DIR",
                    help="each pretrained model's pretrain output folder (summary.json, train_log.jsonl)")
+    p.add_argument("--linear-probe", nargs="*", default=[], metavar="JSON",
+                   help="the linear-probe stage's files (one per model): the frozen probe table")
     p.add_argument("--submission-zip", default=None,
                    help="write the GLUE leaderboard zip here (CoLA.tsv ... AX.tsv; probe tasks never)")
     add_settings(p, SETTINGS)
@@ -210,10 +215,19 @@ def run(args, tracker) -> None:
     results = read_results(args.metrics)
     pretrain = read_pretrain(args.pretrain_dirs)
     models = summarize_models(results, args.models, pretrain)
+    probes = linear_probe.read_results(args.linear_probe)  # {model: frozen probe}; none is fine
+    probes = {name: probes[name] for name in [*models, *probes] if name in probes}  # report order
+    sources = {name: m["source"] for name, m in models.items()}
+    for name, probe in probes.items():
+        if name in models:
+            models[name]["linear_probe"] = {t: {"best_accuracy": r["best_accuracy"], "best_layer": r["best_layer"]}
+                                            for t, r in probe["tasks"].items()}
     primary = next(iter(models))
     summary = dict(models[primary]["summary"])  # the primary model's tables stay at the top level
     summary["primary_model"] = primary
     summary["models"] = models
+    if probes:
+        summary["linear_probe"] = linear_probe.summary(probes, sources)
     if args.submission_zip:
 
         summary["submission"] = build_submission([r for r in results if r["model"] == primary],
@@ -242,6 +256,7 @@ def run(args, tracker) -> None:
     markdown = render_models(models) + render_markdown(summary, primary if len(models) > 1 else None)
     for name, m in list(models.items())[1:]:
         markdown += "\n" + render_markdown(m["summary"], name, heading="##")
+    markdown += ("\n" + linear_probe.render_markdown(probes, sources)) if probes else ""
     markdown += render_report(summary, table, earlier_note, images)
     json_path, md_path = Path(args.output_json), Path(args.output_md)
     html_path = Path(args.output_html) if args.output_html else None
@@ -292,6 +307,8 @@ def _model_metrics(m: dict) -> dict:
     for key in ("flops", "steps", "seconds"):
         if key in pre:
             metrics[f"pretrain.{key}"] = pre[key]
+    for task, probe in (m.get("linear_probe") or {}).items():
+        metrics[f"linear_probe.{task}.best_accuracy"] = probe["best_accuracy"]
     metrics["finetune.seconds"] = m.get("finetune_seconds", 0.0)
     metrics["wall_seconds"] = pre.get("seconds", 0.0) + m.get("finetune_seconds", 0.0)
     return metrics
