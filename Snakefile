@@ -2,6 +2,7 @@
 #
 #   corpus -> dedup -> vocab -> shards -> pretrain -> export -> finetune (task x seed) -> evaluate
 #                         \-> probes (offline default: tasks from held-out documents) -/
+#                                                      export -> linear_probe (frozen features, per model) -/
 #
 # Each rule is one shell line calling `electra-ds <stage>`; the stage code is electra_ds/<stage>.py.
 
@@ -32,6 +33,7 @@ validate(config, str(SCHEMA_PATH))  # fills the schema's defaults
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/linear_probe.smk"
 include: "workflow/rules/glue.smk"
 
 

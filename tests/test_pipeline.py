@@ -76,8 +76,13 @@ def test_whole_dag_on_micro_config(tmp_path):
     assert table["models"]["scratch"]["source"] == "scratch"
     md = (results / "evaluate/results.md").read_text()
     assert "probe" in md.lower() and "GLUE score" not in md and "Models side by side" in md
-    assert len(list((results / "logs").rglob("*.log"))) == 13
-    assert len(list((results / "benchmarks").rglob("*.tsv"))) == 13
+    # the frozen probe (linear_probe rule): one job per model, on the offline probe tasks, in the report
+    for model in ("electra", "scratch"):
+        probe = json.loads((results / f"linear_probe/{model}.json").read_text())
+        assert set(probe["tasks"]) == {"probe-acceptability", "probe-adjacency"} and len(probe["layers"]) == 2
+    assert "# Frozen probe" in md and set(table["linear_probe"]["models"]) == {"electra", "scratch"}
+    assert len(list((results / "logs").rglob("*.log"))) == 15
+    assert len(list((results / "benchmarks").rglob("*.tsv"))) == 15
 
     # MLflow: one parent run for the invocation, one child per job, tagged.
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
@@ -86,10 +91,11 @@ def test_whole_dag_on_micro_config(tmp_path):
     parents = [r for r in runs if r.data.tags.get("electra_ds.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(STAGES + ["export"] + ["finetune"] * 3)
+    assert sorted(r.data.tags["electra_ds.rule"] for r in children) == sorted(
+        STAGES + ["export"] + ["finetune"] * 3 + ["linear_probe"] * 2)
     # one top-level run per model, with its headline figures, for the runs table and the compare view
     model_runs = {r.data.tags["electra_ds.model"]: r for r in runs if r.data.tags.get("electra_ds.kind") == "model"}
-    assert set(model_runs) == {"electra", "scratch"} and len(runs) == 1 + 13 + 2  # pipeline, jobs, models
+    assert set(model_runs) == {"electra", "scratch"} and len(runs) == 1 + 15 + 2  # pipeline, jobs, models
     assert "mlflow.parentRunId" not in model_runs["electra"].data.tags
     assert {"probe_score", "pretrain.flops", "pretrain.valid.rtd_gain", "wall_seconds"} <= set(
         model_runs["electra"].data.metrics)

@@ -87,6 +87,7 @@ rule evaluate:
                            task=FT["tasks"], seed=FT["seeds"]),
         pretrain=expand(f"{R}/pretrain/{{model}}/summary.json", model=PRETRAINED),
         train_logs=expand(f"{R}/pretrain/{{model}}/train_log.jsonl", model=PRETRAINED),  # the curves in the report
+        linear_probe=LINEAR_PROBE_FILES,  # the frozen probe table (workflow/rules/linear_probe.smk); may be none
     output:
         **EVALUATE_OUTPUTS,
     params:
@@ -94,6 +95,8 @@ rule evaluate:
         pretrain=" ".join(shlex.quote(f"{name}={R}/pretrain/{name}") for name in PRETRAINED),
         submission=lambda wildcards, output: (
             f"--submission-zip {shlex.quote(output.submission)}" if HAS_GLUE else ""),
+        linear_probe=lambda wildcards, input: (
+            "--linear-probe " + " ".join(shlex.quote(p) for p in input.linear_probe) if LINEAR_PROBE_FILES else ""),
         settings=stage_args("evaluate"),
         track=track,
     log:
@@ -107,5 +110,5 @@ rule evaluate:
         "electra-ds evaluate --metrics {input.metrics:q} --output-json {output.json:q} --output-md {output.md:q} "
         "--output-html {output.html:q} --loss-plot {output.loss_plot:q} --scores-plot {output.scores_plot:q} "
         "--epochs-plot {output.epochs_plot:q} "
-        "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} "
+        "--models {params.models} --pretrain-dirs {params.pretrain} {params.submission} {params.linear_probe} "
         "{params.settings} --rule {rule:q} {params.track} > {log:q} 2>&1"
