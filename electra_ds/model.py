@@ -20,12 +20,14 @@ discriminator) so the exported models load with ``AutoModelForMaskedLM`` /
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.masking import MASK_DRAWS, RowRandom, check_masking, choose_masked, gumbel_sample
+from electra_ds.masking import MASK_DRAWS, RowRandom, check_masking, choose_masked, inverse_cdf_sample
 from electra_ds.shape import ModelShape, check_uniform_generator, generator_dims, generator_num_layers
 from electra_ds.step_metrics import logit_histogram
 
@@ -48,6 +50,17 @@ def electra_configs(shape: ModelShape):
     for c in (disc, gen):
         c._attn_implementation = shape.attn_implementation
     return disc, gen
+
+
+def attention_kernels(device_type: str):
+    """The SDPA kernels to use on ``device_type``: on CPU the math kernel, which computes bf16 attention in fp32
+    and at sequence length 128 trains faster than the CPU flash kernel (whose backward dominated a profiled bf16
+    step: README, "Speed"); elsewhere PyTorch's choice."""
+    if device_type != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
@@ -225,6 +238,11 @@ class ElectraPretrainer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, seeds=None, gen_denominator: float | None = None,
                 disc_denominator: float | None = None) -> dict:
+        with attention_kernels(input_ids.device.type):
+            return self._forward(input_ids, seeds, gen_denominator, disc_denominator)
+
+    def _forward(self, input_ids: torch.Tensor, seeds=None, gen_denominator: float | None = None,
+                 disc_denominator: float | None = None) -> dict:
         """One pretraining step on ``input_ids`` (B, L).
 
         ``seeds``: one seed per row for every random draw (see :class:`RowRandom`). The losses are token
@@ -257,9 +275,10 @@ class ElectraPretrainer(nn.Module):
         else:  # the generator: hidden states everywhere, vocabulary logits only at masked positions
             hidden = self.generator.electra(generator_input, attention_mask=attention_mask,
                                             token_type_ids=token_type_ids).last_hidden_state
-            gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden[masked]))
-        gen_losses = F.cross_entropy(gen_logits.float(), originals, reduction="none")
-        gen_correct = (gen_logits.detach().argmax(-1) == originals).float()
+            # the projection in the model's precision, the logits in fp32 once (loss, accuracy and sampling use them)
+            gen_logits = self.generator.generator_lm_head(self.generator.generator_predictions(hidden[masked])).float()
+        gen_losses = F.cross_entropy(gen_logits, originals, reduction="none")
+        gen_correct = self.generator_correct(gen_logits.detach(), originals)
         n_pred = masked.sum().float()
         if pred_weight is not None:  # the official loss is a mean over slots: a position drawn twice counts twice
             gen_losses, gen_correct, n_pred = gen_losses * pred_weight, gen_correct * pred_weight, pred_weight.sum()
@@ -274,7 +293,7 @@ class ElectraPretrainer(nn.Module):
 
         with torch.no_grad():
             sampled = self.sample_replacements(gen_logits.detach(), originals,
-                                               rand.ragged(masked.sum(1).tolist(), gen_logits.shape[-1]))
+                                               rand.ragged(masked.sum(1).tolist(), 1))
             disc_input, replaced = self.corrupt(input_ids, masked, sampled)
 
         disc_logits = self.discriminator(disc_input, attention_mask=attention_mask,
@@ -285,7 +304,7 @@ class ElectraPretrainer(nn.Module):
         loss = gen_loss + self.disc_weight * disc_loss
         if self.objective == "adversarial":
             reward = disc_losses_all[masked].detach()  # the generator wants the discriminator to be wrong
-            log_prob = F.log_softmax(gen_logits.float(), -1).gather(1, sampled.unsqueeze(1)).squeeze(1)
+            log_prob = F.log_softmax(gen_logits, -1).gather(1, sampled.unsqueeze(1)).squeeze(1)
             policy = -((reward - reward.mean()) * log_prob)
             if pred_weight is not None:  # per slot, as the generator loss
                 policy = policy * pred_weight
@@ -310,6 +329,14 @@ class ElectraPretrainer(nn.Module):
                      "ids_total": torch.bincount(disc_input[real], minlength=self.shape.vocab_size).double()}
         return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "stats": stats}
 
+    def generator_correct(self, gen_logits: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+        """1.0 where the generator's most likely id is the original. The original's logit against the row maximum
+        (a max over 8000 ids is ~12x faster than an argmax on CPU); under ``uniform_generator`` (all logits zero,
+        argmax id 0 = [PAD], never an original) 0 everywhere."""
+        if self.generator is None:
+            return torch.zeros(originals.shape, device=originals.device)
+        return (gen_logits.gather(1, originals.unsqueeze(1)).squeeze(1) >= gen_logits.amax(-1)).float()
+
     @staticmethod
     def corrupt(input_ids: torch.Tensor, masked: torch.Tensor, sampled: torch.Tensor):
         """The discriminator's input (samples at masked positions) and its labels: replaced where the input
@@ -320,11 +347,12 @@ class ElectraPretrainer(nn.Module):
 
     def sample_replacements(self, gen_logits: torch.Tensor, originals: torch.Tensor,
                             uniform: torch.Tensor) -> torch.Tensor:
-        """The generator's samples at masked positions: softmax(logits / temperature), Gumbel-max on ``uniform``;
+        """The generator's samples at masked positions: softmax(logits / temperature), inverse CDF on ``uniform``
+        (one draw per position);
         with ``disallow_correct`` the original token is never drawn (as the official code's option). Under
         ``uniform_generator`` the logits are zero, so the draw is uniform over the whole vocabulary, special ids
         included, as the official code's."""
-        logits = gen_logits.float() / self.temperature
+        logits = gen_logits.float() / self.temperature if self.temperature != 1 else gen_logits.float()
         if self.disallow_correct:
             logits = logits.scatter(1, originals.unsqueeze(1), float("-inf"))
-        return gumbel_sample(logits, uniform)
+        return inverse_cdf_sample(logits, uniform)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.masking import RowRandom, gumbel_sample, mask_positions
+from electra_ds.masking import SAMPLE_BLOCK, RowRandom, inverse_cdf_sample, mask_positions
 from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
 from electra_ds.step_metrics import summarise
 from helpers_models import tiny_batch as batch
@@ -91,11 +91,30 @@ def test_sample_equal_to_original_is_not_replaced():
     assert s["replaced"] == 0 and s["gen_correct"] == s["masked"]
 
 
-def test_gumbel_sampling_matches_softmax():
+def test_inverse_cdf_sampling_matches_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
-    samples = gumbel_sample(logits, torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)))
+    samples = inverse_cdf_sample(logits, torch.rand(40000, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(samples, minlength=4).float() / len(samples)
     assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
+
+
+@pytest.mark.parametrize("vocab", [SAMPLE_BLOCK * 3, 1000])  # whole blocks, and a last block padded with zeros
+def test_inverse_cdf_sampling_over_blocks_never_draws_an_impossible_id(vocab):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, vocab, generator=g).mul(2).repeat(20000, 1)
+    impossible = torch.tensor([0, SAMPLE_BLOCK - 1, SAMPLE_BLOCK, vocab - 1])
+    logits[:, impossible] = float("-inf")
+    uniform = torch.rand(20000, generator=g)
+    uniform[:3] = torch.tensor([0.0, 1.0 - 1e-7, 0.5])  # the ends of the range
+    samples = inverse_cdf_sample(logits, uniform)
+    assert not torch.isin(samples, impossible).any() and samples.max() < vocab
+    freq = torch.bincount(samples, minlength=vocab).float() / len(samples)
+    top = torch.softmax(logits[0], -1).topk(5)
+    assert torch.allclose(freq[top.indices], top.values, atol=0.015)
+    # one search over the whole cumulative sum draws the same ids (up to float rounding at boundaries)
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    flat = torch.searchsorted(cdf, ((1 - uniform) * cdf[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=vocab - 1)
+    assert (flat == samples).float().mean() > 0.999
 
 
 def test_token_type_ids_follow_first_sep():
