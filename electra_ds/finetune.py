@@ -6,7 +6,9 @@ rate decay (google-research/electra ``_get_layer_lrs``), 3 epochs (10 for RTE an
 padding per batch. Two small departures from the TF original: torch's AdamW applies Adam's bias
 correction, and the schedule is transformers' ``get_linear_schedule_with_warmup`` (ELECTRA multiplies
 the decay by the warmup ramp). The dev split is scored after every epoch; the reported score is the
-last epoch's (no best-epoch selection). Runs on CUDA with bf16 autocast when available, else on CPU.
+last epoch's (no best-epoch selection). Training batches are length-grouped (:func:`length_grouped_batches`)
+and padded to their own longest example. ``precision: auto`` trains with bf16 autocast on GPUs that support it
+and on CPUs with bf16 matrix units (AMX, AVX512-BF16); fp32 elsewhere.
 
 Outputs, all written into a temporary folder that is renamed to ``--output-dir`` only at the end,
 so a failed run leaves nothing behind:
@@ -55,7 +57,7 @@ _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
 # keep_model and threads are also set per job by the rule (MNLI's model is kept for RTE/MRPC/STS-B; {threads})
 SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
                          "warmup_fraction", "weight_decay", "max_steps", "double_unordered", "head", "keep_model",
-                         "threads")}
+                         "threads", "precision")}
 
 
 def add_arguments(p) -> None:
@@ -113,6 +115,22 @@ def _collate(items: list, pad_id: int, regression: bool, device):
         batch["labels"] = torch.tensor([x["label"] / REGRESSION_SCALE if regression else x["label"] for x in items],
                                        dtype=torch.float if regression else torch.long)
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def length_grouped_batches(lengths: list, batch_size: int, generator, group_batches: int = 50) -> list[list[int]]:
+    """Training batches of similar lengths, in random order (transformers' LengthGroupedSampler): a random
+    permutation cut into groups of ``group_batches`` batches, each group sorted by length and cut into batches,
+    the batches shuffled. Every example once per epoch; with dynamic padding a batch is padded to its own longest
+    example, so it pays for little padding while the data order stays random."""
+    import torch
+
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * group_batches
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: bool, device, autocast) -> list:
@@ -191,7 +209,7 @@ def _pick_device(requested: str):
 
 
 @contextlib.contextmanager
-def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto"):
+def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto", precision: str = "auto"):
     """Seed everything, pick the device; restore torch's process-wide settings afterwards."""
     import numpy as np
     import torch
@@ -206,7 +224,9 @@ def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto
     torch.manual_seed(seed)  # also seeds CUDA; must precede the classifier head's initialisation
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = _pick_device(requested_device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    from electra_ds.ds_config import resolve_precision
+
+    use_bf16 = resolve_precision(precision, device.type) == "bf16"
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -243,7 +263,7 @@ def run(args, tracker) -> None:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    with _torch_runtime(args.seed, args.threads, args.device) as (device, use_bf16, autocast):
+    with _torch_runtime(args.seed, args.threads, args.device, args.precision) as (device, use_bf16, autocast):
         tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch")
         if args.head == "official":
             model.classifier = OfficialHead(model.config)
@@ -308,17 +328,17 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
 
     regression = task.is_regression
     generator = torch.Generator().manual_seed(args.seed)
+    lengths = [len(x["input_ids"]) for x in enc_train]
     history, step, dev_results = [], 0, {}
     progress = Progress(f"finetune {task.name} seed {args.seed}: training", total=total_steps, unit="steps",
                         bytes_unit="examples", tracker=tracker, logger=log)
     for epoch in range(1, epochs + 1):
         model.train()
-        losses, order = [], torch.randperm(len(enc_train), generator=generator).tolist()
-        for start in range(0, len(order), args.batch_size):
+        losses = []
+        for rows in length_grouped_batches(lengths, args.batch_size, generator):
             if step >= total_steps:
                 break
-            batch = _collate([enc_train[i] for i in order[start:start + args.batch_size]], pad_id, regression,
-                             device)
+            batch = _collate([enc_train[i] for i in rows], pad_id, regression, device)
             with autocast():
                 loss = model(**batch).loss
             loss.backward()

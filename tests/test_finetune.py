@@ -335,3 +335,47 @@ def test_real_tasks_to_leaderboard_zip(model_dir, tmp_path, monkeypatch):
                 assert values <= set(get_task(task).labels)
     assert summary["submission"]["missing"] == ["SST-2.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv",
                                                 "WNLI.tsv", "AX.tsv"]
+
+
+def test_length_grouped_batches_cover_every_example_once_in_random_order_of_similar_lengths():
+    import torch
+
+    from electra_ds.finetune import length_grouped_batches
+
+    lengths = [int(x) for x in torch.randint(5, 128, (1000,), generator=torch.Generator().manual_seed(0))]
+    epochs = [length_grouped_batches(lengths, 32, torch.Generator().manual_seed(s)) for s in (1, 2)]
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert len(batches) == -(-1000 // 32)  # as many steps as plain batches
+        padded = sum(32 * max(lengths[i] for i in b) for b in batches)
+        plain = sum(32 * max(lengths[i] for i in range(s, min(s + 32, 1000))) for s in range(0, 1000, 32))
+        assert padded < 0.7 * plain  # far less padding than random batches
+    assert epochs[0] != epochs[1]  # the order changes with the generator
+
+
+def test_length_grouped_padding_gives_the_predictions_of_fixed_padding(model_dir):
+    """A batch padded to its own longest example predicts what the same examples padded to max_length do."""
+    import torch
+
+    from electra_ds.classifier import load_classifier
+    from electra_ds.finetune import _collate, _encode, _predict
+
+    task = get_task("sst2")
+    tokenizer, model = load_classifier(model_dir, task, None, scratch=False)
+    texts = FALLBACK_TEXT[:5] + ["A much longer sentence, with many more words in it than the others have."]
+    encoded = _encode(tokenizer, [{"text_a": t, "text_b": None, "label": 0} for t in texts], 64)
+    grouped = _predict(model, encoded, 4, tokenizer.pad_token_id, False, torch.device("cpu"),
+                       lambda: torch.autocast("cpu", enabled=False))  # batches sorted by length, own padding
+    width = 64
+    batch = _collate([{**x, "label": None} for x in encoded], tokenizer.pad_token_id, False, torch.device("cpu"))
+    pad = width - batch["input_ids"].shape[1]
+    batch = {k: torch.nn.functional.pad(v, (0, pad), value=tokenizer.pad_token_id if k == "input_ids" else 0)
+             for k, v in batch.items()}
+    with torch.no_grad():
+        logits_fixed = model.eval()(**batch).logits
+    assert batch["input_ids"].shape[1] == width
+    assert grouped == logits_fixed.argmax(-1).tolist()
+    with torch.no_grad():  # and the logits themselves agree, example by example
+        for i, x in enumerate(encoded):
+            one = _collate([{**x, "label": None}], tokenizer.pad_token_id, False, torch.device("cpu"))
+            assert torch.allclose(model(**one).logits[0], logits_fixed[i], atol=1e-5)
