@@ -34,8 +34,10 @@ def study_config(**models) -> dict:
 
 def test_equal_flops_gives_every_pretrained_model_the_first_models_budget():
     cfg = study_config()
+    assert list(cfg["models"]) == ["electra", "mlm", "scratch"]
+    cfg = study_config(**cfg["models"], electra_t2={"temperature": 2.0})
     plans = plan_models(cfg, SCHEMA)
-    assert list(plans) == ["electra", "electra_t2", "mlm", "scratch"]
+    assert list(plans) == ["electra", "mlm", "scratch", "electra_t2"]
     assert plans["electra_t2"]["pretrain"]["temperature"] == 2.0 and plans["electra"]["pretrain"]["temperature"] == 1.0
     assert plans["electra_t2"]["pretrain"]["max_steps"] == cfg["pretrain"]["max_steps"]  # same FLOPs per step
     assert plans["scratch"]["source"] == "scratch" and plans["scratch"]["flops"] == 0
@@ -64,7 +66,7 @@ def test_electra_costs_more_per_token_than_mlm_on_the_same_backbone():
 def test_model_overrides_merge_into_the_pretrain_section():
     plans = plan_models(study_config(small={"model": {"hidden_size": 64}, "temperature": 1.0}), SCHEMA)
     pre = plans["small"]["pretrain"]
-    assert pre["model"]["hidden_size"] == 64 and pre["model"]["num_layers"] == 2 and pre["temperature"] == 1.0
+    assert pre["model"]["hidden_size"] == 64 and pre["model"]["num_layers"] == 4 and pre["temperature"] == 1.0
 
 
 @pytest.mark.parametrize("models, field", [
@@ -89,13 +91,18 @@ def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     jobs = dict(line.split()[:2] for line in out.split("Job stats:")[1].splitlines()[3:12] if line.strip())
-    assert jobs["pretrain"] == "3" and jobs["export"] == "4" and jobs["finetune"] == str(4 * 5 * 3)
+    assert jobs["pretrain"] == "2" and jobs["export"] == "3" and jobs["finetune"] == str(3 * 5 * 3)
+    assert jobs["linear_probe"] == "3"  # the frozen probe of every model, scratch included
     assert jobs["corpus"] == "1" and jobs["shards"] == "1"  # the data stages are shared
     pretrain = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds launch")]
     steps = sorted(int(line.split("--max-steps ")[1].split()[0]) for line in pretrain)
-    assert steps == [2000, 2000, 2194]
+    assert steps == [1600, 1745]  # MLM gets ELECTRA's FLOPs
     assert any("--scratch" in line for line in out.splitlines() if line.startswith("Shell command: electra-ds export"))
     assert sum("--model-source scratch" in line for line in out.splitlines()) == 15
+    # the launch and precision benchmarks/pretrain_throughput.py found fastest here (README, "Speed"): 2 processes x
+    # 1 thread (1.08x 1 x 2 at this shape) and auto = bf16 on an AMX CPU (1.96x fp32)
+    assert all("--nproc-per-node 2 " in line and "--cpus-per-task 1 " in line and "--precision auto " in line
+               for line in pretrain)
 
 
 @pytest.mark.slow
@@ -107,6 +114,7 @@ def test_micro_study_runs_every_model_side_by_side(tmp_path, shared_data):
     from test_pipeline import snakemake
 
     cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    cfg["models"]["electra_t2"] = {"temperature": 2.0}
     books = shared_data / "corpus" / "gutenberg"
     cfg["corpus"]["sources"][0]["paths"] = [str(books / "The-Art-of-War.txt"), str(books / "The-Dunwich-Horror.txt")]
     cfg["vocab"]["vocab_size"] = 1000
@@ -127,7 +135,10 @@ def test_micro_study_runs_every_model_side_by_side(tmp_path, shared_data):
     assert summaries["mlm"]["objective"] == "mlm" and summaries["mlm"]["steps"] > 6
     assert abs(summaries["mlm"]["flops"] / summaries["electra"]["flops"] - 1) < 0.1  # equal up to a step
     table = json.loads((results / "evaluate/results.json").read_text())
-    assert list(table["models"]) == ["electra", "electra_t2", "mlm", "scratch"]
+    assert list(table["models"]) == ["electra", "mlm", "scratch", "electra_t2"]
+    for model in table["models"]:  # the frozen probe of every model
+        probe = json.loads((results / f"linear_probe/{model}.json").read_text())
+        assert set(probe["tasks"]) == {"sst2", "mrpc"}
     for name, model in table["models"].items():
         assert set(model["summary"]["tasks"]) == {"rte", "stsb"}
         assert model["summary"]["glue_score"]["value"] is not None
@@ -148,3 +159,19 @@ def test_every_preset_validates_and_plans(preset):
     cfg = filled(yaml.safe_load((REPO / "config/presets" / preset).read_text()))
     plans = plan_models(cfg, SCHEMA)
     assert plans and all(p["source"] in ("pretrained", "scratch") for p in plans.values())
+
+
+def test_the_demo_plans_the_launch_and_precision_found_fastest(tmp_path):
+    """The demo pretrains as benchmarks/pretrain_throughput.py measured fastest on a 2-core AMX CPU (README,
+    "Speed"): 2 processes x 1 thread through DeepSpeed, precision auto (bf16 where the CPU has bf16 matrix units);
+    fine-tuning with precision auto as well."""
+    from test_pipeline import snakemake
+
+    res = snakemake(REPO / "config/config.yaml", tmp_path / "results", extra=["-n", "-p"])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    launch = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds launch")]
+    assert len(launch) == 1
+    assert "--nproc-per-node 2 " in launch[0] and "--cpus-per-task 1 " in launch[0] and "--precision auto " in launch[0]
+    finetune = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds finetune")]
+    assert finetune and all("--precision auto " in line for line in finetune)
