@@ -1,54 +1,208 @@
-"""Pretraining throughput: electra-ds's ELECTRA step against a reference loop of stock Hugging Face modules.
+"""Pretraining throughput: the pipeline's real training step against the machine's matmul peak and a stock-HF loop.
 
-Both loops run here, in one process, on the same model shape, batch, sequence length and data:
+Everything runs in this one invocation, on this machine, so every ratio compares numbers measured side by side:
 
-* reference: ``ElectraForMaskedLM`` generator with full-vocabulary logits (labels -100 off the masked
-  positions), ``ElectraForPreTraining`` discriminator, eager attention, fp32, torch AdamW, samples
-  drawn with ``torch.multinomial``;
-* electra-ds: :class:`electra_ds.model.ElectraPretrainer` (generator logits only at masked positions,
-  SDPA attention), then with bf16 autocast where the device supports it, then with torch.compile.
+1. **Peak**: the bf16 (and fp32) matmul rate at the model's own GEMM shapes (the discriminator's and generator's
+   projections and feed-forward layers at micro-batch x sequence-length rows, the embedding projection, the
+   generator's vocabulary projection at the masked rows), with all the cores the run uses. The best bf16 rate is
+   "the peak".
+2. **The pipeline's step**: ``electra-ds launch ... -- pretrain`` exactly as the Snakemake rule runs it (DeepSpeed
+   engine, ZeRO-2, gloo on CPU), on synthetic shards, for each launch (``2x1``: 2 processes x 1 thread, ``1x2``:
+   1 process x 2 threads) and precision asked for; tokens/s and model TFLOP/s are the median of the log intervals
+   after the first (start-up, JIT builds and warm-up excluded), as ``train_log.jsonl`` reports them.
+3. **Reference**: the same objective written with stock Hugging Face modules (full-vocabulary generator logits,
+   eager attention, fp32, torch AdamW, ``torch.multinomial`` sampling), one process, all threads.
 
-Also measures a dense matmul peak in the same run and reports MFU against it. Prints the ratio of
-the best electra-ds variant to the reference LAST.
+``--profile`` adds a torch.profiler breakdown of the pipeline's step (one process, the DeepSpeed engine built by
+:class:`electra_ds.trainer.Trainer`) by kind of work.
 
-    python benchmarks/pretrain_throughput.py --shape small --batch 32 --seq-len 128 --steps 10
+    python benchmarks/pretrain_throughput.py --shape tiny small --launch 2x1 1x2 --precision bf16 fp32
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.masking import mask_positions
-from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs
-from electra_ds.shape import flops_per_token
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID  # noqa: E402
+from electra_ds.masking import mask_positions  # noqa: E402
+from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs  # noqa: E402
+from electra_ds.shape import flops_per_token, generator_dims, generator_num_layers  # noqa: E402
 
-SHAPES = {  # discriminator shapes; generator = generator_fraction of the width
+SHAPES = {  # discriminator shapes; the generator is generator_fraction of the width
     "tiny": dict(embedding_size=128, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    "study": dict(embedding_size=256, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
     "small": dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024),
     "base": dict(embedding_size=768, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                  generator_fraction=1 / 3),
 }
 
 
-def make_batches(n: int, batch: int, seq_len: int, vocab: int, device) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
-        ids[:, 0] = CLS_ID
-        ids[:, seq_len // 2] = SEP_ID
-        ids[:, -1] = SEP_ID
-        ids[: batch // 4, seq_len - seq_len // 8:] = PAD_ID  # some padding, as real examples have
-        out.append(ids.to(device))
+# -- 1. the peak at the model's own GEMM shapes ---------------------------------------------------------------------
+def gemm_shapes(shape: ModelShape, rows: int, mask_prob: float = 0.15) -> list[tuple[str, int, int, int]]:
+    """(name, M, K, N) of the forward matmuls of one micro-batch of ``rows`` token positions."""
+    g_hidden, _, g_inter = generator_dims(shape)
+    h, i, e = shape.hidden_size, shape.intermediate_size, shape.embedding_size
+    out = [("disc qkv/out", rows, h, h), ("disc ffn up", rows, h, i), ("disc ffn down", rows, i, h),
+           ("gen qkv/out", rows, g_hidden, g_hidden), ("gen ffn up", rows, g_hidden, g_inter),
+           ("gen vocab projection", max(1, int(rows * mask_prob)), e, shape.vocab_size)]
+    if e != h:
+        out.append(("embedding projection", rows, e, h))
     return out
 
 
+def matmul_tflops(m: int, k: int, n: int, dtype, device, seconds: float = 0.3) -> float:
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if time.perf_counter() - start > seconds:
+            break
+    return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e12
+
+
+def bf16_supported(device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from electra_ds.ds_config import cpu_has_bf16_matmul
+
+    return cpu_has_bf16_matmul()
+
+
+# -- 2. the pipeline's own step -----------------------------------------------------------------------------------
+def synthetic_shards(out: Path, vocab: int, examples: int, seq_len: int, seed: int = 0) -> Path:
+    """A shards directory of ``examples`` full rows ([CLS] a [SEP] b [SEP]) of Zipf-distributed ids."""
+    from electra_ds.shard_format import FORMAT
+    from electra_ds.shards import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.2, size=(examples, seq_len)) + 4, vocab - 1).astype(np.uint16)
+    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = CLS_ID, SEP_ID, SEP_ID
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, rows in (("train", ids), ("valid", ids[:64])):
+        writer = ShardWriter(out, split, examples_per_shard=100_000)
+        writer.add(rows)
+        splits[split] = writer.close()
+    (out / "index.json").write_text(json.dumps({
+        "format": FORMAT, "max_seq_len": seq_len, "dtype": "uint16", "vocab_size": vocab, "pad_id": PAD_ID,
+        "cls_id": CLS_ID, "sep_id": SEP_ID, "mask_id": MASK_ID, "seed": seed, "splits": splits}))
+    return out
+
+
+def pipeline_rate(shards: Path, shape: dict, launch: str, precision: str, steps: int, log_every: int,
+                  global_batch: int, micro: int, work: Path, extra=(), source: str | None = None) -> dict:
+    """tokens/s and model TFLOP/s of ``electra-ds launch -- pretrain`` (median of the log intervals after the
+    first), and the resolved precision. ``source``: run the electra_ds package of another checkout (a baseline)."""
+    nproc, threads = (int(x) for x in launch.split("x"))
+    out = Path(tempfile.mkdtemp(prefix=f"pretrain-{launch}-{precision}{'-baseline' if source else ''}-", dir=work))
+    cmd = [sys.executable, "-m", "electra_ds", "launch", "--nproc-per-node", str(nproc), "--cpus-per-task",
+           str(threads), "--", "pretrain", "--shards", str(shards), "--output-dir", str(out),
+           "--ds-config", str(REPO / "ds_configs" / "zero2.json"), "--model", json.dumps(shape),
+           "--global-batch-size", str(global_batch), "--micro-batch-size", str(micro // nproc if micro else 0),
+           "--learning-rate", "5e-4", "--warmup-steps", "10", "--max-steps", str(steps), "--precision", precision,
+           "--checkpoint-every", str(10 * steps), "--log-every", str(log_every), "--eval-every", "0",
+           "--plateau-steps", "0", "--results-dir", str(work), "--tracking-uri", f"file://{work}/mlruns", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MLFLOW_ALLOW_FILE_STORE": "true"}
+    if source:
+        env["PYTHONPATH"] = str(Path(source).resolve())
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])} ... failed:\n{res.stderr[-3000:]}")
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["split"] == "train"][1:] or [x for x in lines if x["split"] == "train"]
+    summary = json.loads((out / "summary.json").read_text())
+    return {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in train),
+            "model_tflops": statistics.median(x["model_tflops"] for x in train),
+            "precision": summary["precision"], "flops_per_token": summary["flops_per_token"]}
+
+
+def pipeline_rows(results: dict, peak: float, label: str = "pipeline") -> None:
+    for (launch, precision), r in results.items():
+        print(f"{label} {launch} {precision:5s} ({r['precision']}): {r['tokens_per_s']:9.0f} tokens/s "
+              f"{r['model_tflops']:6.3f} model TFLOP/s = {100 * r['model_tflops'] / peak:5.1f}% of the peak", flush=True)
+
+
+# -- profile of the pipeline's step ---------------------------------------------------------------------------------
+CATEGORIES = (  # (category, substrings of profiler op names), first match wins
+    ("optimizer", ("optimizer", "adam", "lerp_", "addcdiv_", "addcmul_", "_foreach")),
+    ("communication", ("gloo", "allreduce", "all_reduce", "c10d", "broadcast", "reduce_scatter", "all_gather")),
+    ("log_softmax / cross-entropy (vocabulary)", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("attention", ("scaled_dot_product", "_softmax", "softmax_backward", "bmm", "baddbmm")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear")),
+    ("layer norm", ("layer_norm",)),
+    ("gelu / dropout", ("gelu", "dropout", "bernoulli")),
+    ("dtype casts and copies", ("copy_", "_to_copy", "aten::to", "clone", "contiguous")),
+    ("sampling and masking", ("searchsorted", "cumsum", "sort", "uniform_", "amax", "argmax", "gather", "scatter",
+                              "bincount", "index", "masked", "nonzero", "where")),
+)
+
+
+def profile_pipeline_step(shards: Path, shape: dict, precision: str, threads: int, steps: int, micro: int,
+                          global_batch: int, work: Path) -> tuple[list, list]:
+    """(category, share of the step's wall time) of the pipeline's step on one process with ``threads`` threads:
+    self time of the profiler's ops by category; "python, data and other" is the wall time no op accounts for.
+    Also the ops themselves, (name, share), most first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from electra_ds import distributed
+    from electra_ds.cli import build_parser
+    from electra_ds.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    args = build_parser().parse_args([
+        "pretrain", "--shards", str(shards), "--output-dir", str(work / f"profile-{precision}"),
+        "--ds-config", str(REPO / "ds_configs" / "zero2.json"), "--model", json.dumps(shape),
+        "--global-batch-size", str(global_batch), "--micro-batch-size", str(micro), "--learning-rate", "5e-4",
+        "--warmup-steps", "10", "--max-steps", "1000", "--precision", precision, "--device", "cpu"])
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(distributed._free_port())})
+    trainer = Trainer(args, distributed.setup_env())
+    torch.set_num_threads(threads)
+    for _ in range(3):
+        trainer.train_step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        wall = (time.perf_counter() - start) * 1e6
+    totals = dict.fromkeys([c for c, _ in CATEGORIES] + ["other ops"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        category = next((c for c, keys in CATEGORIES if any(k.lower() in name for k in keys)), "other ops")
+        totals[category] += event.self_cpu_time_total
+    # several threads run ops at once: scale the op time to the wall time, the rest is Python, data and other
+    op_time = sum(totals.values())
+    busy = min(op_time, wall)
+    shares = [(c, busy * t / op_time / wall) for c, t in totals.items()]
+    shares.append(("python, data and other (no op)", 1 - busy / wall))
+    top = sorted(((e.key, busy * e.self_cpu_time_total / op_time / wall) for e in prof.key_averages()),
+                 key=lambda x: -x[1])
+    torch.distributed.destroy_process_group()
+    return sorted(shares, key=lambda x: -x[1]), top
+
+
+# -- 3. the stock-HF reference loop ---------------------------------------------------------------------------------
 class ReferenceElectra(torch.nn.Module):
     """The same objective written plainly with stock modules (no gathering, eager attention)."""
 
@@ -80,102 +234,122 @@ class ReferenceElectra(torch.nn.Module):
         return {"loss": gen.loss + 50 * disc_loss}
 
 
-def time_loop(model, batches, steps: int, warmup: int, autocast_dtype=None) -> float:
-    """Seconds per optimizer step (median of ``steps`` after ``warmup``)."""
-    device = batches[0].device
-    opt = torch.optim.AdamW(ElectraPretrainer.param_groups(model, 0.01), lr=1e-4, eps=1e-6)  # same groups for both
+def reference_tokens_per_s(shape: ModelShape, batch: int, seq_len: int, steps: int, device) -> float:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, shape.vocab_size, (batch, seq_len), generator=g)
+    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = CLS_ID, SEP_ID, SEP_ID
+    ids = ids.to(device)
+    model = ReferenceElectra(shape).to(device)
+    opt = torch.optim.AdamW(ElectraPretrainer.param_groups(model, 0.01), lr=1e-4, eps=1e-6)
     times = []
-    for i in range(warmup + steps):
-        ids = batches[i % len(batches)]
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(ids)["loss"]
-        loss.backward()
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        model(ids)["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-def matmul_peak_tflops(device, dtype, n: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    reps, t = 10, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
-
-
-def bf16_supported(device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return batch * seq_len / statistics.median(times)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    p.add_argument("--vocab", type=int, default=30522)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["tiny", "small"])
+    p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--global-batch", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=0, help="per launch, across its processes (0 = global)")
+    p.add_argument("--steps", type=int, default=30, help="pipeline steps per variant")
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--launch", nargs="+", default=["2x1", "1x2"], help="processes x threads")
+    p.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    p.add_argument("--dropout", type=float, default=0.0, help="the model's dropout (the presets' CPU recipes: 0)")
+    p.add_argument("--reference-steps", type=int, default=3, help="0 skips the stock-HF reference loop")
+    p.add_argument("--baseline-src", default=None,
+                   help="a checkout of an earlier electra-ds (e.g. `git worktree add /tmp/base c23676e`): its pipeline "
+                        "runs the --baseline-launch variants here too, and the ratio against it is printed")
+    p.add_argument("--baseline-variant", nargs="+", default=["2x1:fp32", "2x1:bf16"], help="launch:precision")
+    p.add_argument("--profile", action="store_true", help="profile the pipeline's step by kind of work")
+    p.add_argument("--profile-launch", default="1x2")
+    p.add_argument("--profile-top", type=int, default=0, help="also print the N ops with the most self time")
+    p.add_argument("--profile-worker", default=None, help=argparse.SUPPRESS)  # one profile in a fresh process
     args = p.parse_args()
+    if args.profile_worker:
+        return profile_worker(args)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    shape = ModelShape(vocab_size=args.vocab, max_position_embeddings=max(512, args.seq_len), **SHAPES[args.shape])
-    batches = make_batches(4, args.batch, args.seq_len, args.vocab, device)
-    real_tokens = sum(int((b != PAD_ID).sum()) for b in batches) / len(batches)
-    fpt = flops_per_token(shape, args.seq_len)
-    peak_dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
-    peak = matmul_peak_tflops(device, peak_dtype, 4096 if device.type == "cuda" else 1024)
-    peak_fp32 = matmul_peak_tflops(device, torch.float32, 4096 if device.type == "cuda" else 1024)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"shape {args.shape}, batch {args.batch} x {args.seq_len}, vocab {args.vocab}")
-    print(f"measured matmul peak: {peak_fp32:.2f} TFLOP/s fp32, {peak:.2f} TFLOP/s {str(peak_dtype)[6:]}")
+    threads = os.cpu_count() if device.type == "cpu" else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix="electra-ds-bench-"))
+    shards = synthetic_shards(work / "shards", args.vocab, max(4 * args.global_batch, 1024), args.seq_len)
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {threads} threads'}, torch "
+          f"{torch.__version__}; vocab {args.vocab}, global batch {args.global_batch} x {args.seq_len}")
+    for name in args.shape:
+        shape_dict = {**SHAPES[name], "dropout": args.dropout}
+        shape = ModelShape(vocab_size=args.vocab, max_position_embeddings=max(512, args.seq_len), **shape_dict)
+        micro = args.micro_batch or args.global_batch
+        print(f"\n== shape {name}: {shape_dict} (generator {generator_dims(shape)[0]} wide, "
+              f"{generator_num_layers(shape)} layers); {flops_per_token(shape, args.seq_len) / 1e6:.1f} MFLOP/token")
+        peak = {}
+        print(f"{'GEMM (M x K x N)':36s} {'bf16':>8s} {'fp32':>8s}  TFLOP/s")
+        for label, m, k, n in gemm_shapes(shape, micro * args.seq_len // (2 if "2x1" in args.launch else 1)):
+            rates = {dt: matmul_tflops(m, k, n, dt, device) for dt in (torch.bfloat16, torch.float32)}
+            for dt, r in rates.items():
+                peak[dt] = max(peak.get(dt, 0), r)
+            print(f"  {label + f' {m}x{k}x{n}':34s} {rates[torch.bfloat16]:8.2f} {rates[torch.float32]:8.2f}")
+        peak_bf16 = peak[torch.bfloat16] if bf16_supported(device) else peak[torch.float32]
+        print(f"peak (best bf16 rate at the model's shapes): {peak_bf16:.2f} TFLOP/s; best fp32 "
+              f"{peak[torch.float32]:.2f}")
+        results = {}
+        for launch in args.launch:
+            for precision in args.precision:
+                results[(launch, precision)] = r = pipeline_rate(shards, shape_dict, launch, precision, args.steps,
+                                                                 args.log_every, args.global_batch, micro, work)
+                pipeline_rows({(launch, precision): r}, peak_bf16)
+        best = max(results, key=lambda key: results[key]["tokens_per_s"])
+        print(f"fastest launch and precision: {best[0]} {best[1]}")
+        if args.baseline_src:
+            for variant in args.baseline_variant:
+                launch, precision = variant.split(":")
+                r = pipeline_rate(shards, shape_dict, launch, precision, args.steps, args.log_every,
+                                  args.global_batch, micro, work, source=args.baseline_src)
+                pipeline_rows({(launch, precision): r}, peak_bf16, label=f"baseline {Path(args.baseline_src).name}")
+                print(f"ratio pipeline {best[0]} {best[1]} / baseline {launch} {precision}: "
+                      f"{results[best]['tokens_per_s'] / r['tokens_per_s']:.2f}x")
+        for key, r in results.items():
+            if key != best:
+                print(f"ratio {best[0]} {best[1]} / {key[0]} {key[1]}: "
+                      f"{results[best]['tokens_per_s'] / r['tokens_per_s']:.2f}x")
+        if args.reference_steps:
+            ref = reference_tokens_per_s(shape, micro, args.seq_len, args.reference_steps, device)
+            print(f"reference (stock HF, eager, fp32, 1 process x {threads} threads): {ref:.0f} tokens/s")
+            print(f"ratio pipeline {best[0]} {best[1]} / reference tokens/s: "
+                  f"{results[best]['tokens_per_s'] / ref:.2f}x")
+        if args.profile:
+            for precision in args.precision:  # one process each: DeepSpeed's groups outlive destroy_process_group
+                subprocess.run([sys.executable, __file__, "--profile-worker", precision, "--shape", name,
+                                "--vocab", str(args.vocab), "--global-batch", str(args.global_batch),
+                                "--micro-batch", str(micro), "--profile-launch", args.profile_launch,
+                                "--profile-top", str(args.profile_top), "--dropout", str(args.dropout),
+                                "--seq-len", str(args.seq_len)], check=True)
 
-    results = {}
 
-    def report(name, model, dtype=None, peak_for_mfu=peak_fp32):
-        sec = time_loop(model.to(device), batches, args.steps, args.warmup, dtype)
-        tok_s = real_tokens / sec
-        tflops = tok_s * fpt / 1e12
-        results[name] = tok_s
-        print(f"{name:32s} {sec * 1000:9.1f} ms/step {tok_s:12.0f} tok/s {tflops:7.3f} TFLOP/s "
-              f"MFU {100 * tflops / peak_for_mfu:5.1f}%")
-
-    report("reference (HF, eager, fp32)", ReferenceElectra(shape))
-    ours = ElectraPretrainer(shape)
-    report("electra-ds (gathered, sdpa, fp32)", ours)
-    if bf16_supported(device):
-        report("electra-ds + bf16 autocast", ours, torch.bfloat16, peak)
-    else:
-        print("electra-ds + bf16 autocast      skipped: no bf16 support on this device")
-    if not args.no_compile:
-        try:
-            compiled = torch.compile(ElectraPretrainer(shape).to(device))
-            report("electra-ds + torch.compile", compiled,
-                   torch.bfloat16 if bf16_supported(device) else None, peak if bf16_supported(device) else peak_fp32)
-        except Exception as exc:  # compile needs a working C++ toolchain; report and go on
-            print(f"electra-ds + torch.compile      failed: {type(exc).__name__}: {str(exc)[:200]}")
-    best = max((k for k in results if k.startswith("electra-ds")), key=results.get)
-    print(f"best electra-ds variant: {best}")
-    print(f"ratio electra-ds / reference tokens/s: {results[best] / results['reference (HF, eager, fp32)']:.2f}x")
+def profile_worker(args) -> None:
+    name, precision = args.shape[0], args.profile_worker
+    _, threads = (int(x) for x in args.profile_launch.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="electra-ds-profile-"))
+    shards = synthetic_shards(work / "shards", args.vocab, max(4 * args.global_batch, 1024), args.seq_len)
+    shares, top = profile_pipeline_step(shards, {**SHAPES[name], "dropout": args.dropout}, precision, threads, 5,
+                                        args.micro_batch or args.global_batch, args.global_batch, work)
+    print(f"profile of the pipeline's step, shape {name}, 1 process x {threads} threads, {precision} "
+          f"(share of wall time):")
+    for category, share in shares:
+        print(f"  {category:45s} {100 * share:5.1f}%")
+    for op, share in top[:args.profile_top]:
+        print(f"    op {op:50s} {100 * share:5.1f}%")
 
 
 if __name__ == "__main__":
