@@ -25,6 +25,8 @@ STAGES = {
     "probes": "Derive offline probe tasks (GLUE TSV layout) from held-out documents.",
     "pretrain": "Train ELECTRA (generator + discriminator) through DeepSpeed; write checkpoints.",
     "export": "Export the pretrained discriminator and generator in Hugging Face format.",
+    "push": "Upload an exported model (discriminator at the repo root, generator under generator/, model cards "
+            "included) to the Hugging Face Hub.",
     "finetune": "Fine-tune the exported discriminator on one task with one seed; write metrics + predictions.",
     "linear-probe": "Frozen-feature linear probe of an exported model: per task and layer, dev accuracy of a "
                     "logistic regression on mean-pooled features.",

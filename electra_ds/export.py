@@ -8,6 +8,11 @@ training model's on the same input. A run with gradient-disentangled embedding s
 exported with the discriminator's delta folded into its word and position tables: a plain
 ``ElectraForPreTraining``, checked against the training model's discriminator the same way. A
 ``uniform_generator`` run (the official ablation) has no generator: only ``discriminator`` is written.
+
+Each exported folder gets a model card, ``README.md`` (:mod:`electra_ds.model_card`: the Hub's YAML metadata and how
+the model was made and loads), and a ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast``, which
+transformers 4.x and 5.x both load. :func:`push_to_hub` uploads an export to the Hugging Face Hub (the ``push``
+stage; config ``export.push_to_hub``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,62 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer-dir", required=True, help="tokenizer directory from the vocab stage")
     p.add_argument("--output-dir", required=True, help="gets discriminator/ and generator/")
     p.add_argument("--tag", default=None, help="checkpoint tag to export (default: the summary's final one)")
+    p.add_argument("--corpus-stats", default=None,
+                   help="the corpus stage's stats.json, for the model card's datasets (default: corpus/stats.json "
+                        "beside the tokenizer directory, when there is one)")
     add_settings(p, SETTINGS)  # used with --scratch: the architecture and the seed of its random weights
+
+
+def checkpoint_dir_of(summary: dict, summary_path) -> Path:
+    """The checkpoint folder a pretrain summary names: relative to the summary's folder (``"checkpoints"``), or an
+    absolute path as summaries written before relative paths hold."""
+    path = Path(summary["checkpoint_dir"])
+    return path if path.is_absolute() else Path(summary_path).parent / path
+
+
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # a name transformers 4.x and 5.x both load (5.x writes TokenizersBackend)
+
+
+def save_tokenizer(tokenizer, folder) -> None:
+    """``save_pretrained``, then name a tokenizer class every supported transformers version knows."""
+    import json
+
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = TOKENIZER_CLASS
+    for leaked in ("is_local", "local_files_only"):  # how 5.x loaded the vocabulary, not part of the tokenizer
+        config.pop(leaked, None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _check_tokenizer(tokenizer, folder) -> None:
+    """The saved tokenizer loads back (AutoTokenizer) with the same vocabulary and ids."""
+    from transformers import AutoTokenizer
+
+    text = ("The exported tokenizer must match.", "It is checked before publishing.")
+    reloaded = AutoTokenizer.from_pretrained(folder)
+    if len(reloaded) != len(tokenizer) or reloaded(*text)["input_ids"] != tokenizer(*text)["input_ids"]:
+        raise RuntimeError(f"the tokenizer saved in {folder} does not reproduce the vocabulary's ids")
+
+
+def _corpus_stats(args) -> dict | None:
+    from electra_ds.model_card import read_corpus_stats
+
+    path = args.corpus_stats or Path(args.tokenizer_dir).parent / "corpus" / "stats.json"
+    return read_corpus_stats(path)
+
+
+def write_cards(folder: Path, names, *, summary=None, scratch=None, corpus_stats=None, vocab_size=None,
+                title=None) -> None:
+    """``README.md``, the model card, in each exported model's folder."""
+    from electra_ds.model_card import render
+
+    for name in names:
+        (folder / name / "README.md").write_text(
+            render(name, summary=summary, scratch=scratch, corpus_stats=corpus_stats, vocab_size=vocab_size,
+                   name=f"{title} ({name})" if title else None, has_generator="generator" in names),
+            encoding="utf-8")
 
 
 def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
@@ -62,9 +122,10 @@ def consolidated_state_dict(checkpoint_dir, tag: str, zero_stage: int) -> dict:
     return {k: v.float() for k, v in state.items()}
 
 
-def run_setting(summary: dict, tag: str, name: str, before):
+def run_setting(summary: dict, tag: str, name: str, before, checkpoint_dir=None):
     """A setting that shapes the run's state dict (``embedding_sharing``, ``uniform_generator``): the summary's,
-    else the checkpoint manifest's run config, else ``before`` (runs from before the option)."""
+    else the checkpoint manifest's run config (in ``checkpoint_dir``: :func:`checkpoint_dir_of`), else ``before``
+    (runs from before the option)."""
     import json
 
     from electra_ds.checkpoint import MANIFEST
@@ -72,7 +133,8 @@ def run_setting(summary: dict, tag: str, name: str, before):
     if summary.get(name) is not None:
         return summary[name]
     try:
-        run_config = json.loads((Path(summary["checkpoint_dir"]) / tag / MANIFEST).read_text())["run_config"]
+        folder = Path(checkpoint_dir if checkpoint_dir is not None else summary["checkpoint_dir"])
+        run_config = json.loads((folder / tag / MANIFEST).read_text())["run_config"]
     except (OSError, ValueError, KeyError):
         return before
     value = run_config.get(name)
@@ -94,15 +156,16 @@ def run(args, tracker) -> None:
     tag = args.tag or summary["tag"]
     shape = ModelShape(**summary["model"])
     objective = summary["objective"]
+    ckpt_dir = checkpoint_dir_of(summary, args.pretrain_summary)
     with Progress(f"export: consolidating {tag}", unit="files", heartbeat=True, tracker=tracker, logger=log):
-        state = consolidated_state_dict(summary["checkpoint_dir"], tag, int(summary["zero_stage"]))
-    sharing = run_setting(summary, tag, "embedding_sharing", "es")
-    uniform = bool(run_setting(summary, tag, "uniform_generator", False))
+        state = consolidated_state_dict(ckpt_dir, tag, int(summary["zero_stage"]))
+    sharing = run_setting(summary, tag, "embedding_sharing", "es", ckpt_dir)
+    uniform = bool(run_setting(summary, tag, "uniform_generator", False, ckpt_dir))
     try:
         model = ElectraPretrainer.from_training_state(shape, objective, state, embedding_sharing=sharing,
                                                       uniform_generator=uniform)
     except ValueError as exc:
-        raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=summary["checkpoint_dir"]) from None
+        raise UserError(f"checkpoint {tag} does not match the model ({exc})", path=ckpt_dir) from None
     nets = model.exported()
     # what the exported models must reproduce: the training model's modules (under gdes the discriminator with its
     # delta unfolded; the MLM baseline has no trained discriminator, its published encoder is the reference; a
@@ -115,7 +178,14 @@ def run(args, tracker) -> None:
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         for name, net in nets.items():
             net.save_pretrained(tmp / name, safe_serialization=True)
-            tokenizer.save_pretrained(tmp / name)
+            save_tokenizer(tokenizer, tmp / name)
+            _check_tokenizer(tokenizer, tmp / name)
+        card_summary = {**summary, "tag": tag, "embedding_sharing": sharing, "uniform_generator": uniform}
+        if tag != summary["tag"]:  # an earlier checkpoint: the summary's totals are the final one's
+            digits = "".join(c for c in tag if c.isdigit())
+            card_summary.update(steps=int(digits) if digits else None, flops=None, seconds=None, final_valid=None)
+        write_cards(tmp, nets, summary=card_summary, corpus_stats=_corpus_stats(args), vocab_size=len(tokenizer),
+                    title=Path(args.output_dir).name)
         # Check: the exported models reproduce the training model's outputs.
         ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
         kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
@@ -148,11 +218,44 @@ def export_scratch(args, tracker) -> None:
         raise UserError(f"not a model shape: {exc}", field="--model") from None
     torch.manual_seed(args.seed)
     model = ElectraPretrainer(shape).eval()
+    record = {"source": "scratch", "seed": args.seed, "model": shape.to_dict()}
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
             net.save_pretrained(tmp / name, safe_serialization=True)
-            tokenizer.save_pretrained(tmp / name)
-        (tmp / "scratch.json").write_text(json.dumps({"source": "scratch", "seed": args.seed,
-                                                       "model": shape.to_dict()}, indent=2) + "\n")
+            save_tokenizer(tokenizer, tmp / name)
+            _check_tokenizer(tokenizer, tmp / name)
+        write_cards(tmp, ("discriminator", "generator"), scratch=record, vocab_size=len(tokenizer),
+                    title=Path(args.output_dir).name)
+        (tmp / "scratch.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote a randomly initialised model (scratch baseline) to %s", args.output_dir)
     tracker.log_params({"source": "scratch", "seed": args.seed, "model": shape.to_dict()})
+
+
+# -- the Hugging Face Hub ------------------------------------------------------------------------------------
+
+def push_to_hub(export_dir, repo_id: str, private: bool = True, *, commit_message: str | None = None) -> str:
+    """Upload an export (``<export_dir>/discriminator`` at the repo's root, ``generator/`` beside it when there is
+    one; model cards included) to the Hub repo ``repo_id``, created first (``private``; an existing repo keeps its
+    visibility). Returns the repo's URL. Needs a token (``hf auth login`` or ``HF_TOKEN``) and internet."""
+    from huggingface_hub import HfApi
+
+    export_dir = Path(export_dir)
+    disc = export_dir / "discriminator"
+    if not (disc / "config.json").is_file():
+        raise UserError("not an exported model (no discriminator/config.json)", path=export_dir,
+                        fix="run the export stage first")
+    message = commit_message or f"electra-ds export {export_dir.name}"
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(disc), repo_id=repo_id, repo_type="model", commit_message=message)
+        if (export_dir / "generator" / "config.json").is_file():
+            api.upload_folder(folder_path=str(export_dir / "generator"), path_in_repo="generator", repo_id=repo_id,
+                              repo_type="model", commit_message=message + " (generator)")
+    except Exception as exc:  # network, authentication, permissions: the user's environment
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"push of {export_dir} to the Hugging Face Hub repo {repo_id} failed "
+                        f"({type(exc).__name__}: {first})", field="export.push_to_hub.repo_id",
+                        fix="log in where this runs (`hf auth login` or HF_TOKEN, with write access to the repo's "
+                            "owner), run it where huggingface.co is reachable, and check the repo id") from None
+    return str(url)

@@ -38,6 +38,7 @@ def atomic_path(path, *, is_dir: bool = False):
         tmp.mkdir()
     try:
         yield tmp
+        publish_modes(tmp)
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -47,6 +48,42 @@ def atomic_path(path, *, is_dir: bool = False):
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so no other thread sees a changed one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode the umask gives a new file or folder.
+
+    Some writers create their file private whatever the umask (safetensors' ``save_file`` writes 0600, so an
+    exported or fine-tuned ``model.safetensors`` was unreadable by the group while its ``config.json`` beside it
+    was 0644): an output is published with the permissions any other file of the run gets. An executable file
+    stays executable (as a new one would be: 0777 less the umask)."""
+    path = Path(path)
+    mask = current_umask()
+    items = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for item in items:
+        try:
+            st = item.lstat()
+        except OSError:
+            continue
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or st.st_mode & 0o111
+        wanted = (0o777 if executable else 0o666) & ~mask
+        if (st.st_mode & 0o777) != wanted:
+            os.chmod(item, wanted)
 
 
 def remove_stale_temporaries(path) -> int:

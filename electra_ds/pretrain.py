@@ -88,7 +88,7 @@ def run(args, tracker) -> None:
     final_valid = _validate(trainer, tracker, train_log) if trainer.valid is not None else {}
     if rank == 0:
         write_json(out / "summary.json", {
-            "checkpoint_dir": str(trainer.ckpt_dir.resolve()), "tag": trainer.tag, "steps": trainer.step,
+            "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(), "tag": trainer.tag, "steps": trainer.step,
             "world_size": trainer.world, "zero_stage": trainer.zero_stage, "precision": trainer.precision,
             "model": trainer.shape.to_dict(), "objective": args.objective, "optimizer": trainer.optimizer_name,
             "offload_optimizer": trainer.offload, "temperature": args.temperature, "mask_prob": args.mask_prob,

@@ -79,9 +79,10 @@ def test_zero3_export_matches_training_weights(prepared, tmp_path):
     import torch
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
-    from electra_ds.export import consolidated_state_dict
+    from electra_ds.export import checkpoint_dir_of, consolidated_state_dict
 
     summary, _ = pretrain_and_export(prepared, tmp_path, ["--nproc-per-node", "2"], stage=3, steps=3)
+    assert summary["checkpoint_dir"] == "checkpoints"  # relative to the summary's folder: no absolute paths
     assert summary["zero_stage"] == 3
     for sub in ("discriminator", "generator"):
         assert (tmp_path / "export" / sub / "model.safetensors").is_file()
@@ -89,7 +90,8 @@ def test_zero3_export_matches_training_weights(prepared, tmp_path):
     gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "export" / "generator").eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "export" / "discriminator")
     assert tok.is_fast and len(tok) == disc.config.vocab_size
-    state = consolidated_state_dict(summary["checkpoint_dir"], summary["tag"], 3)
+    state = consolidated_state_dict(checkpoint_dir_of(summary, tmp_path / "pretrain" / "summary.json"),
+                                    summary["tag"], 3)
     # Weights trained under ZeRO-3 (partitioned) come back whole and equal in the exported models.
     assert torch.equal(disc.electra.embeddings.word_embeddings.weight,
                        state["discriminator.electra.embeddings.word_embeddings.weight"])
@@ -175,10 +177,11 @@ def train_log(out):
 
 
 def final_weights(out):
-    from electra_ds.export import consolidated_state_dict
+    from electra_ds.export import checkpoint_dir_of, consolidated_state_dict
 
     summary = json.loads((out / "summary.json").read_text())
-    return consolidated_state_dict(summary["checkpoint_dir"], summary["tag"], summary["zero_stage"])
+    return consolidated_state_dict(checkpoint_dir_of(summary, out / "summary.json"), summary["tag"],
+                                   summary["zero_stage"])
 
 
 @pytest.mark.slow
