@@ -31,14 +31,24 @@ validate(config, str(SCHEMA_PATH))  # fills the schema's defaults
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/hub.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/linear_probe.smk"
 include: "workflow/rules/glue.smk"
 
 
+# Rules that take seconds, or need the internet, run where Snakemake runs (the login node under SLURM), not as
+# cluster jobs: the Hub prefetch (workflow/rules/hub.smk), the upload of an export, the evaluation tables.
+localrules:
+    prefetch,
+    push_to_hub,
+    evaluate,
+
+
 rule all:
     input:
         f"{R}/evaluate/results.json",
         f"{R}/evaluate/results.md",
+        PUSH_FILES,  # export.push_to_hub: the exports uploaded to the Hub (none by default)
     default_target: True

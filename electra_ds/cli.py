@@ -34,9 +34,11 @@ STAGES = {
     "launch": "Start a command on N processes: torchrun locally, srun inside a SLURM allocation.",
     "tracking-replay": "Send MLflow records spooled while the tracking store was down (<results-dir>/mlflow-spool).",
     "status": "Where a run stands: stages done, pretraining step/rate/ETA/checkpoint/metrics, fine-tuning jobs.",
+    "prefetch": "Download the Hugging Face Hub datasets a config reads (corpus sources, GLUE) into the HF cache, "
+                "on a machine with internet, so that the jobs can read them offline.",
 }
 # commands that are not pipeline stages (no MLflow run, no tracking options), and modules with another name
-MODULES = {"launch": "distributed", "tracking-replay": "tracking_replay", "status": "status"}
+MODULES = {"launch": "distributed", "tracking-replay": "tracking_replay", "status": "status", "prefetch": "prefetch"}
 
 
 def _wildcards(text: str) -> dict:
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
         return args._module.run_replay(args)
     if stage == "status":
         return args._module.run_status(args)
+    if stage == "prefetch":
+        return args._module.run_prefetch(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {stage} %(levelname)s %(message)s", datefmt="%H:%M:%S")
 

@@ -135,12 +135,34 @@ def hub_unreachable_reason() -> str | None:
 
 
 def check_hub(source: dict, field: str) -> None:
-    """Fail at once, before any download is tried, when the Hub cannot be reached."""
+    """Fail at once, before any download is tried, when the Hub cannot be reached. Offline (HF_HUB_OFFLINE /
+    HF_DATASETS_OFFLINE: a compute node after the prefetch, electra_ds/prefetch.py) the dataset must be in the
+    local Hugging Face cache instead."""
+    from electra_ds.prefetch import offline_reason
+
+    if offline_reason():
+        return check_cached(source, field)
     reason = hub_unreachable_reason()
     if reason:
         raise UserError(f"source {source['name']}: the Hugging Face Hub is unreachable (offline: {reason})",
                         field=field, fix="run online, or pre-download the data and use a local source "
                                          "(type: local, paths: [...])")
+
+
+def check_cached(source: dict, field: str) -> None:
+    """Offline: the dataset's prepared copy is in the Hugging Face cache (what ``datasets`` falls back to)."""
+    from electra_ds.prefetch import PREFETCH_FIX, datasets_cache, offline_reason
+
+    try:
+        import datasets
+
+        datasets.load_dataset_builder(source["name"], source.get("config"))
+    except Exception as exc:
+        raise UserError(f"source {source['name']}: the Hugging Face Hub is unreachable (offline: {offline_reason()}) "
+                        f"and the dataset is not in the local cache {datasets_cache()} "
+                        f"({type(exc).__name__})", field=field,
+                        fix=PREFETCH_FIX + "; or pre-download the data and use a local source "
+                                           "(type: local, paths: [...])") from None
 
 
 def iter_hf(source: dict, field: str):

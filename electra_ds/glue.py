@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -255,11 +254,13 @@ def _hub_split(split: str) -> str:
 
 
 def check_hub_reachable(hub_id: str, timeout: float = 3.0) -> None:
-    """Fail fast (UserError) when offline mode is set or the Hub cannot be reached."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            raise UserError(f"{var} is set, so the Hub dataset '{hub_id}' cannot be downloaded", field="hub_id",
-                            fix="use --data-dir with a local GLUE folder, or unset " + var)
+    """Fail fast (UserError) when the Hub cannot be reached. In offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE:
+    a compute node after the prefetch, electra_ds/prefetch.py) nothing is checked: the datasets are read from the
+    local cache, and :func:`_load_hub` says what to do when they are not there."""
+    from electra_ds.prefetch import offline_reason
+
+    if offline_reason():
+        return
     try:
         socket.create_connection(HUB_HOST, timeout=timeout).close()
     except OSError as exc:
@@ -278,6 +279,12 @@ def _load_hub(task: Task, split: str, hub_id: str) -> list:
     try:
         ds = datasets.load_dataset(hub_id, task.hub_config, split=_hub_split(split))
     except Exception as exc:  # network, missing config or split: all the user's environment
+        from electra_ds.prefetch import PREFETCH_FIX, datasets_cache, offline_reason
+
+        if offline_reason():
+            raise UserError(f"{offline_reason()}, and the Hub dataset '{hub_id}' config {task.hub_config} is not in "
+                            f"the local cache {datasets_cache()} ({type(exc).__name__})", field="hub_id",
+                            fix=PREFETCH_FIX + "; or use --data-dir with a local GLUE folder") from None
         raise UserError(f"could not load {hub_id} config {task.hub_config} split {_hub_split(split)}: {exc}",
                         field="hub_id") from None
     cols = task.hub_text_columns

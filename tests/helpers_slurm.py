@@ -23,8 +23,9 @@ UNCAPPED_CORES = "4096"
 
 
 def slurm_jobs(tmp_path, *configfiles, profiles=("profiles/slurm",), extra=()) -> list[dict]:
-    """One record per job: rule, wildcards, threads, resources, shell (the formatted shell line), and sbatch plus
-    step (no mpi) or refused (the plugin's error)."""
+    """One record per job, in the order the dry run schedules them: rule, wildcards, threads, local (a localrules
+    job), resources, shell (the formatted shell line), and sbatch plus step (no mpi) or refused (the plugin's
+    error)."""
     out = tmp_path / "slurm_jobs.json"
     cmd = [sys.executable, __file__, "-n", "--cores", UNCAPPED_CORES, "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(tmp_path / "workdir"),  # Snakemake's own files (.snakemake/) there, not in the checkout
@@ -44,6 +45,9 @@ def _record(job) -> dict:
 
     res = job.resources
     record = {"rule": job.rule.name, "wildcards": dict(job.wildcards_dict), "threads": job.threads,
+              # a `localrules` job: run where Snakemake runs, never submitted (job.is_local is true for every job of
+              # a dry run, which executes locally)
+              "local": job.rule.name in job.dag.workflow._localrules,
               "resources": {k: res.get(k) for k in ("nodes", "tasks", "mpi", "cpus_per_task", "gres", "gpu",
                                                     "tasks_per_gpu", "slurm_partition")},
               "shell": job.shellcmd}

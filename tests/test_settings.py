@@ -42,6 +42,8 @@ PIPELINE_ONLY = {
     "finetune.gpus": "job resources and --device",
     "finetune.mem_mb": "job resources",
     "finetune.runtime": "job resources",
+    "hub.prefetch": "the prefetch rule and the jobs' offline variables (workflow/rules/hub.smk)",
+    "hub.hf_home": "HF_HOME on the prefetch's and the jobs' shell lines",
 }
 
 

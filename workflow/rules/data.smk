@@ -2,6 +2,8 @@
 
 
 rule corpus:
+    input:
+        unpack(prefetched),  # Hub sources: fetched on the login node first (workflow/rules/hub.smk)
     output:
         docs=f"{R}/corpus/documents.jsonl",
         stats=f"{R}/corpus/stats.json",
@@ -16,7 +18,9 @@ rule corpus:
         mem_mb=4000,
         runtime=120,
     shell:
-        "electra-ds corpus --output {output.docs:q} --stats {output.stats:q} {params.settings} "
+        # HUB_JOB_ENV: with Hub sources, HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 (and HF_HOME): read the prefetched cache
+        HUB_JOB_ENV
+        + "electra-ds corpus --output {output.docs:q} --stats {output.stats:q} {params.settings} "
         "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 

@@ -15,8 +15,11 @@ def mnli_dir(model, seed):
 
 
 def finetune_job_inputs(wildcards):
-    """The exported model (and probes); with init_from_mnli, RTE/MRPC/STS-B wait for MNLI of the same seed."""
+    """The exported model (and probes); with init_from_mnli, RTE/MRPC/STS-B wait for MNLI of the same seed; GLUE
+    from the Hub waits for its prefetch."""
     inputs = finetune_inputs(wildcards)
+    if not get_task(wildcards.task).is_probe and not FT["glue_dir"]:
+        inputs.update(prefetched())  # GLUE from the Hub: fetched on the login node first (workflow/rules/hub.smk)
     if starts_from_mnli(wildcards.task):
         inputs["mnli"] = f"{mnli_dir(wildcards.model, wildcards.seed)}/metrics.json"
     return inputs
@@ -58,7 +61,9 @@ rule finetune:
         runtime=FT["runtime"],
         gpu=FT["gpus"],
     shell:
-        "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task:q} --seed {wildcards.seed:q} "
+        # HUB_JOB_ENV: with GLUE from the Hub, HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 (and HF_HOME): read the cache
+        HUB_JOB_ENV
+        + "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task:q} --seed {wildcards.seed:q} "
         "--output-dir {params.out:q} {params.data} {params.model} --device {params.device:q} {params.settings} "
         "--threads {threads:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
