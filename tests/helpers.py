@@ -63,3 +63,21 @@ def snakemake(configfile, *args, cores: int = 2, env_extra=None, timeout=600) ->
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env_extra or {})}
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(configfile), *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def config_with(tmp_path, base, **overrides) -> Path:
+    """The config file ``base`` (a path, absolute or relative to the repository) with dotted-key ``overrides``
+    (``**{"pretrain.max_steps": 4}``), written as ``tmp_path/config.yaml``."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / base).read_text())
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+

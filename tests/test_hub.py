@@ -12,10 +12,9 @@ import socket
 from pathlib import Path
 
 import pytest
-import yaml
 
 from electra_ds import prefetch
-from helpers import REPO, cli, cli_error
+from helpers import REPO, cli, cli_error, config_with
 from helpers_slurm import slurm_jobs
 
 SMALL = REPO / "config/presets/electra-small.yaml"
@@ -35,16 +34,7 @@ def _no_network(monkeypatch):
 # -- the plan: a local prefetch job before the jobs that read the Hub, which run offline ---------------------
 
 def _config(tmp_path, base, **overrides):
-    cfg = yaml.safe_load(Path(base).read_text())
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return config_with(tmp_path, base, **overrides)
 
 
 def test_slurm_plan_prefetches_on_the_login_node_and_jobs_read_offline(tmp_path):

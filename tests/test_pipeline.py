@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers import REPO
+from helpers import REPO, config_with
 
 STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
 
@@ -26,16 +25,7 @@ def snakemake(configfile, results, extra=(), env_extra=None, timeout=600):
 
 
 def micro_config(tmp_path, **overrides):
-    cfg = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return config_with(tmp_path, "tests/configs/micro.yaml", **overrides)
 
 
 @pytest.mark.slow

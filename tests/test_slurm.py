@@ -17,7 +17,7 @@ import yaml
 
 from electra_ds.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
 from electra_ds.errors import UserError
-from helpers import REPO
+from helpers import REPO, config_with
 from helpers_slurm import slurm_jobs
 from test_pipeline import micro_config, snakemake
 
@@ -143,16 +143,7 @@ def test_site_placeholders_left_in_the_profile(tmp_path):
 
 def _preset(tmp_path, name, **overrides):
     """A preset (or test config) with dotted overrides, written beside the test."""
-    cfg = yaml.safe_load((REPO / name).read_text())
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return config_with(tmp_path, name, **overrides)
 
 
 def _launch_args(shell: str) -> tuple[dict, list[str]]:
