@@ -265,10 +265,10 @@ def test_the_study_plans_one_probe_per_model_and_evaluate_reads_them(tmp_path):
     code, out = _plan(tmp_path, "config/presets/cpu-study.yaml")
     assert code == 0, out[-3000:]
     lines = [line for line in out.splitlines() if "electra-ds linear-probe" in line]
-    assert len(lines) == 4 and all("--tasks '[\"sst2\", \"mrpc\"]'" in line for line in lines)
+    assert len(lines) == 3 and all("--tasks '[\"sst2\", \"mrpc\"]'" in line for line in lines)
     assert all("/glue" in line.split("--data-dir ")[1].split()[0] for line in lines)
     evaluate = next(line for line in out.splitlines() if "electra-ds evaluate" in line)
-    assert evaluate.count("/linear_probe/") == 4
+    assert evaluate.count("/linear_probe/") == 3
 
 
 def test_the_demo_probes_its_probe_tasks_and_the_hub_skips_the_rule(tmp_path):
