@@ -27,8 +27,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 
-# The equal-compute study (README): ELECTRA vs MLM vs scratch on local Gutenberg books and GLUE, about an hour
-# on 2 CPU cores.
+# The equal-compute study (README): ELECTRA vs MLM vs scratch on local Gutenberg books and GLUE, frozen probes,
+# about 75 minutes on 2 CPU cores.
 study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml
 
