@@ -348,8 +348,8 @@ class ElectraPretrainer(nn.Module):
     def sample_replacements(self, gen_logits: torch.Tensor, originals: torch.Tensor,
                             uniform: torch.Tensor) -> torch.Tensor:
         """The generator's samples at masked positions: softmax(logits / temperature), inverse CDF on ``uniform``
-        (one draw per position);
-        with ``disallow_correct`` the original token is never drawn (as the official code's option). Under
+        (one draw per position); with ``disallow_correct`` the original token is never drawn (as the official
+        code's option). Under
         ``uniform_generator`` the logits are zero, so the draw is uniform over the whole vocabulary, special ids
         included, as the official code's."""
         logits = gen_logits.float() / self.temperature if self.temperature != 1 else gen_logits.float()
