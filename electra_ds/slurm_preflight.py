@@ -66,12 +66,22 @@ def check_slurm_jobs(jobs: list[dict], run=subprocess.run, which=shutil.which) -
             raise UserError(f"the SLURM executor is selected (profiles/slurm) but `{tool}` is not on PATH",
                             fix="run on a SLURM login node, or run locally without --profile profiles/slurm")
     partitions, default = parse_partitions(_slurm_query(["sinfo", "-h", "-o", "%P|%G"], run=run))
+    # Every placeholder left in the profile, in one error (the order of the DAG's jobs is not stable).
+    placeholders: dict[tuple[str, str], list[str]] = {}
     for job in jobs:
         for key, value in (("slurm_partition", job.get("partition")), ("slurm_account", job.get("account"))):
             if isinstance(value, str) and value.startswith("<"):
-                raise UserError(f"rule {job['rule']}: resource {key} is still the placeholder {value!r}",
-                                field=key, fix=f"set {key} for your site in your SLURM profile "
-                                               "(see profiles/README.md)")
+                rules = placeholders.setdefault((key, value), [])
+                if job["rule"] not in rules:
+                    rules.append(job["rule"])
+    if placeholders:
+        what = "; ".join(f"resource {key} is still the placeholder {value!r} (rules {', '.join(sorted(rules))})"
+                         for (key, value), rules in sorted(placeholders.items()))
+        keys = sorted({key for key, _ in placeholders})
+        raise UserError(what, field=", ".join(keys),
+                        fix=f"set {' and '.join(keys)} for your site in a site profile given after profiles/slurm "
+                            "(see profiles/README.md)")
+    for job in jobs:
         partition = job.get("partition") or default
         if partition is None:
             raise UserError(f"rule {job['rule']}: no partition given and the cluster has no default partition",

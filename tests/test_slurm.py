@@ -74,6 +74,16 @@ def test_unknown_partition_and_placeholders():
     with pytest.raises(UserError, match="slurm_account.*still the placeholder '<account>'"):
         check_slurm_jobs([{"rule": "vocab", "partition": "cpu", "account": "<account>"}], run=_sinfo(SINFO),
                          which=_all_tools)
+    # every placeholder in one error, whatever order the DAG lists its jobs in
+    jobs = [{"rule": "pretrain", "partition": "<gpu-partition>", "account": "<account>"},
+            {"rule": "vocab", "partition": "<partition>", "account": "<account>"}]
+    for order in (jobs, jobs[::-1]):
+        with pytest.raises(UserError) as err:
+            check_slurm_jobs(order, run=_sinfo(SINFO), which=_all_tools)
+        msg = str(err.value)
+        assert "slurm_account is still the placeholder '<account>' (rules pretrain, vocab)" in msg
+        assert "slurm_partition is still the placeholder '<gpu-partition>' (rules pretrain)" in msg
+        assert "slurm_partition is still the placeholder '<partition>' (rules vocab)" in msg
 
 
 def test_world_size_must_divide_the_global_batch():
@@ -137,6 +147,8 @@ def test_site_placeholders_left_in_the_profile(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "resource slurm_partition is still the placeholder '<partition>'" in out, out[-3000:]
+    assert "resource slurm_partition is still the placeholder '<gpu-partition>' (rules pretrain)" in out
+    assert not (tmp_path / "results" / "pretrain").exists()
 
 
 # ---- what the SLURM plugin itself submits (its own code on the real DAG: tests/helpers_slurm.py) ----------------
