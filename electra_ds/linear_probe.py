@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 import warnings
@@ -429,6 +430,14 @@ def probe_table(results: dict, sources: dict | None = None) -> dict:
         r = next(r["tasks"][t] for r in results.values() if t in r["tasks"])
         notes.append(f"{t}: {r['n_train']} training examples (the same for every model), {r['n_dev']} dev examples, "
                      f"features {r['features']}")
+        # One probe of one pretraining run per model: no seed spread to show, so say what chance alone moves.
+        p = r["accuracy"][r["best_layer"]]
+        se = math.sqrt(p * (1 - p) / r["n_dev"]) if r["n_dev"] else float("nan")
+        notes.append(f"{t}: one run per model (one pretraining seed, one training subset), so no spread is shown; "
+                     f"a dev accuracy near {100 * p:.0f}% on {r['n_dev']} examples has a binomial standard error of "
+                     f"{100 * se:.1f} points, so a difference between two models under about "
+                     f"{100 * 2 * math.sqrt(2) * se:.1f} points (2 standard errors of a difference) is not evidence. "
+                     "*best* is chosen on dev, which flatters every model alike")
     return {"columns": columns, "rows": rows, "notes": notes}
 
 

@@ -226,6 +226,11 @@ def test_evaluate_puts_the_frozen_probe_table_in_every_report(tiny_model, tmp_pa
         "| electra", "| scratch (random weights: the baseline)", "| majority class"]
     best = electra["tasks"]["sst2"]["best_accuracy"]
     assert rows[0].endswith(f" | {100 * (best - 0.6):+.1f} |") and rows[1].endswith(" | 60.0 (L2) | - |")
+    # one run: the table says what chance alone moves (binomial standard error on the dev set), not a spread
+    n_dev = electra["tasks"]["sst2"]["n_dev"]
+    se = 100 * (best * (1 - best) / n_dev) ** 0.5
+    assert f"no spread is shown; a dev accuracy near {100 * best:.0f}% on {n_dev} examples" in md
+    assert f"binomial standard error of {se:.1f} points" in md and f"under about {2 * 2 ** 0.5 * se:.1f} points" in md
     assert "Frozen probe" in out["html"].read_text()
     table = json.loads(out["json"].read_text())["linear_probe"]
     assert list(table["models"]) == ["electra", "scratch"]
