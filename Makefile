@@ -1,5 +1,5 @@
 # Quick start:  make demo   (virtual environment + install + the offline pipeline)
-#               make test   (virtual environment + install + the test suite)
+#               make test   (virtual environment + install + the test suite; make test-quick: the quick subset)
 #
 # torch is installed FIRST and pinned: an open-ended torch requirement would otherwise pull a
 # multi-GB CUDA build on CPU-only machines. On a GPU cluster install the CUDA build of the same
@@ -14,7 +14,7 @@ CORES ?= all
 RESULTS ?= results/demo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo study test report mlflow-ui clean
+.PHONY: setup demo study test test-quick report mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ study: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
+
+# The tests not marked slow (leaves out the whole-DAG and multi-process runs): a first check before `make test`.
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 report: setup
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
