@@ -56,19 +56,24 @@ def layer_lr_groups(model, learning_rate: float, layer_decay: float, weight_deca
     return [groups[k] for k in sorted(groups)]
 
 
+OFFICIAL_HEAD_DROPOUT = 0.1  # classification_tasks.py: tf.nn.dropout(reprs, keep_prob=0.9), whatever the model's dropout
+
+
 def OfficialHead(config):
-    """The official ELECTRA task head: dropout, then one dense layer on the [CLS] state (Hugging Face's
-    ElectraClassificationHead adds a dense + GELU layer before it). Initialised as HF initialises linears."""
+    """The official ELECTRA task head (``finetune/classification/classification_tasks.py``): dropout 0.1, then one
+    dense layer on the [CLS] state (Hugging Face's ElectraClassificationHead adds a dense + GELU layer before it).
+    Initialised as the official one: ``tf.layers.dense`` without an initializer, i.e. Glorot-uniform weights
+    (|w| <= sqrt(6 / (hidden + labels))) and a zero bias; HF draws its head from normal(0, 0.02)."""
     import torch
     from torch import nn
 
     class _Head(nn.Module):
         def __init__(self):
             super().__init__()
-            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+            self.dropout = nn.Dropout(OFFICIAL_HEAD_DROPOUT)
             self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
             with torch.no_grad():
-                self.out_proj.weight.normal_(0.0, config.initializer_range)
+                nn.init.xavier_uniform_(self.out_proj.weight)
                 self.out_proj.bias.zero_()
 
         def forward(self, sequence_output, **kwargs):

@@ -1,14 +1,16 @@
 """Fine-tune an exported ELECTRA discriminator on one task with one seed (plain PyTorch, no DeepSpeed).
 
-Recipe of the ELECTRA paper's GLUE fine-tuning: AdamW (eps 1e-6, no weight decay on biases and
-LayerNorm), linear warmup then linear decay to zero, gradient clipping at 1.0, layer-wise learning
-rate decay (google-research/electra ``_get_layer_lrs``), 3 epochs (10 for RTE and STS-B), dynamic
-padding per batch. Two small departures from the TF original: torch's AdamW applies Adam's bias
-correction, and the schedule is transformers' ``get_linear_schedule_with_warmup`` (ELECTRA multiplies
-the decay by the warmup ramp). The dev split is scored after every epoch; the reported score is the
+Recipe of the ELECTRA paper's GLUE fine-tuning: Adam (eps 1e-6, no weight decay on biases and LayerNorm), linear
+warmup and linear decay to zero, gradient clipping at 1.0, layer-wise learning rate decay (google-research/electra
+``_get_layer_lrs``), 3 epochs (10 for RTE and STS-B), dynamic padding per batch. Three choices follow the official
+code or the usual PyTorch form: ``finetune.optimizer`` (``adamw``: torch's AdamW with bias correction;
+``adam_no_bias_correction``: the official AdamWeightDecayOptimizer), ``finetune.schedule`` (``warmup_then_decay``:
+transformers' ``get_linear_schedule_with_warmup``; ``official``: ``peak x (1 - t/T) x min(1, t/W)``) and
+``finetune.loss_reduction`` (``mean`` over the batch; ``sum``: the official ``reduce_sum``, so clipping at 1.0 bites
+far more often). The dev split is scored after every epoch; the reported score is the
 last epoch's (no best-epoch selection). Training batches are length-grouped (:func:`length_grouped_batches`)
 and padded to their own longest example. ``precision: auto`` trains with bf16 autocast on GPUs that support it
-and on CPUs with bf16 matrix units (AMX, AVX512-BF16); fp32 elsewhere.
+and on CPUs with bf16 matrix units (AMX, AVX512-BF16); fp32 elsewhere (the official code trains in fp32).
 
 Outputs, all written into a temporary folder that is renamed to ``--output-dir`` only at the end,
 so a failed run leaves nothing behind:
@@ -57,7 +59,7 @@ _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
 # keep_model and threads are also set per job by the rule (MNLI's model is kept for RTE/MRPC/STS-B; {threads})
 SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
                          "warmup_fraction", "weight_decay", "max_steps", "double_unordered", "head", "keep_model",
-                         "threads", "precision")}
+                         "threads", "precision", "optimizer", "schedule", "loss_reduction")}
 
 
 def add_arguments(p) -> None:
@@ -255,13 +257,12 @@ def run(args, tracker) -> None:
     epochs = args.epochs or task.epochs
     hparams = {k: getattr(args, k) for k in ("learning_rate", "layer_decay", "batch_size", "max_length",
                                              "warmup_fraction", "weight_decay", "max_train_examples",
-                                             "max_steps")}
+                                             "max_steps", "optimizer", "schedule", "loss_reduction", "head")}
     tracker.log_params({"task": task.name, "seed": args.seed, "epochs": epochs, "model_dir": str(model_dir),
                         "model": args.model_name or model_dir.parent.name, "model_source": args.model_source,
                         "train_examples": len(train), "init_from": str(init_from or ""), **hparams})
 
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     with _torch_runtime(args.seed, args.threads, args.device, args.precision) as (device, use_bf16, autocast):
         tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch")
@@ -274,11 +275,7 @@ def run(args, tracker) -> None:
         total_steps = epochs * math.ceil(len(enc_train) / args.batch_size)
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
-        groups = layer_lr_groups(model, args.learning_rate, args.layer_decay, args.weight_decay)
-        optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
-                                      lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_fraction * total_steps),
-                                                    total_steps)
+        optimizer, scheduler = build_optimizer(model, args, total_steps)
         log.info("%s seed %d: %d train examples, %d epochs, %d steps on %s%s", task.name, args.seed,
                  len(train), epochs, total_steps, device, " (bf16)" if use_bf16 else "")
         history, step, dev_results = _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs,
@@ -320,6 +317,26 @@ def run(args, tracker) -> None:
     log.info("%s seed %d: %s = %.4f -> %s", task.name, args.seed, metrics["main_metric"], main_value, out)
 
 
+def build_optimizer(model, args, total_steps: int):
+    """(optimizer, scheduler) of a fine-tuning job: layer-wise rates and weight decay groups
+    (:func:`layer_lr_groups`), ``args.optimizer`` and ``args.schedule``, warming up over ``warmup_fraction x
+    total_steps`` steps (the official schedule keeps the product's fraction, as create_optimizer does)."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from electra_ds import optim
+
+    groups = [{k: v for k, v in g.items() if k != "names"}
+              for g in layer_lr_groups(model, args.learning_rate, args.layer_decay, args.weight_decay)]
+    optimizer = optim.build_optimizer(args.optimizer, groups, args.learning_rate, offload=False, fused=False)
+    warmup = args.warmup_fraction * total_steps
+    if args.schedule == "official":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.lr_lambda(warmup, total_steps, "official"))
+    else:  # transformers' t/W ramp (0 at the first step), then linear decay from the peak
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup), total_steps)
+    return optimizer, scheduler
+
+
 def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, total_steps, pad_id, device,
            autocast, tracker) -> tuple:
     """The training loop; scores every dev split after each epoch. Returns (history, steps, last dev scores)."""
@@ -340,13 +357,13 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
                 break
             batch = _collate([enc_train[i] for i in rows], pad_id, regression, device)
             with autocast():
-                loss = model(**batch).loss
-            loss.backward()
+                loss = model(**batch).loss  # the mean over the batch
+            (loss * len(rows) if args.loss_reduction == "sum" else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(loss.item())  # reported per example whatever the reduction
             step += 1
             progress.update(1, len(batch["input_ids"]))
         if not losses:

@@ -92,3 +92,140 @@ def test_official_head_is_dropout_and_one_dense_layer_on_cls(model_dir, tmp_path
                "--results-dir", tmp_path) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
+
+
+# -- the official optimizer, schedule, loss reduction and head initialisation (issue 25) ---------------------------
+
+def _tiny_classifier(n_layers: int = 1):
+    """A module with ELECTRA's parameter names (embeddings, one encoder layer with a LayerNorm, a head)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    layer = torch.nn.ModuleDict({"dense": torch.nn.Linear(3, 3), "LayerNorm": torch.nn.LayerNorm(3)})
+    electra = torch.nn.ModuleDict({"embeddings": torch.nn.ModuleDict({"word_embeddings": torch.nn.Embedding(5, 3)}),
+                                   "encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([layer])})})
+    model = torch.nn.ModuleDict({"electra": electra, "classifier": torch.nn.Linear(3, 2)})
+    model.config = SimpleNamespace(num_hidden_layers=n_layers)
+    model.base_model_prefix = "electra"
+    return model
+
+
+def _ft_args(**kw):
+    from argparse import Namespace
+
+    return Namespace(**{"learning_rate": 1e-2, "layer_decay": 0.8, "weight_decay": 0.01, "warmup_fraction": 0.1,
+                        "optimizer": "adam_no_bias_correction", "schedule": "official", **kw})
+
+
+def test_official_finetuning_update_matches_a_hand_computed_step():
+    """Two steps of the official AdamWeightDecayOptimizer with the official schedule and layer-wise rates, by hand:
+    step 0 has rate 0 (but fills m and v), step 1 has peak x (1 - 1/T) x 1/W; no bias correction; decay on weights,
+    not on LayerNorm or biases."""
+    model = _tiny_classifier()
+    optimizer, scheduler = finetune.build_optimizer(model, _ft_args(), total_steps=100)  # W = 10
+    params = dict(model.named_parameters())
+    start = {k: p.detach().clone() for k, p in params.items()}
+    grads = [{k: torch.randn_like(p) for k, p in params.items()} for _ in range(2)]
+    for g in grads:
+        for k, p in params.items():
+            p.grad = g[k].clone()
+        optimizer.step()
+        scheduler.step()
+    rate = (1 - 1 / 100) * (1 / 10)
+    # head depth n+2 -> lr; encoder layer 0 depth 1 -> lr x 0.8^2; embeddings depth 0 -> lr x 0.8^3
+    for name, lr, decays in (("classifier.weight", 1e-2, True), ("classifier.bias", 1e-2, False),
+                             ("electra.encoder.layer.0.dense.weight", 1e-2 * 0.8 ** 2, True),
+                             ("electra.encoder.layer.0.LayerNorm.weight", 1e-2 * 0.8 ** 2, False),
+                             ("electra.embeddings.word_embeddings.weight", 1e-2 * 0.8 ** 3, True)):
+        g1, g2, p0 = grads[0][name], grads[1][name], start[name]
+        m = 0.9 * 0.1 * g1 + 0.1 * g2
+        v = 0.999 * 0.001 * g1 ** 2 + 0.001 * g2 ** 2
+        update = m / (v.sqrt() + 1e-6) + (0.01 * p0 if decays else 0)
+        assert torch.allclose(params[name].detach(), p0 - lr * rate * update, atol=1e-7), name
+
+
+def test_default_finetuning_optimizer_is_bias_corrected_adamw():
+    model = _tiny_classifier()
+    optimizer, _ = finetune.build_optimizer(model, _ft_args(optimizer="adamw", schedule="warmup_then_decay"), 100)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["eps"] == 1e-6
+
+
+@pytest.mark.parametrize("total, fraction", [(100, 0.1), (233, 0.1)])
+def test_finetuning_schedules_values(total, fraction):
+    """The rate multiplier at each step: official = (1 - t/T) x min(1, t/W) with W = T x fraction kept fractional
+    (23.3 for 233 steps, as create_optimizer); the default is transformers' t/int(W), then (T - t)/(T - int(W))."""
+    peak = 1e-2
+    seen = {}
+    for schedule in ("official", "warmup_then_decay"):
+        model = _tiny_classifier()
+        optimizer, scheduler = finetune.build_optimizer(model, _ft_args(schedule=schedule, warmup_fraction=fraction),
+                                                        total)
+        head = next(g for g in optimizer.param_groups if g["depth"] == 3)  # the head: the full rate
+        rates = []
+        for _ in range(total + 1):
+            rates.append(head["lr"] / peak)
+            optimizer.step()
+            scheduler.step()
+        seen[schedule] = rates
+    w = total * fraction
+    official = [(1 - t / total) * min(1.0, t / w) for t in range(total + 1)]
+    default = [t / int(w) if t < int(w) else (total - t) / (total - int(w)) for t in range(total + 1)]
+    assert seen["official"] == pytest.approx(official, abs=1e-12)
+    assert seen["warmup_then_decay"] == pytest.approx(default, abs=1e-12)
+    t = int(w)  # at the end of warmup the official rate is already lower by t/T
+    assert seen["official"][t] == pytest.approx((1 - t / total) * min(1, t / w))
+    assert seen["official"][0] == 0 and seen["warmup_then_decay"][0] == 0
+
+
+def test_loss_reduction_sum_scales_the_gradient_before_clipping(model_dir, tmp_path, monkeypatch):
+    """One step of the real fine-tuning loop: with ``sum`` the pre-clip gradient norm is batch_size x the mean's
+    (the same seed, batch and dropout; 6 RTE examples in batches of 3), and clipping still caps it at 1.0."""
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *a, **kw):
+        params = list(params)
+        total = clip(params, max_norm, *a, **kw)
+        norms.append((float(total), float(torch.norm(torch.stack([p.grad.norm() for p in params])))))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    data = glue_dir(tmp_path / "glue")
+    for reduction in ("mean", "sum"):
+        assert cli("finetune", "--model-dir", model_dir, "--task", "rte", "--seed", "1", "--data-dir", data,
+                   "--output-dir", tmp_path / reduction, "--max-steps", "1", "--batch-size", "3", "--max-length", "32",
+                   "--precision", "fp32", "--loss-reduction", reduction, "--results-dir", tmp_path) == 0
+    (mean_pre, mean_post), (sum_pre, sum_post) = norms
+    assert sum_pre == pytest.approx(3 * mean_pre, rel=1e-4)
+    assert sum_post <= 1.0 + 1e-5 and mean_post <= 1.0 + 1e-5
+    hparams = json.loads((tmp_path / "sum" / "metrics.json").read_text())["hparams"]
+    assert hparams["loss_reduction"] == "sum" and hparams["optimizer"] == "adamw"
+
+
+def test_official_head_initialisation_is_glorot_uniform_with_zero_bias():
+    """google-research/electra's head is tf.layers.dense without an initializer: Glorot-uniform, bounded by
+    sqrt(6 / (fan_in + fan_out)) with std bound / sqrt(3); HF's normal(0, 0.02) would fail both checks. The
+    dropout is the official fixed 0.1 even for a model trained without dropout."""
+    from transformers import ElectraConfig
+
+    config = ElectraConfig(hidden_size=256, num_labels=3, hidden_dropout_prob=0.0)
+    torch.manual_seed(0)
+    head = OfficialHead(config)
+    w = head.out_proj.weight.detach()
+    bound = (6 / (256 + 3)) ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.08)
+    assert abs(w.mean().item()) < 0.1 * bound
+    assert torch.count_nonzero(head.out_proj.bias) == 0
+    assert head.dropout.p == 0.1
+
+
+def test_paper_presets_choose_the_official_finetuning_recipe():
+    import yaml
+
+    from helpers import REPO
+
+    for name in ("electra-small", "electra-base"):
+        ft = yaml.safe_load((REPO / "config" / "presets" / f"{name}.yaml").read_text())["finetune"]
+        assert (ft["optimizer"], ft["schedule"], ft["loss_reduction"], ft["head"]) == (
+            "adam_no_bias_correction", "official", "sum", "official"), name
