@@ -10,6 +10,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from electra_ds.config import config_error
+from electra_ds.constraints import check_config
+from electra_ds.errors import UserError
 from electra_ds.settings import SCHEMA_PATH
 
 min_version("9.0")
@@ -28,6 +30,12 @@ if not workflow.overwrite_configfiles:
 if problem := config_error(config, SCHEMA_PATH):
     raise WorkflowError(problem)
 validate(config, str(SCHEMA_PATH))  # fills the schema's defaults
+# What the schema cannot say (heads dividing the hidden size, results_dir not / or the checkout, ~ expanded, ...):
+# electra_ds/constraints.py, before any rule or job exists.
+try:
+    check_config(config, checkout=workflow.basedir)
+except UserError as _exc:
+    raise WorkflowError(f"config {_exc}")
 
 
 include: "workflow/rules/common.smk"

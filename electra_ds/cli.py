@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+from electra_ds.constraints import check_stage_args
 from electra_ds.errors import UserError
 from electra_ds.settings import check_settings
 from electra_ds.tracking import StageRun
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     try:
         check_settings(args, getattr(args._module, "SETTINGS", {}))  # ranges and choices, from the schema
+        check_stage_args(stage, args)  # what holds between fields (heads | hidden size, seed range, ...)
         with StageRun(args.rule or stage, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
                       wildcards=args.wildcards, enabled=rank0) as tracker:
             args._module.run(args, tracker)
