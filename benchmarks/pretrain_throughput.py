@@ -138,8 +138,9 @@ def pipeline_rate(shards: Path, shape: dict, launch: str, precision: str, steps:
 
 
 def pipeline_rows(results: dict, peak: float, label: str = "pipeline") -> None:
-    for (launch, precision), r in results.items():
-        print(f"{label} {launch} {precision:5s} ({r['precision']}): {r['tokens_per_s']:9.0f} tokens/s "
+    for (launch, precision, *attention), r in results.items():
+        attn = f" attention {attention[0]}" if attention else ""
+        print(f"{label} {launch} {precision:5s} ({r['precision']}){attn}: {r['tokens_per_s']:9.0f} tokens/s "
               f"{r['model_tflops']:6.3f} model TFLOP/s = {100 * r['model_tflops'] / peak:5.1f}% of the peak", flush=True)
 
 
@@ -267,6 +268,8 @@ def main() -> None:
     p.add_argument("--launch", nargs="+", default=["2x1", "1x2"], help="processes x threads")
     p.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
     p.add_argument("--dropout", type=float, default=0.0, help="the model's dropout (the presets' CPU recipes: 0)")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "sdpa", "eager"],
+                   help="model.attn_implementation (auto: eager on CPU; sdpa on CPU = PyTorch's math kernel)")
     p.add_argument("--reference-steps", type=int, default=3, help="0 skips the stock-HF reference loop")
     p.add_argument("--baseline-src", default=None,
                    help="a checkout of an earlier electra-ds (e.g. `git worktree add /tmp/base c23676e`): its pipeline "
@@ -306,27 +309,30 @@ def main() -> None:
         results = {}
         for launch in args.launch:
             for precision in args.precision:
-                results[(launch, precision)] = r = pipeline_rate(shards, shape_dict, launch, precision, args.steps,
-                                                                 args.log_every, args.global_batch, micro, work)
-                pipeline_rows({(launch, precision): r}, peak_bf16)
+                for attention in args.attention:
+                    key = (launch, precision, attention)
+                    results[key] = r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention},
+                                                     launch, precision, args.steps, args.log_every,
+                                                     args.global_batch, micro, work)
+                    pipeline_rows({key: r}, peak_bf16)
         best = max(results, key=lambda key: results[key]["tokens_per_s"])
-        print(f"fastest launch and precision: {best[0]} {best[1]}")
+        print(f"fastest launch, precision and attention: {' '.join(best)}")
         if args.baseline_src:
             for variant in args.baseline_variant:
                 launch, precision = variant.split(":")
                 r = pipeline_rate(shards, shape_dict, launch, precision, args.steps, args.log_every,
                                   args.global_batch, micro, work, source=args.baseline_src)
                 pipeline_rows({(launch, precision): r}, peak_bf16, label=f"baseline {Path(args.baseline_src).name}")
-                print(f"ratio pipeline {best[0]} {best[1]} / baseline {launch} {precision}: "
+                print(f"ratio pipeline {' '.join(best)} / baseline {launch} {precision}: "
                       f"{results[best]['tokens_per_s'] / r['tokens_per_s']:.2f}x")
         for key, r in results.items():
             if key != best:
-                print(f"ratio {best[0]} {best[1]} / {key[0]} {key[1]}: "
+                print(f"ratio {' '.join(best)} / {' '.join(key)}: "
                       f"{results[best]['tokens_per_s'] / r['tokens_per_s']:.2f}x")
         if args.reference_steps:
             ref = reference_tokens_per_s(shape, micro, args.seq_len, args.reference_steps, device)
             print(f"reference (stock HF, eager, fp32, 1 process x {threads} threads): {ref:.0f} tokens/s")
-            print(f"ratio pipeline {best[0]} {best[1]} / reference tokens/s: "
+            print(f"ratio pipeline {' '.join(best)} / reference tokens/s: "
                   f"{results[best]['tokens_per_s'] / ref:.2f}x")
         if args.profile:
             for precision in args.precision:  # one process each: DeepSpeed's groups outlive destroy_process_group
@@ -334,7 +340,7 @@ def main() -> None:
                                 "--vocab", str(args.vocab), "--global-batch", str(args.global_batch),
                                 "--micro-batch", str(micro), "--profile-launch", args.profile_launch,
                                 "--profile-top", str(args.profile_top), "--dropout", str(args.dropout),
-                                "--seq-len", str(args.seq_len)], check=True)
+                                "--seq-len", str(args.seq_len), "--attention", args.attention[0]], check=True)
 
 
 def profile_worker(args) -> None:
@@ -342,9 +348,11 @@ def profile_worker(args) -> None:
     _, threads = (int(x) for x in args.profile_launch.split("x"))
     work = Path(tempfile.mkdtemp(prefix="electra-ds-profile-"))
     shards = synthetic_shards(work / "shards", args.vocab, max(4 * args.global_batch, 1024), args.seq_len)
-    shares, top = profile_pipeline_step(shards, {**SHAPES[name], "dropout": args.dropout}, precision, threads, 5,
+    shape = {**SHAPES[name], "dropout": args.dropout, "attn_implementation": args.attention[0]}
+    shares, top = profile_pipeline_step(shards, shape, precision, threads, 5,
                                         args.micro_batch or args.global_batch, args.global_batch, work)
-    print(f"profile of the pipeline's step, shape {name}, 1 process x {threads} threads, {precision} "
+    print(f"profile of the pipeline's step, shape {name}, 1 process x {threads} threads, {precision}, attention "
+          f"{args.attention[0]} "
           f"(share of wall time):")
     for category, share in shares:
         print(f"  {category:45s} {100 * share:5.1f}%")

@@ -32,8 +32,26 @@ from electra_ds.shape import ModelShape, check_uniform_generator, generator_dims
 from electra_ds.step_metrics import logit_histogram
 
 
-def electra_configs(shape: ModelShape):
-    """Return (discriminator_config, generator_config) as ``transformers.ElectraConfig``."""
+ATTENTION = ("auto", "sdpa", "eager")
+
+
+def resolve_attention(name: str, device_type: str | None) -> str:
+    """The Hugging Face attention implementation for ``name`` on ``device_type``. ``auto``: ``eager`` on CPU, whose
+    two batched matmuls run in the model's dtype (bf16 on the AMX units; its softmax accumulates in fp32 and
+    rounds to bf16, as a GPU's flash kernel keeps its probabilities), where PyTorch's math SDPA kernel computes
+    bf16 attention in fp32 and its CPU flash kernel's backward is slow at length 128 (README "Speed": eager is
+    1.2-1.3x math at the study's shape); ``sdpa`` elsewhere (GPUs: flash / memory-efficient kernels) and where no
+    device is named (an exported model: what a Hugging Face user gets by default)."""
+    if name not in ATTENTION:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION}, not {name!r}")
+    if name != "auto":
+        return name
+    return "eager" if device_type == "cpu" else "sdpa"
+
+
+def electra_configs(shape: ModelShape, device_type: str | None = None):
+    """Return (discriminator_config, generator_config) as ``transformers.ElectraConfig``; ``device_type`` resolves
+    ``attn_implementation: auto`` (:func:`resolve_attention`)."""
     from transformers import ElectraConfig
 
     def config(hidden, heads, intermediate, layers=shape.num_layers):
@@ -48,7 +66,7 @@ def electra_configs(shape: ModelShape):
     disc = config(shape.hidden_size, shape.num_heads, shape.intermediate_size)
     gen = config(*generator_dims(shape), generator_num_layers(shape))
     for c in (disc, gen):
-        c._attn_implementation = shape.attn_implementation
+        c._attn_implementation = resolve_attention(shape.attn_implementation, device_type)
     return disc, gen
 
 
@@ -126,7 +144,8 @@ class ElectraPretrainer(nn.Module):
     def __init__(self, shape: ModelShape, mask_prob: float = 0.15, mask_replace_prob: float = 0.85,
                  disc_weight: float = 50.0, objective: str = "electra", adversarial_mle_weight: float = 1.0,
                  temperature: float = 1.0, disallow_correct: bool = False, masking: str = "token",
-                 mask_count: str = "exact", uniform_generator: bool = False, embedding_sharing: str = "es"):
+                 mask_count: str = "exact", uniform_generator: bool = False, embedding_sharing: str = "es",
+                 device_type: str | None = None):
         super().__init__()
         from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
@@ -149,7 +168,7 @@ class ElectraPretrainer(nn.Module):
         if embedding_sharing not in EMBEDDING_SHARING:
             raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, not {embedding_sharing!r}")
         check_uniform_generator(uniform_generator, objective, embedding_sharing)
-        disc_config, gen_config = electra_configs(shape)
+        disc_config, gen_config = electra_configs(shape, device_type)  # device_type: where it trains (attention)
         if uniform_generator:
             # The official code's ablation builds no generator: replacements are drawn from zero logits over the
             # whole vocabulary and its "MLM loss" is the constant log(vocab) (forward); only the discriminator trains.

@@ -27,7 +27,7 @@ class ModelShape:
     generator_fraction: float = 0.25
     generator_layers: float = 1.0
     dropout: float = 0.1
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # model.resolve_attention: eager on CPU, sdpa elsewhere
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -201,7 +201,8 @@ class Trainer:
                                   objective=args.objective, adversarial_mle_weight=args.adversarial_mle_weight,
                                   temperature=args.temperature, disallow_correct=args.disallow_correct,
                                   masking=args.masking, mask_count=args.mask_count,
-                                  uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing)
+                                  uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing,
+                                  device_type=device_type)
         if self.word_starts is not None:
             model.use_word_starts(self.word_starts)
         self.parameters = sum(p.numel() for p in model.parameters())

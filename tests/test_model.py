@@ -137,6 +137,35 @@ def test_attention_implementations_agree(attn):
     assert torch.allclose(a["loss"], b["loss"], atol=1e-4)
 
 
+def test_auto_attention_is_eager_on_cpu_and_sdpa_elsewhere_and_in_the_export():
+    from electra_ds.model import resolve_attention
+
+    assert resolve_attention("auto", "cpu") == "eager"
+    assert resolve_attention("auto", "cuda") == "sdpa" and resolve_attention("auto", None) == "sdpa"
+    assert resolve_attention("sdpa", "cpu") == "sdpa"  # a named choice is kept
+    with pytest.raises(ValueError, match="attn_implementation"):
+        resolve_attention("flash", "cpu")
+    shape = ModelShape(**{**SHAPE.to_dict(), "attn_implementation": "auto"})
+    on_cpu = ElectraPretrainer(shape, device_type="cpu")
+    assert {on_cpu.discriminator.config._attn_implementation, on_cpu.generator.config._attn_implementation} == {"eager"}
+    exported = ElectraPretrainer(shape).exported()["discriminator"]
+    assert exported.config._attn_implementation == "sdpa"
+
+
+def test_eager_attention_in_bf16_follows_fp32():
+    """The CPU default runs attention's matmuls in bf16 (softmax accumulated in fp32, stored in bf16): the loss of
+    a bf16 model stays within 2% of the same model in fp32."""
+    torch.manual_seed(0)
+    shape = ModelShape(**{**SHAPE.to_dict(), "attn_implementation": "auto"})
+    ref = ElectraPretrainer(shape, device_type="cpu").eval()
+    low = ElectraPretrainer(shape, device_type="cpu").eval()
+    low.load_state_dict(ref.state_dict())
+    low.to(torch.bfloat16)
+    ids = batch()
+    a, b = ref(ids, seeds=range(8))["loss"], low(ids, seeds=range(8))["loss"]
+    assert abs(b.float().item() - a.item()) / a.item() < 0.02, (a.item(), b.item())
+
+
 def test_rows_get_the_same_draws_in_any_micro_batch_split():
     """Per-row seeds and global denominators: two half batches give the full batch's loss and gradient."""
     torch.manual_seed(0)
