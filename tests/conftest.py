@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import checkout_guard
 import helpers
 
 # Tests never reach the Hub or the web; DeepSpeed uses its CPU accelerator; MLflow is off unless a
@@ -38,3 +39,33 @@ def prepared(tmp_path_factory):
                  "--max-seq-len", "64", "--valid-fraction", "0.05", "--heldout-fraction", "0.15",
                  "--threads", "2") == 0
     return {"root": root, "docs": kept, "vocab": vocab, "shards": shards}
+
+
+# -- tests never write into the checkout ---------------------------------------------------------------
+# Whatever appears under the repository during the session (outside tool caches: checkout_guard.CACHES) is
+# listed at the end; under CI (CI set, as .ci/run is run) or ELECTRA_DS_CHECKOUT_CHECK=fail it fails the session.
+# Elsewhere it is a warning, since a developer may be creating files in the checkout while the tests run.
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = checkout_guard.snapshot(helpers.REPO)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None:
+        return
+    new = checkout_guard.new_paths(before, checkout_guard.snapshot(helpers.REPO))
+    session.config._checkout_new = new
+    strict = os.environ.get("CI") or os.environ.get("ELECTRA_DS_CHECKOUT_CHECK") == "fail"
+    if new and strict and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    new = getattr(config, "_checkout_new", None)
+    if new:
+        terminalreporter.write_sep("=", "tests wrote into the checkout (write under tmp_path instead)", red=True)
+        for path in new[:50]:
+            terminalreporter.write_line(f"  {path}")
+        if len(new) > 50:
+            terminalreporter.write_line(f"  ... and {len(new) - 50} more")

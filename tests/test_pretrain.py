@@ -54,7 +54,9 @@ def test_two_process_zero2_trains_checkpoints_and_resumes(prepared, tmp_path):
     # A dead tracking server must not stop training (it only warns).
     dead_mlflow = {"ELECTRA_DS_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-    first = electra_ds(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, steps=6)], dead_mlflow)
+    # --results-dir: where the records the dead server misses are spooled (the default, ".", is the checkout).
+    first = electra_ds(["launch", "--nproc-per-node", "2", "--",
+                        *pretrain_args(prepared, out, steps=6, extra=("--results-dir", tmp_path))], dead_mlflow)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "world size 2, micro-batch 4 x accumulation 2 = global 16; ZeRO stage 2" in first.stderr
     summary = json.loads((out / "summary.json").read_text())

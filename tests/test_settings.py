@@ -22,6 +22,7 @@ for _stage in STAGES:
 # Fields no stage option takes, and why: they shape the DAG or the job, not what a stage computes.
 PIPELINE_ONLY = {
     "results_dir": "where the rules put every output",
+    "container": "the jobs' image (the Snakefile's container: directive, workflow/rules/common.smk)",
     "mlflow.tracking_uri": "exported to the jobs as MLFLOW_TRACKING_URI",
     "mlflow.experiment": "exported to the jobs (ELECTRA_DS_MLFLOW_EXPERIMENT)",
     "dedup.parts": "number of scatter jobs",

@@ -16,6 +16,14 @@ from electra_ds.glue import get_task
 from electra_ds.study import plan_models
 
 R = config["results_dir"].rstrip("/")
+
+# Software: the rules all declare conda "../envs/electra-ds.yaml" (--software-deployment-method conda); the image of
+# config `container` (built from containers/, README "Software environments") is every job's under
+# --software-deployment-method apptainer. Empty (the default): no image.
+if config["container"]:
+
+    container: config["container"]
+
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -54,7 +62,7 @@ def track(wildcards):
 def finetune_data_args(wildcards):
     task = get_task(wildcards.task)
     if task.is_probe:
-        return f"--data-dir {shlex.quote(R + '/probes')}"
+        return f"--data-dir {shlex.quote(f'{R}/probes')}"
     if config["finetune"]["glue_dir"]:
         return f"--data-dir {shlex.quote(repo_path(config['finetune']['glue_dir']))}"
     return f"--hub-id {shlex.quote(config['finetune']['hub_id'])}"
@@ -123,6 +131,7 @@ def _start_pipeline_run():
         tags={"electra_ds.config_hash": CONFIG_HASH, "electra_ds.git_commit": tracking.git_commit(workflow.basedir),
               "electra_ds.results_dir": os.path.abspath(R)},
         params={"config": json.dumps(config, sort_keys=True)})
+    # lint "MLFLOW_TRACKING_URI ... not asserted with envvars": set here for the jobs, never required of the user
     os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
     os.environ[tracking.ENV_EXPERIMENT] = config["mlflow"]["experiment"]
     os.environ[tracking.ENV_CONFIG_HASH] = CONFIG_HASH

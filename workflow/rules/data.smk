@@ -1,7 +1,12 @@
 # Data stages: corpus -> dedup -> vocab -> shards, and the offline probe tasks.
+# snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
+# sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
+# Snakemake fills in; the linter does not list it).
 
 
 rule corpus:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         unpack(prefetched),  # Hub sources: fetched on the login node first (workflow/rules/hub.smk)
     output:
@@ -30,6 +35,8 @@ DEDUP_PARTS = [f"{part:05d}" for part in range(config["dedup"]["parts"])]
 
 
 rule corpus_parts:
+    conda:
+        "../envs/electra-ds.yaml"
     # scatter (only with dedup.parts > 1): contiguous parts of the corpus, one signing job each
     input:
         rules.corpus.output.docs,
@@ -49,6 +56,8 @@ rule corpus_parts:
 
 
 rule dedup_sign:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         f"{R}/dedup/parts/documents-{{part}}.jsonl",
     output:
@@ -64,6 +73,7 @@ rule dedup_sign:
         mem_mb=4000,
         runtime=120,
     shell:
+        # lint "Path composition with '+'" (reported at the first quote of the file): this joins shell text
         "electra-ds dedup --sign-only --input {input:q} --output {output:q} " + DEDUP_SETTINGS
         + " --rule {rule:q} {params.track} > {log:q} 2>&1"
 
@@ -76,6 +86,8 @@ def dedup_inputs(wildcards):
 
 
 rule dedup:
+    conda:
+        "../envs/electra-ds.yaml"
     # one job; with dedup.parts > 1 the gather step over the parts' signatures
     input:
         unpack(dedup_inputs),
@@ -98,10 +110,13 @@ rule dedup:
     shell:
         "electra-ds dedup --input {input.docs:q} {params.signatures} --output {output.docs:q} "
         "--stats {output.stats:q} "
+        # lint "Path composition with '+'": this joins shell text, not a path
         + DEDUP_SETTINGS + " --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
 rule vocab:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         rules.dedup.output.docs,
     output:
@@ -125,6 +140,8 @@ rule vocab:
 
 
 rule shards:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         docs=rules.dedup.output.docs,
         vocab=rules.vocab.output,
@@ -147,6 +164,8 @@ rule shards:
 
 
 rule probes:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         rules.dedup.output.docs,
     output:

@@ -1,5 +1,8 @@
 # Fine-tuning: one job per (task, seed), so a cluster runs them side by side; then one evaluation
 # job (tables, comparison with published and earlier runs, plots, GLUE leaderboard zip).
+# snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
+# sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
+# Snakemake fills in; the linter does not list it).
 
 FT = config["finetune"]
 MNLI_INIT_TASKS = ("rte", "mrpc", "stsb")  # the ELECTRA paper starts these from the MNLI model
@@ -30,7 +33,7 @@ def finetune_model_args(wildcards):
     source = MODELS[wildcards.model]["source"]
     args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {shlex.quote(source)}"]
     if starts_from_mnli(wildcards.task):
-        args.append(f"--init-from {shlex.quote(mnli_dir(wildcards.model, wildcards.seed) + '/model')}")
+        args.append(f"--init-from {shlex.quote(f'{mnli_dir(wildcards.model, wildcards.seed)}/model')}")
     mnli_needed = wildcards.task == "mnli" and any(starts_from_mnli(t) for t in FT["tasks"])
     if FT["keep_model"] or mnli_needed:
         args.append("--keep-model")
@@ -38,6 +41,8 @@ def finetune_model_args(wildcards):
 
 
 rule finetune:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         unpack(finetune_job_inputs),
     output:
@@ -85,6 +90,8 @@ if HAS_GLUE:  # the leaderboard zip only when GLUE tasks are fine-tuned (never f
 
 
 rule evaluate:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         metrics=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/metrics.json", model=MODELS, task=FT["tasks"],
                        seed=FT["seeds"]),

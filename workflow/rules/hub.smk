@@ -4,6 +4,9 @@
 # (corpus, finetune) wait for it and run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 on their shell line, reading
 # that cache. Without Hub sources (the demo, local GLUE) none of this is in the DAG and the shell lines are unchanged.
 # The export's upload (`push_to_hub`, export.push_to_hub.repo_id) is a local rule too.
+# snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
+# sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
+# Snakemake fills in; the linter does not list it).
 
 from electra_ds import prefetch as hub_prefetch
 
@@ -31,6 +34,8 @@ def prefetched(wildcards=None):
 
 
 rule prefetch:
+    conda:
+        "../envs/electra-ds.yaml"
     output:
         PREFETCH_MARKER,
     params:
@@ -38,6 +43,7 @@ rule prefetch:
     log:
         f"{R}/logs/prefetch.log",
     shell:
+        # lint "Path composition with '+'": this joins shell text (the HF_HOME prefix), not a path
         HF_HOME_ENV + "electra-ds prefetch --datasets {params.datasets:q} --marker {output:q} > {log:q} 2>&1"
 
 
@@ -63,6 +69,8 @@ PUSH_FILES = [f"{R}/export/{model}.hub.json" for model in PUSH_REPOS]
 
 
 rule push_to_hub:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         f"{R}/export/{{model}}",
     output:

@@ -1,6 +1,9 @@
 # The frozen-feature linear probe: one job per model (electra_ds/linear_probe.py), read by the evaluate rule.
 # Which tasks (linear_probe.tasks, null = automatic): sst2 and mrpc when GLUE tasks are fine-tuned from a local
 # glue_dir; in an offline run (the demo) the probe tasks it fine-tunes; none when GLUE comes from the Hub.
+# snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
+# sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
+# Snakemake fills in; the linter does not list it).
 
 LP = config["linear_probe"]
 LINEAR_PROBE_DEFAULT_TASKS = importlib.import_module("electra_ds.linear_probe").DEFAULT_TASKS
@@ -39,11 +42,13 @@ def linear_probe_data_args():
     if any(not get_task(t).is_probe for t in LINEAR_PROBE_TASKS):
         args.append(f"--data-dir {shlex.quote(repo_path(config['finetune']['glue_dir']))}")
     if LINEAR_PROBE_HAS_PROBES:
-        args.append(f"--probes-dir {shlex.quote(R + '/probes')}")
+        args.append(f"--probes-dir {shlex.quote(f'{R}/probes')}")
     return " ".join(args)
 
 
 rule linear_probe:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         unpack(linear_probe_inputs),
     output:

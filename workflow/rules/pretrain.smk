@@ -2,6 +2,9 @@
 # once per model of `models:` (the `model` wildcard; see electra_ds/study.py).
 # Checkpoints live in {R}/pretrain/{model}/checkpoints, which is NOT a declared output: Snakemake never
 # deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
+# snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
+# sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
+# Snakemake fills in; the linter does not list it).
 
 PT = config["pretrain"]  # the job's shape (nodes, processes, GPUs, threads) is the same for every model
 PT_TASKS = PT["nodes"] * PT["processes_per_node"]  # processes (one per GPU): the job's SLURM tasks
@@ -24,6 +27,8 @@ def pretrain_args(wildcards, input):
 
 
 rule pretrain:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         unpack(pretrain_vocab),
         shards=rules.shards.output,
@@ -61,6 +66,7 @@ rule pretrain:
         # adding --ntasks-per-gpu, which would bind each process to one GPU and hide its peers from NCCL.
         **({"gres": f"gpu:{PT['gpus_per_node']}", "tasks_per_gpu": 0} if PT["gpus_per_node"] else {}),
     shell:
+        # lint (shell uses variable PT): PT is the config's pretrain section, a value, not a file to track
         "electra-ds launch --nproc-per-node {PT[processes_per_node]:q} "
         "--nnodes {resources.nodes:q} --launcher {PT[launcher]:q} "
         "--srun {params.starter:q} --cpus-per-task {resources.cpus_per_task:q} -- "
@@ -77,11 +83,13 @@ def export_inputs(wildcards):
 def export_args(wildcards, input):
     plan = MODELS[wildcards.model]
     if plan["source"] == "scratch":  # the architecture with random weights: no pretraining to export
-        return "--scratch " + stage_args("export", pretrain=plan["pretrain"])
+        return f"--scratch {stage_args('export', pretrain=plan['pretrain'])}"
     return f"--pretrain-summary {shlex.quote(input.summary)}"
 
 
 rule export:
+    conda:
+        "../envs/electra-ds.yaml"
     input:
         unpack(export_inputs),
     output:
