@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.userfiles import load_hf_tokenizer
 
 
 def parameter_depth(name: str, n_layers: int, prefix: str = "electra") -> int:
@@ -86,7 +87,7 @@ def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratc
     """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head; with
     ``scratch`` the architecture of ``model_dir`` with random weights from torch's current seed)."""
     import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -97,7 +98,7 @@ def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratc
         kwargs.update(problem_type="single_label_classification",
                       id2label=dict(enumerate(task.labels)), label2id={s: i for i, s in enumerate(task.labels)})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_hf_tokenizer(model_dir, fix="pass the export stage's discriminator folder")
         if scratch:
             model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir, **kwargs))
         elif init_from is None:

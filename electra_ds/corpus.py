@@ -288,7 +288,7 @@ def build_documents(sources: list[dict], stats: dict, *, min_chars: int = 1, max
             s["bytes_in"] += size
             progress.update(1, size)
             text = normalise_text(raw, s)
-            if len(text) < min_chars:
+            if not text or len(text) < min_chars:  # whitespace only is no document, whatever min_chars says
                 s["too_short"] += 1
                 continue
             if max_chars and len(text) > max_chars:

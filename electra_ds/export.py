@@ -22,6 +22,8 @@ from pathlib import Path
 
 from electra_ds.errors import UserError
 from electra_ds.fileio import atomic_path, read_json
+from electra_ds.shard_format import check_tokenizer
+from electra_ds.userfiles import load_hf_tokenizer
 from electra_ds.progress import Progress
 from electra_ds.settings import add_settings
 
@@ -141,9 +143,25 @@ def run_setting(summary: dict, tag: str, name: str, before, checkpoint_dir=None)
     return before if value is None else value
 
 
+SUMMARY_FIELDS = ("tag", "model", "objective", "zero_stage", "steps")
+
+
+def read_summary(path) -> dict:
+    """The pretrain stage's summary.json; missing, empty, garbled or lacking a field it needs: a UserError."""
+    try:
+        summary = read_json(path)
+    except FileNotFoundError:
+        raise UserError("does not exist", path=path, fix="run the pretrain stage first") from None
+    missing = [k for k in SUMMARY_FIELDS if not isinstance(summary, dict) or k not in summary]
+    if missing or not isinstance(summary["model"], dict):
+        raise UserError("is not a pretraining summary", path=path, field=(missing or ["model"])[0],
+                        fix="pass the pretrain stage's summary.json (rerun pretraining if it was damaged)")
+    return summary
+
+
 def run(args, tracker) -> None:
     import torch
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
 
     from electra_ds.model import ElectraPretrainer, ModelShape, token_type_ids_for
 
@@ -152,10 +170,20 @@ def run(args, tracker) -> None:
     if not args.pretrain_summary:
         raise UserError("nothing to export", field="--pretrain-summary",
                         fix="pass the pretrain stage's summary.json, or --scratch for random weights")
-    summary = read_json(args.pretrain_summary)
+    summary = read_summary(args.pretrain_summary)
     tag = args.tag or summary["tag"]
-    shape = ModelShape(**summary["model"])
+    try:
+        shape = ModelShape(**summary["model"])
+    except TypeError as exc:
+        raise UserError(f"not a model shape ({exc})", path=args.pretrain_summary, field="model") from None
     objective = summary["objective"]
+    # what is exported belongs together: the tokenizer the shards (so the model) were made with, its vocabulary
+    check_tokenizer(summary.get("tokenizer_sha256"), args.tokenizer_dir, f"the model of {args.pretrain_summary}")
+    tokenizer = load_hf_tokenizer(args.tokenizer_dir, field="--tokenizer-dir")
+    if len(tokenizer) != shape.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} pieces, the model's vocabulary {shape.vocab_size}",
+                        path=args.tokenizer_dir, field="--tokenizer-dir",
+                        fix="pass the vocab directory the shards stage used (<results>/vocab)")
     ckpt_dir = checkpoint_dir_of(summary, args.pretrain_summary)
     with Progress(f"export: consolidating {tag}", unit="files", heartbeat=True, tracker=tracker, logger=log):
         state = consolidated_state_dict(ckpt_dir, tag, int(summary["zero_stage"]))
@@ -173,7 +201,6 @@ def run(args, tracker) -> None:
     trained = {"discriminator": nets["discriminator"] if model.discriminator is None else model.discriminator,
                "generator": model.generator}
     loaders = {"discriminator": AutoModelForPreTraining, "generator": AutoModelForMaskedLM}
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
 
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         for name, net in nets.items():
@@ -207,11 +234,10 @@ def export_scratch(args, tracker) -> None:
     import json
 
     import torch
-    from transformers import AutoTokenizer
 
     from electra_ds.model import ElectraPretrainer, ModelShape
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    tokenizer = load_hf_tokenizer(args.tokenizer_dir, field="--tokenizer-dir")
     try:
         shape = ModelShape(vocab_size=len(tokenizer), **args.model)
     except TypeError as exc:

@@ -20,6 +20,9 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from electra_ds.errors import UserError
+from electra_ds.userfiles import decode_error, parse_json_line
+
 log = logging.getLogger(__name__)
 
 
@@ -126,11 +129,15 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path) -> Iterator[dict]:
+    """The records of a JSONL file; a line that is not UTF-8 or not JSON is a UserError naming file and line."""
     path = Path(path)
-    with open_text(path, "r") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    try:
+        with open_text(path, "r") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield parse_json_line(line, path, number)
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
 
 
 def write_json(path, obj) -> None:
@@ -139,7 +146,16 @@ def write_json(path, obj) -> None:
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file; bytes that are not UTF-8 or text that is not JSON (an empty file too) are a UserError naming
+    the file, line and column. A missing file is the caller's (FileNotFoundError)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not exc.doc.strip() else f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        raise UserError(what, path=path, fix="rerun the stage that writes it") from None
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

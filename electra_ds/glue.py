@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.userfiles import decode_error
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,15 @@ def _load_local(task: Task, split: str, data_dir: Path) -> list:
     test = task.is_test(split)
     headerless = task.layout == "headerless" and not test
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=task.escapechar)
-        header = None if headerless else next(reader, None)
-        rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=task.escapechar)
+            header = None if headerless else next(reader, None)
+            rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
+    except csv.Error as exc:
+        raise UserError(f"is not a readable TSV file ({exc})", path=path, fix="use the original GLUE file") from None
     if not rows:
         what = "is empty" if header is None else "has a header but no rows"
         raise UserError(f"{what}; expected {task.name} {split} examples", path=path)

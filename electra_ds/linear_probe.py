@@ -40,6 +40,7 @@ from electra_ds.errors import UserError
 from electra_ds.fileio import read_json, write_json
 from electra_ds.glue import get_task, load_split, task_names
 from electra_ds.settings import add_settings
+from electra_ds.userfiles import load_hf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def add_arguments(p) -> None:
 def load_encoder(model_dir):
     """Tokenizer and bare encoder (``AutoModel``: the discriminator without its head) of an exported folder."""
     import transformers
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -76,7 +77,7 @@ def load_encoder(model_dir):
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_hf_tokenizer(model_dir, field="--model-dir", fix="pass the export stage's discriminator folder")
         model = AutoModel.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model or tokenizer: {exc}", path=model_dir, field="--model-dir",

@@ -94,7 +94,8 @@ def run(args, tracker) -> None:
             "offload_optimizer": trainer.offload, "temperature": args.temperature, "mask_prob": args.mask_prob,
             "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
             "flops": trainer.step * trainer.step_flops, "final_train": last_train, "final_valid": final_valid,
-            "tokens_per_example": trainer.train.max_seq_len, "seconds": clock.seconds()})
+            "tokens_per_example": trainer.train.max_seq_len, "seconds": clock.seconds(),
+            "tokenizer_sha256": trainer.train.tokenizer_sha256})  # export checks its tokenizer against it
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()  # an orderly teardown: gloo's threads otherwise race the exit
 

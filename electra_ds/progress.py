@@ -22,7 +22,6 @@ The ETA comes from the average rate since the start, on items when their total i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 from electra_ds.fileio import open_text
+from electra_ds.userfiles import decode_error, parse_json_line
 
 log = logging.getLogger("electra_ds.progress")
 
@@ -264,9 +264,12 @@ class Progress:
 def read_jsonl(path, progress: Progress):
     """The records of a JSONL file (``.gz`` too), counting documents and their bytes into ``progress``."""
 
-    with open_text(Path(path), "r") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                progress.update(1, len(line.encode("utf-8")))
-                yield record
+    try:
+        with open_text(Path(path), "r") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    record = parse_json_line(line, path, number)  # a UserError naming file and line
+                    progress.update(1, len(line.encode("utf-8")))
+                    yield record
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None

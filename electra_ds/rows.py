@@ -36,6 +36,13 @@ class StackedRows:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def parts(self, indices) -> list[int]:
+        """The files (their positions in ``files``) that hold the rows at ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        idx = idx[(idx >= 0) & (idx < len(self))]  # out of range: gather's IndexError
+        return np.unique(np.searchsorted(self.starts, idx, side="right") - 1).tolist()
+
     def gather(self, indices) -> np.ndarray:
         """The rows at ``indices`` (negative ones count from the end), as ``dtype``."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -3,7 +3,8 @@
 Each document goes to train, valid or held-out by :func:`electra_ds.splits.document_split` (held-out
 documents are skipped: they feed the probe tasks). Batches of documents are tokenized and packed on
 ``--threads`` worker processes and come back in order. A document's lines (long ones cut at sentence
-ends) are encoded with sentencepiece's batch encoder and packed like google-research/electra's
+ends) are encoded with sentencepiece's batch encoder (or the WordPiece ``tokenizer.json`` of ``vocab.tokenizer:
+wordpiece``, :class:`WordPieceEncoder`) and packed like google-research/electra's
 ``build_pretraining_dataset.py``: consecutive sentences of one document are collected up to a target
 length (``max_seq_len``, or with ``--short-seq-prob`` a random shorter one), split into segments A and
 B, truncated and written as ``[CLS] A [SEP] B [SEP]`` (``[CLS] A [SEP]`` when B is empty), right-padded
@@ -24,6 +25,7 @@ import bisect
 import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import random
 from pathlib import Path
@@ -291,12 +293,76 @@ def load_sentencepiece(tokenizer_dir):
     model = Path(tokenizer_dir) / "spm.model"
     if not model.is_file():
         raise UserError("no spm.model in the tokenizer directory", path=model, fix="run the vocab stage first")
-    sp = spm.SentencePieceProcessor(model_file=str(model))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+    except (RuntimeError, OSError) as exc:  # sentencepiece's parse error of an empty or garbled model
+        raise UserError(f"is not a sentencepiece model ({str(exc).strip() or type(exc).__name__})", path=model,
+                        fix="rerun the vocab stage") from None
     got = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.piece_to_id(SPECIAL_TOKENS[MASK_ID]))
     if got != (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID):
         raise UserError(f"special token ids {got} are not [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4", path=model,
                         fix="use a tokenizer made by the vocab stage")
     return sp
+
+
+class WordPieceEncoder:
+    """The vocab stage's WordPiece ``tokenizer.json`` with the two methods of sentencepiece's processor the packer
+    uses (``encode``, ``get_piece_size``). Ids come without [CLS]/[SEP]; a literal "[MASK]" (or other special
+    token) in the text is encoded as text, as sentencepiece treats its control symbols. Pickled as its JSON (the
+    shards workers build their own), one encoding thread per process as the sentencepiece path."""
+
+    def __init__(self, tokenizer_json):
+        self.json = Path(tokenizer_json).read_text(encoding="utf-8")
+        self._tok = None
+
+    def __getstate__(self):
+        return {"json": self.json, "_tok": None}
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            import os
+
+            from tokenizers import Tokenizer
+
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self._tok = Tokenizer.from_str(self.json)
+            self._tok.encode_special_tokens = True
+            self._tok.no_truncation()
+            self._tok.no_padding()
+        return self._tok
+
+    def encode(self, lines: list[str], num_threads: int = 1) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(lines, add_special_tokens=False)]
+
+    def get_piece_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+
+def tokenizer_file(tokenizer_dir) -> Path:
+    """The file that defines the vocabulary: ``spm.model``, else (WordPiece) ``tokenizer.json``."""
+    spm_model = Path(tokenizer_dir) / "spm.model"
+    return spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json"
+
+
+def load_encoder(tokenizer_dir):
+    """The vocab stage's encoder: sentencepiece (``spm.model``) or WordPiece (``tokenizer.json`` without
+    ``spm.model``), checked for ELECTRA's special ids."""
+    path = tokenizer_file(tokenizer_dir)
+    if path.name == "spm.model":
+        return load_sentencepiece(tokenizer_dir)
+    if not path.is_file():
+        raise UserError("no spm.model or tokenizer.json in the tokenizer directory", path=tokenizer_dir,
+                        fix="run the vocab stage first")
+    encoder = WordPieceEncoder(path)
+    if json.loads(encoder.json).get("model", {}).get("type") != "WordPiece":
+        raise UserError("tokenizer.json is neither the vocab stage's sentencepiece nor its WordPiece vocabulary",
+                        path=path, fix="use a tokenizer directory made by the vocab stage")
+    got = tuple(encoder.tok.token_to_id(t) for t in SPECIAL_TOKENS)
+    if got != (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID):
+        raise UserError(f"special token ids {got} are not [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4", path=path,
+                        fix="use a tokenizer made by the vocab stage")
+    return encoder
 
 
 def write_shards(documents: Iterable[dict], sp, out_dir: Path, *, max_seq_len: int = 128,
@@ -327,7 +393,7 @@ SETTINGS = {"shards": ("max_seq_len", "valid_fraction", "heldout_fraction", "sho
 
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="documents JSONL (dedup output)")
-    parser.add_argument("--tokenizer-dir", required=True, help="vocab stage output (spm.model)")
+    parser.add_argument("--tokenizer-dir", required=True, help="vocab stage output (spm.model, or WordPiece tokenizer.json)")
     parser.add_argument("--output-dir", required=True, help="shards directory to write")
     add_settings(parser, SETTINGS)
 
@@ -342,7 +408,7 @@ def run(args, tracker) -> None:
     _check_args(args)
     if not Path(args.input).is_file():
         raise UserError("input documents not found", path=args.input, fix="run the dedup stage first")
-    sp = load_sentencepiece(args.tokenizer_dir)
+    sp = load_encoder(args.tokenizer_dir)
     settings = {"max_seq_len": args.max_seq_len, "valid_fraction": args.valid_fraction,
                 "heldout_fraction": args.heldout_fraction, "short_seq_prob": args.short_seq_prob,
                 "seed": args.seed, "examples_per_shard": args.examples_per_shard, "packing": args.packing}
@@ -359,7 +425,7 @@ def run(args, tracker) -> None:
         index = {"format": FORMAT, "max_seq_len": args.max_seq_len, "dtype": result["dtype"],
                  "vocab_size": result["vocab_size"], "pad_id": PAD_ID, "cls_id": CLS_ID, "sep_id": SEP_ID,
                  "mask_id": MASK_ID, "seed": args.seed, "settings": settings,
-                 "tokenizer_sha256": sha256_file(Path(args.tokenizer_dir) / "spm.model"),
+                 "tokenizer_sha256": sha256_file(tokenizer_file(args.tokenizer_dir)),
                  "heldout_documents": result["heldout_documents"], "splits": result["splits"]}
         write_json(tmp / "index.json", index)
     for split, s in result["splits"].items():
