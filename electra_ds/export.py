@@ -13,10 +13,15 @@ Each exported folder gets a model card, ``README.md`` (:mod:`electra_ds.model_ca
 the model was made and loads), and a ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast``, which
 transformers 4.x and 5.x both load. :func:`push_to_hub` uploads an export to the Hugging Face Hub (the ``push``
 stage; config ``export.push_to_hub``).
+
+With MLflow tracking on, the exported discriminator is also logged as an MLflow model of the export's run
+(transformers flavor; config ``mlflow.log_model``) and registered as a new version of ``--registered-model-name``
+(config ``mlflow.registered_model_name``) when one is named: :meth:`electra_ds.tracking.StageRun.log_model`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -43,6 +48,10 @@ def add_arguments(p) -> None:
     p.add_argument("--corpus-stats", default=None,
                    help="the corpus stage's stats.json, for the model card's datasets (default: corpus/stats.json "
                         "beside the tokenizer directory, when there is one)")
+    p.add_argument("--mlflow-model", action=argparse.BooleanOptionalAction, default=True,
+                   help="log the exported discriminator as an MLflow model of this run (transformers flavor)")
+    p.add_argument("--registered-model-name", default=None,
+                   help="register the logged model as a new version of this MLflow registry model")
     add_settings(p, SETTINGS)  # used with --scratch: the architecture and the seed of its random weights
 
 
@@ -226,6 +235,12 @@ def run(args, tracker) -> None:
     tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"],
                         "embedding_sharing": sharing, "uniform_generator": uniform})
     tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})
+    _log_model(args, tracker)
+
+
+def _log_model(args, tracker) -> None:
+    if args.mlflow_model:
+        tracker.log_model(Path(args.output_dir) / "discriminator", registered_model_name=args.registered_model_name)
 
 
 def export_scratch(args, tracker) -> None:
@@ -255,6 +270,7 @@ def export_scratch(args, tracker) -> None:
         (tmp / "scratch.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote a randomly initialised model (scratch baseline) to %s", args.output_dir)
     tracker.log_params({"source": "scratch", "seed": args.seed, "model": shape.to_dict()})
+    _log_model(args, tracker)
 
 
 # -- the Hugging Face Hub ------------------------------------------------------------------------------------

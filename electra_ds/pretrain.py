@@ -24,6 +24,7 @@ from pathlib import Path
 
 from electra_ds.fileio import write_json
 from electra_ds.settings import add_settings
+from electra_ds.tracking import shards_dataset
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def _log_start(trainer, tracker) -> None:
                         "mask_prob": args.mask_prob, "objective": args.objective, "disc_weight": args.disc_weight,
                         "seed": args.seed, "device": trainer.device_type, "parameters": trainer.parameters,
                         "start_step": trainer.start_step})
+    tracker.log_input(shards_dataset(args.shards))  # the shards, by the sha256 of their index
     log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
              trainer.world, trainer.micro, trainer.accum, args.global_batch_size, trainer.zero_stage,
              trainer.precision, trainer.device_type, trainer.optimizer_name,

@@ -6,6 +6,12 @@ a :class:`StageRun` that becomes a child of that parent (``mlflow.parentRunId``)
 a stage creates a top-level run of its own. :func:`log_model_runs` adds one top-level run per model
 of a study (evaluate). Set ``ELECTRA_DS_MLFLOW=0`` to turn tracking off.
 
+Each run carries MLflow's standard tags (:func:`standard_tags`: source, user, git commit). A stage run can log
+its dataset input (:func:`shards_dataset`, the pretraining run's shards with their index's sha256), a model
+(:meth:`StageRun.log_model`: the export's discriminator, transformers flavor, registered when a registry name is
+given) and, with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true`` (config ``mlflow.system_metrics``), the machine's
+CPU, memory, disk, network and GPU use (:class:`SystemMetrics`).
+
 Tracking never blocks or kills a job: every call is bounded and the first failure turns tracking offline
 for the process (:mod:`electra_ds.tracking_store`); later calls go to a JSONL spool that
 ``electra-ds tracking-replay`` sends to MLflow later (:mod:`electra_ds.tracking_replay`). This module is the
@@ -15,9 +21,12 @@ API the stages and the Snakefile use; it re-exports the names of those two they 
 
 from __future__ import annotations
 
+import getpass
+import json
 import math
 import os
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -35,7 +44,9 @@ from electra_ds.tracking_store import (
     sqlite_path,
     tracking_uri_for,
     warn_once,
+    write_inputs,
     write_metrics,
+    write_model,
     write_model_runs,
     write_params,
     write_tags,
@@ -59,6 +70,8 @@ ENV_CONFIG_HASH = "ELECTRA_DS_CONFIG_HASH"
 ENV_GIT_COMMIT = "ELECTRA_DS_GIT_COMMIT"
 ENV_ENABLED = "ELECTRA_DS_MLFLOW"
 ENV_SPOOL = "ELECTRA_DS_MLFLOW_SPOOL"  # spool folder for pipeline-level records when no results dir is known
+ENV_SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch (config mlflow.system_metrics)
+PACKAGE_DIR = Path(__file__).resolve().parent  # a stage's commit is its code's, wherever it runs from
 
 
 def git_commit(cwd=None) -> str:
@@ -70,6 +83,98 @@ def git_commit(cwd=None) -> str:
         return (commit + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers) and no $USER
+        return "unknown"
+
+
+def standard_tags(source_name: str, commit: str | None = None) -> dict:
+    """MLflow's standard run tags, which its UI shows: ``mlflow.source.name``, ``mlflow.source.type`` (JOB under
+    SLURM, else LOCAL), ``mlflow.user`` and ``mlflow.source.git.commit`` (the commit without electra_ds.git_commit's
+    ``-dirty`` mark; left out where it is unknown)."""
+    tags = {"mlflow.source.name": source_name,
+            "mlflow.source.type": "JOB" if os.environ.get("SLURM_JOB_ID") else "LOCAL",
+            "mlflow.user": _user()}
+    commit = (commit or "").removesuffix("-dirty")
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def shards_dataset(shard_dir, context: str = "training") -> dict:
+    """A shards directory as an MLflow dataset input: name = the folder's name, source = its path, digest = the
+    sha256 of its ``index.json`` (which lists every shard's sha256), cut to the 36 characters MLflow stores; the
+    whole sha256 and the counts per split are in the profile."""
+    from electra_ds.fileio import sha256_file
+
+    shard_dir = Path(shard_dir).resolve()
+    index_path = shard_dir / "index.json"
+    digest = sha256_file(index_path)
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    profile = {"sha256": digest, "max_seq_len": index.get("max_seq_len"), "vocab_size": index.get("vocab_size")}
+    for split, info in (index.get("splits") or {}).items():
+        if isinstance(info, dict):
+            profile[split] = {k: info[k] for k in ("examples", "tokens", "documents") if k in info}
+    return {"name": shard_dir.name, "digest": digest[:36], "source_type": "local",
+            "source": json.dumps({"uri": str(shard_dir)}), "schema": None,
+            "profile": json.dumps(profile, sort_keys=True), "context": context}
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# A model upload may take longer than one call's deadline: this much more per byte (10 MB/s) plus a minute.
+MODEL_SECONDS = (60.0, 1e-7)
+
+
+class SystemMetrics:
+    """CPU, memory, disk, network and GPU (with nvidia-ml-py) use of this machine while a stage runs, sampled by
+    MLflow's own monitors every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10), averaged over
+    ``MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING`` samples (1) and logged through the stage's run as MLflow's
+    ``system/...`` metrics: bounded and spooled like every other metric. Never raises."""
+
+    def __init__(self, run: "StageRun"):
+        self.run = run
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(self.run.run_id, tracking_uri=self.run.uri)
+            self._thread = threading.Thread(target=self._loop, name="electra-ds-system-metrics", daemon=True)
+            self._thread.start()
+        except Exception as exc:  # psutil missing, ...
+            warn_once("system-metrics", f"MLflow: system metrics are off ({short_reason(exc)})")
+
+    def _loop(self) -> None:
+        interval = float(self.monitor.sampling_interval)
+        per_log = max(1, int(self.monitor.samples_before_logging))
+        step, samples = 0, 0
+        try:
+            while not self._stop.wait(interval):
+                self.monitor.collect_metrics()
+                samples += 1
+                if samples % per_log:
+                    continue
+                metrics = self.monitor.aggregate_metrics()
+                for m in self.monitor.monitors:
+                    m.clear_metrics()
+                self.run.log_metrics({f"system/{k}": v for k, v in metrics.items()}, step=step)
+                step += 1
+        except Exception as exc:
+            warn_once("system-metrics-loop", f"MLflow: system metrics stopped ({short_reason(exc)})")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)  # a logging call in flight is bounded; never wait for it here
 
 
 class _Sink:
@@ -114,10 +219,11 @@ class _Sink:
     def attach(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def send(self, fn, record: dict, what: str) -> None:
+    def send(self, fn, record: dict, what: str, timeout: float | None = None) -> None:
         """fn(client) against the store, or the record into the spool."""
         if not is_local(self.run_id) and not is_degraded(self.uri):
-            ok, _ = bounded_call(self.uri, lambda: fn(self.client()), what=what, offline_note=self.note)
+            ok, _ = bounded_call(self.uri, lambda: fn(self.client()), what=what, offline_note=self.note,
+                                 timeout=timeout)
             if ok or not is_degraded(self.uri):  # sent, or refused by a working store
                 return
         self.spool.describe(self.run_id, self.info, remote=not is_local(self.run_id))
@@ -222,6 +328,7 @@ class StageRun:
         self.wildcards = wildcards or {}
         name = self.stage + "".join(f"-{v}" for v in self.wildcards.values())
         self._sink = _Sink(self.uri, self.results_dir / SPOOL_DIRNAME, name)
+        self._system = None
 
     @property
     def spool_path(self) -> Path:
@@ -243,9 +350,11 @@ class StageRun:
             return self
         try:
             parent = os.environ.get(ENV_PARENT)
+            commit = os.environ.get(ENV_GIT_COMMIT) or git_commit(PACKAGE_DIR)
             tags = {
+                **standard_tags(f"electra-ds {self.stage}", commit),
                 "electra_ds.rule": self.stage,
-                "electra_ds.git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
+                "electra_ds.git_commit": commit,
                 "electra_ds.config_hash": os.environ.get(ENV_CONFIG_HASH, "standalone"),
                 "electra_ds.study": os.environ.get(ENV_CONFIG_HASH, "standalone"),
                 "electra_ds.kind": "stage",
@@ -257,15 +366,20 @@ class StageRun:
                 tags["mlflow.parentRunId"] = parent
             name = self.stage + "".join(f"-{v}" for v in self.wildcards.values())
             self.run_id = self._sink.start(os.environ.get(ENV_EXPERIMENT, DEFAULT_EXPERIMENT),
-                                           artifact_root_for(self.results_dir), name, tags,
+                                           artifact_root_for(self.results_dir, self.uri), name, tags,
                                            what=f"creating the run for stage {self.stage}")
         except Exception as exc:
             warn_once(f"stage:{self.uri}", f"MLflow: creating the run for stage {self.stage} failed "
                                            f"({short_reason(exc)}); continuing without it")
             self.run_id = None
+        if self.run_id and os.environ.get(ENV_SYSTEM_METRICS, "").strip().lower() in ("true", "1"):
+            self._system = SystemMetrics(self)
+            self._system.start()
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self._system is not None:
+            self._system.stop()
         if self.run_id:
             status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
             end = now_ms()
@@ -273,9 +387,9 @@ class StageRun:
                        {"op": "terminated", "status": status, "end_time": end}, what="closing the stage run")
         return False
 
-    def _send(self, fn, record: dict, what: str) -> None:
+    def _send(self, fn, record: dict, what: str, timeout: float | None = None) -> None:
         try:
-            self._sink.send(fn, record, what)
+            self._sink.send(fn, record, what, timeout=timeout)
         except Exception as exc:  # e.g. an unserialisable value: never raise into the stage
             warn_once(f"send:{self.uri}:{what}", f"MLflow: {what} failed ({short_reason(exc)}); skipped")
 
@@ -313,6 +427,26 @@ class StageRun:
         path = str(Path(path).resolve())
         self._send(lambda c: c.log_artifact(self.run_id, path, artifact_path),
                    {"op": "artifact", "path": path, "artifact_path": artifact_path}, what=f"logging artifact {path}")
+
+    def log_input(self, dataset: dict) -> None:
+        """A dataset input of the run (:func:`shards_dataset`)."""
+        if not self.run_id or not dataset:
+            return
+        self._send(lambda c: write_inputs(c, self.run_id, [dataset]), {"op": "inputs", "datasets": [dataset]},
+                   what="logging the dataset input")
+
+    def log_model(self, path, name: str = "discriminator", registered_model_name: str | None = None) -> None:
+        """The exported model folder ``path`` as an MLflow model of this run (transformers flavor), registered as a
+        new version of ``registered_model_name`` when given (:func:`electra_ds.tracking_store.write_model`). The call
+        may take a minute plus 10 MB/s of the folder's size against a working server; a dead or silent one fails
+        as fast as any other call, and the model is spooled (replay logs it from the folder)."""
+        path = Path(path).resolve()
+        if not self.run_id or not (path / "config.json").is_file():
+            return
+        model = {"path": str(path), "name": name, "registered_model_name": registered_model_name or None}
+        base, per_byte = MODEL_SECONDS
+        self._send(lambda c: write_model(c, self.run_id, model), {"op": "model", "model": model},
+                   what=f"logging the model {name}", timeout=base + per_byte * _folder_bytes(path))
 
 
 # -- model runs (evaluate) -----------------------------------------------------------------------------

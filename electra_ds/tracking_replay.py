@@ -3,10 +3,13 @@
 Once a store fails (:mod:`electra_ds.tracking_store`), every later tracking call of the process goes straight to
 a JSONL spool, ``<results_dir>/mlflow-spool/<stage>[-<wildcards>]-<pid>-<id>.jsonl`` (:class:`Spool`), one
 record per call (run creation with experiment, tags and parent, params, metrics with step and timestamp, tags,
-the end status, artifacts by path). ``electra-ds tracking-replay RESULTS_DIR [--tracking-uri URI]`` sends the
+the end status, artifacts, dataset inputs and models by path). ``electra-ds tracking-replay RESULTS_DIR [--tracking-uri URI]`` sends the
 spool to MLflow later (:func:`replay`): runs that never reached MLflow got local ids (``spool-...``) and are
 created then, children under their parent, and each replayed file is renamed to ``*.jsonl.replayed`` so a
-second replay adds nothing.
+second replay adds nothing. Every record can be sent twice without doubling anything (a replay cut off before
+it renamed its file, or a record the store took just before it died): MLflow keeps a metric logged again with
+the same step, timestamp and value once, a param or tag set to the same value, an artifact at its path and a
+dataset input per run once, and :func:`~electra_ds.tracking_store.write_model` finds a model already logged.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from electra_ds.tracking_store import (
     short_reason,
     tracking_uri_for,
     warn_once,
+    write_inputs,
     write_metrics,
+    write_model,
     write_model_runs,
     write_params,
     write_tags,
@@ -208,6 +213,14 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
                         summary["skipped"] += 1
                         continue
                     client.log_artifact(target, r["path"], r.get("artifact_path"))
+                elif op == "inputs":
+                    write_inputs(client, target, r["datasets"])
+                elif op == "model":
+                    if not (Path(r["model"]["path"]) / "config.json").is_file():
+                        log.warning("%s: model folder %s is gone; skipped", path.name, r["model"]["path"])
+                        summary["skipped"] += 1
+                        continue
+                    write_model(client, target, r["model"])
                 elif op == "model_runs":
                     parent = resolve(r.get("parent")) if r.get("parent") else None
                     write_model_runs(client, target, parent, r["study"],

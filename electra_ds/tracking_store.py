@@ -7,9 +7,11 @@ the store's URI *offline* (:func:`is_degraded`) for the rest of the process: cal
 the spool (:mod:`electra_ds.tracking_replay`) instead. A broken sqlite file (not a database, read-only) is found
 by :func:`check_store` before SQLAlchemy and alembic fail on it with pages of tracebacks.
 
-Also here: where the store and artifacts live by default (:func:`tracking_uri_for`, :func:`artifact_root_for`),
-the experiment lookup (:func:`experiment_id_for`), and the client writes shared by live tracking and replay
-(``write_params``, ``write_metrics``, ``write_tags``, ``write_model_runs``).
+Also here: where the store and artifacts live by default (:func:`tracking_uri_for`, :func:`artifact_root_for`:
+a tracking server keeps the artifacts where it was told to, ``mlflow server --artifacts-destination``), the
+experiment lookup (:func:`experiment_id_for`), and the client writes shared by live tracking and replay
+(``write_params``, ``write_metrics``, ``write_tags``, ``write_inputs``, ``write_model``, ``write_model_runs``),
+each of which can be sent twice without doubling anything.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+# Set for every store (a user's own value wins): no usage telemetry from compute nodes that have no internet,
+# no progress bars in job logs.
+MLFLOW_QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # Loggers that print retries, migrations and tracebacks while a store fails; quiet during tracking calls.
 NOISY_LOGGERS = ("urllib3", "sqlalchemy", "alembic", "mlflow")
 # Errors that mean the server answered and refused this one call: the store is fine, nothing to spool.
@@ -55,7 +60,17 @@ def tracking_uri_for(results_dir, configured: str | None = None) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
-def artifact_root_for(results_dir) -> str:
+def is_server(uri: str | None) -> bool:
+    """True for a tracking server (``http(s)://``, ``databricks``): it decides where artifacts go."""
+    return bool(uri) and uri.startswith(("http://", "https://", "databricks"))
+
+
+def artifact_root_for(results_dir, tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: ``<results_dir>/mlartifacts`` for a local store (sqlite, a
+    database URI), None for a tracking server, so that the server's own artifact store is used
+    (``mlflow server --artifacts-destination``; artifacts travel through the server)."""
+    if is_server(tracking_uri):
+        return None
     return (Path(results_dir).resolve() / "mlartifacts").as_uri()
 
 
@@ -118,6 +133,8 @@ def _timeout() -> float:
 def _prepare(uri: str):
     """Import what a call needs in this thread (an import abandoned in a worker thread would hold the import
     lock), cap MLflow's HTTP retries, and return the MlflowClient class."""
+    for key, value in MLFLOW_QUIET.items():
+        os.environ.setdefault(key, value)
     if _is_http(uri):
         for key, value in HTTP_LIMITS.items():
             os.environ.setdefault(key, value)
@@ -173,19 +190,33 @@ def client_for(uri: str):
 
 # -- bounded calls -----------------------------------------------------------------------------------
 
+_quiet_lock = threading.Lock()
+_quiet_state = {"depth": 0, "levels": None, "hold": False}
+
+
 @contextlib.contextmanager
 def _quiet():
+    """Silence NOISY_LOGGERS during tracking calls; several threads may be in calls at once (system metrics):
+    the first in saves the levels, the last out restores them. A call abandoned in its thread may still log, so
+    after one (``state["restore"] = False``) they stay quiet."""
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
+    with _quiet_lock:
+        if _quiet_state["levels"] is None:
+            _quiet_state["levels"] = [lg.level for lg in loggers]
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL + 1)
+        _quiet_state["depth"] += 1
     state = {"restore": True}
     try:
         yield state
     finally:
-        if state["restore"]:  # a call abandoned in its thread may still log: keep quiet then
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+        with _quiet_lock:
+            _quiet_state["depth"] -= 1
+            _quiet_state["hold"] = _quiet_state["hold"] or not state["restore"]
+            if _quiet_state["depth"] == 0 and not _quiet_state["hold"]:
+                for lg, level in zip(loggers, _quiet_state["levels"]):
+                    lg.setLevel(level)
+                _quiet_state["levels"] = None
 
 
 def _in_thread(fn, timeout: float):
@@ -221,12 +252,13 @@ def _transient_sqlite(exc: BaseException) -> bool:
     return not isinstance(exc, (TimeoutError, StoreUnusable)) and any(marker in text for marker in SQLITE_TRANSIENT)
 
 
-def bounded_call(uri: str, fn, *, what: str, offline_note: str = "") -> tuple:
+def bounded_call(uri: str, fn, *, what: str, offline_note: str = "", timeout: float | None = None) -> tuple:
     """Run fn() with a deadline; ``(True, result)``, or ``(False, None)`` after at most one warning per process.
 
     A failure turns the URI offline for this process (later calls return at once). A sqlite store retries
     transient errors ("database is locked") within twice the deadline; an HTTP store gets one attempt
-    (MLflow retries once inside it).
+    (MLflow retries once inside it). ``timeout``: a longer deadline for one call that moves a lot of data (a
+    model); each request in it still has MLflow's short HTTP timeout, so a dead or silent server fails as fast.
     """
     if uri in degraded_uris:
         return False, None
@@ -236,7 +268,7 @@ def bounded_call(uri: str, fn, *, what: str, offline_note: str = "") -> tuple:
         degraded_uris.add(uri)
         warn_once(uri, f"MLflow: cannot load MLflow ({short_reason(exc)}); tracking is off{offline_note}")
         return False, None
-    timeout = _timeout()
+    timeout = max(timeout or 0.0, _timeout())
     deadline = time.monotonic() + (2 * timeout if _is_sqlite(uri) else timeout)
     delay = 0.2
     while True:
@@ -304,6 +336,101 @@ def write_tags(client, run_id: str, tags: dict) -> None:
 
     if tags:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def write_inputs(client, run_id: str, datasets: list) -> None:
+    """datasets: ``{name, digest, source_type, source, schema, profile, context}`` each (:func:`dataset_record`);
+    MLflow keeps one input per dataset and run, so a second send adds nothing."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                   source=d["source"], schema=d.get("schema"), profile=d.get("profile")),
+                           tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])] if d.get("context") else [])
+              for d in datasets]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+# An exported discriminator is logged with MLflow's transformers flavor as a feature-extraction pipeline (model +
+# tokenizer): MLflow's flavor has no task for ElectraForPreTraining's replaced-token head, and feature extraction
+# runs any model (it returns the discriminator's per-token logits). ``mlflow.transformers.load_model`` gives the
+# pipeline back; ``.model`` is the ElectraForPreTraining.
+MODEL_TASK = "feature-extraction"
+MODEL_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors")
+
+
+def _requirements() -> list:
+    """The model's pip requirements, pinned to what is installed (MLflow's own guess asks for torchvision)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in MODEL_PACKAGES:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+@contextlib.contextmanager
+def _fluent_store(uri: str):
+    """MLflow's model logging reads the process-wide tracking URI: point it at ``uri`` for the call."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    before = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def write_model(client, run_id: str, model: dict) -> str:
+    """Log the exported model folder ``model["path"]`` as an MLflow model named ``model["name"]`` of the run
+    (transformers flavor; the folder's README.md as its model card), then register it as a version of
+    ``model["registered_model_name"]`` when one is named. Returns the model id. Sent twice, it finds the model the
+    run already has (READY) and the version already registered from it: nothing is doubled. A model left PENDING
+    by an interrupted attempt is marked FAILED and logged anew."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    path, name = Path(model["path"]), model["name"]
+    exp_id = client.get_run(run_id).info.experiment_id
+    model_id = None
+    for found in client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"):
+        if found.status == LoggedModelStatus.READY and model_id is None:
+            model_id = found.model_id
+        elif found.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(found.model_id, LoggedModelStatus.FAILED)
+    if model_id is None:
+        from huggingface_hub import ModelCard
+        from transformers import AutoModelForPreTraining, AutoTokenizer
+
+        card = ModelCard.load(path / "README.md") if (path / "README.md").is_file() else None
+        components = {"model": AutoModelForPreTraining.from_pretrained(path),
+                      "tokenizer": AutoTokenizer.from_pretrained(path)}
+        logged = client.create_logged_model(exp_id, name=name, source_run_id=run_id,
+                                            tags={"electra_ds.export": str(path)})
+        with _fluent_store(client.tracking_uri):
+            mlflow.transformers.log_model(components, name=name, task=MODEL_TASK, run_id=run_id,
+                                          model_id=logged.model_id, model_card=card, await_registration_for=0,
+                                          pip_requirements=_requirements())
+        if client.get_logged_model(logged.model_id).status != LoggedModelStatus.READY:
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        model_id = logged.model_id
+    registered = model.get("registered_model_name")
+    if registered and not client.search_model_versions(f"name = '{registered}' AND run_id = '{run_id}'"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(registered)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+        client.create_model_version(registered, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                    await_creation_for=0)
+    return model_id
 
 
 def write_model_runs(client, evaluate_run_id: str, parent: str | None, study: str, models: dict, ts: int,

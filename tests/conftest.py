@@ -41,6 +41,17 @@ def prepared(tmp_path_factory):
     return {"root": root, "docs": kept, "vocab": vocab, "shards": shards}
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` for the session (tests/helpers_mlflow.py): sqlite backend and artifact store in
+    tmp, a free port; a test that kills it starts it again on the same port and folders."""
+    from helpers_mlflow import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.kill()
+
+
 # -- tests never write into the checkout ---------------------------------------------------------------
 # Whatever appears under the repository during the session (outside tool caches: checkout_guard.CACHES) is
 # listed at the end; under CI (CI set, as .ci/run is run) or ELECTRA_DS_CHECKOUT_CHECK=fail it fails the session.

@@ -125,17 +125,22 @@ onerror:
 
 
 def _start_pipeline_run():
+    commit = tracking.git_commit(workflow.basedir)
+    # a tracking server (http://) keeps artifacts in its own store (mlflow server --artifacts-destination): None
     parent = tracking.start_pipeline_run(
-        TRACKING_URI, config["mlflow"]["experiment"], tracking.artifact_root_for(R),
+        TRACKING_URI, config["mlflow"]["experiment"], tracking.artifact_root_for(R, TRACKING_URI),
         run_name=f"pipeline-{CONFIG_HASH}",
-        tags={"electra_ds.config_hash": CONFIG_HASH, "electra_ds.git_commit": tracking.git_commit(workflow.basedir),
+        tags={**tracking.standard_tags(f"snakemake {workflow.main_snakefile}", commit),
+              "electra_ds.config_hash": CONFIG_HASH, "electra_ds.git_commit": commit,
               "electra_ds.results_dir": os.path.abspath(R)},
         params={"config": json.dumps(config, sort_keys=True)})
+    if config["mlflow"]["system_metrics"]:  # MLflow's own switch; the jobs' StageRun reads it
+        os.environ[tracking.ENV_SYSTEM_METRICS] = "true"
     # lint "MLFLOW_TRACKING_URI ... not asserted with envvars": set here for the jobs, never required of the user
     os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
     os.environ[tracking.ENV_EXPERIMENT] = config["mlflow"]["experiment"]
     os.environ[tracking.ENV_CONFIG_HASH] = CONFIG_HASH
-    os.environ[tracking.ENV_GIT_COMMIT] = tracking.git_commit(workflow.basedir)
+    os.environ[tracking.ENV_GIT_COMMIT] = commit
     if parent:
         os.environ[tracking.ENV_PARENT] = parent
 

@@ -80,11 +80,20 @@ def export_inputs(wildcards):
     return {"vocab": rules.vocab.output[0], "summary": f"{R}/pretrain/{wildcards.model}/summary.json"}
 
 
+def export_mlflow_args(wildcards):
+    """MLflow's copy of the export: logged as a model unless mlflow.log_model is off; the primary model's is
+    registered under mlflow.registered_model_name when one is named."""
+    if not config["mlflow"]["log_model"]:
+        return "--no-mlflow-model"
+    name = config["mlflow"]["registered_model_name"]
+    return f"--registered-model-name {shlex.quote(name)}" if name and wildcards.model == PRIMARY_MODEL else ""
+
+
 def export_args(wildcards, input):
     plan = MODELS[wildcards.model]
     if plan["source"] == "scratch":  # the architecture with random weights: no pretraining to export
-        return f"--scratch {stage_args('export', pretrain=plan['pretrain'])}"
-    return f"--pretrain-summary {shlex.quote(input.summary)}"
+        return f"--scratch {stage_args('export', pretrain=plan['pretrain'])} {export_mlflow_args(wildcards)}"
+    return f"--pretrain-summary {shlex.quote(input.summary)} {export_mlflow_args(wildcards)}"
 
 
 rule export:
