@@ -57,7 +57,7 @@ def layer_lr_groups(model, learning_rate: float, layer_decay: float, weight_deca
     return [groups[k] for k in sorted(groups)]
 
 
-OFFICIAL_HEAD_DROPOUT = 0.1  # classification_tasks.py: tf.nn.dropout(reprs, keep_prob=0.9), whatever the model's dropout
+OFFICIAL_HEAD_DROPOUT = 0.1  # classification_tasks.py: tf.nn.dropout(reprs, keep_prob=0.9), whatever the model's
 
 
 def OfficialHead(config):

@@ -2,7 +2,8 @@
 
 * ``token`` masking (the paper): round(non-special tokens x mask_prob) positions per sequence (at least one),
   never [CLS]/[SEP]/[PAD];
-* ``whole_word``: whole words (a piece starting with sentencepiece's word marker plus the pieces continuing it),
+* ``whole_word``: whole words (a piece starting with sentencepiece's word marker, or a WordPiece token that is not
+  a ``##`` continuation, plus the pieces continuing it),
   drawn until the count reaches that target, going over by less than one word;
 * ``mask_count: official``: google-research/electra's ``mask()``: counted over all real tokens, positions drawn
   with replacement, capped at int((mask_prob + 0.005) x max_seq_len).
@@ -45,6 +46,7 @@ def mask_positions(input_ids: torch.Tensor, mask_prob: float, scores: torch.Tens
 MASKINGS = ("token", "whole_word")
 MASK_COUNTS = ("exact", "official")
 WORD_MARKER = "\u2581"  # sentencepiece's word-boundary marker
+WORDPIECE_PREFIX = "##"  # WordPiece's continuation prefix (electra_ds.vocab)
 MASK_DRAWS = 3  # uniform draws per position the masking uses, the first draws of each row's stream (RowRandom)
 
 
@@ -60,13 +62,24 @@ def check_masking(masking: str, mask_count: str) -> None:
 
 
 def word_start_table(tokenizer_dir) -> torch.Tensor:
-    """(vocab_size,) bool over vocabulary ids: the pieces that start a word, i.e. begin with sentencepiece's
-    word marker "▁" (a piece that is only "▁" too: sentencepiece emits it before a word whose first characters
-    fuse with nothing, and the pieces after it continue that word). Control pieces ([PAD] [CLS] [SEP] [MASK]),
-    [UNK] and byte-fallback pieces (<0x..>, never a space) are never starts: they continue the word before."""
-    from electra_ds.shards import load_sentencepiece
+    """(vocab_size,) bool over vocabulary ids: the pieces that start a word.
 
-    sp = load_sentencepiece(tokenizer_dir)
+    sentencepiece: the pieces that begin with its word marker "▁" (a piece that is only "▁" too: sentencepiece emits
+    it before a word whose first characters fuse with nothing, and the pieces after it continue that word). Control
+    pieces ([PAD] [CLS] [SEP] [MASK]), [UNK] and byte-fallback pieces (<0x..>, never a space) are never starts: they
+    continue the word before. WordPiece (``vocab.tokenizer: wordpiece``): every token but the ``##`` continuations
+    and the four control tokens, as BERT's whole-word masking; [UNK] stands for a whole word there, so it starts one,
+    and punctuation is a word of its own (BERT's pre-tokenizer splits it off)."""
+    from electra_ds.shards import WordPieceEncoder, load_encoder
+
+    sp = load_encoder(tokenizer_dir)
+    if isinstance(sp, WordPieceEncoder):
+        table = torch.ones(sp.get_piece_size(), dtype=torch.bool)
+        for token, i in sp.tok.get_vocab().items():
+            if token.startswith(WORDPIECE_PREFIX):
+                table[i] = False
+        table[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = False
+        return table
     return torch.tensor([sp.id_to_piece(i).startswith(WORD_MARKER)
                          and not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))
                          for i in range(sp.get_piece_size())], dtype=torch.bool)

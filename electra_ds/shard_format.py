@@ -159,9 +159,15 @@ def open_split(shard_dir, split: str = "train", verify: bool = True) -> ShardedE
     return ShardedExamples(shard_dir, split, index, identities)
 
 
+def tokenizer_file(tokenizer_dir) -> Path:
+    """The file that defines the vocabulary: ``spm.model``, else (``vocab.tokenizer: wordpiece``) ``tokenizer.json``."""
+    spm_model = Path(tokenizer_dir) / "spm.model"
+    return spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json"
+
+
 def tokenizer_sha256(tokenizer_dir) -> str | None:
-    """The digest the shards index records for its tokenizer: sha256 of ``spm.model`` (None without one)."""
-    model = Path(tokenizer_dir) / "spm.model"
+    """The digest the shards index records for its tokenizer: sha256 of :func:`tokenizer_file` (None without one)."""
+    model = tokenizer_file(tokenizer_dir)
     return sha256_file(model) if model.is_file() else None
 
 
@@ -170,6 +176,6 @@ def check_tokenizer(expected: str | None, tokenizer_dir, made_with: str) -> None
     pretraining summary) ``made_with`` names; nothing to check when either has no digest (older outputs)."""
     got = tokenizer_sha256(tokenizer_dir)
     if expected and got and got != expected:
-        raise UserError(f"this is not the tokenizer {made_with} was made with (spm.model sha256 {got[:12]}..., "
-                        f"expected {expected[:12]}...)", path=Path(tokenizer_dir),
+        raise UserError(f"this is not the tokenizer {made_with} was made with ({tokenizer_file(tokenizer_dir).name} "
+                        f"sha256 {got[:12]}..., expected {expected[:12]}...)", path=Path(tokenizer_dir),
                         fix="pass the vocab directory the shards stage used (<results>/vocab)")

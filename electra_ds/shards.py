@@ -39,7 +39,7 @@ from electra_ds.errors import UserError
 from electra_ds.settings import add_settings
 from electra_ds.fileio import atomic_path, sha256_file, write_json
 from electra_ds.parallel import batched, ordered_map
-from electra_ds.shard_format import FORMAT, SPLITS
+from electra_ds.shard_format import FORMAT, SPLITS, tokenizer_file
 from electra_ds.splits import document_split
 from electra_ds import progress
 
@@ -339,12 +339,6 @@ class WordPieceEncoder:
         return self.tok.get_vocab_size()
 
 
-def tokenizer_file(tokenizer_dir) -> Path:
-    """The file that defines the vocabulary: ``spm.model``, else (WordPiece) ``tokenizer.json``."""
-    spm_model = Path(tokenizer_dir) / "spm.model"
-    return spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json"
-
-
 def load_encoder(tokenizer_dir):
     """The vocab stage's encoder: sentencepiece (``spm.model``) or WordPiece (``tokenizer.json`` without
     ``spm.model``), checked for ELECTRA's special ids."""
@@ -355,7 +349,13 @@ def load_encoder(tokenizer_dir):
         raise UserError("no spm.model or tokenizer.json in the tokenizer directory", path=tokenizer_dir,
                         fix="run the vocab stage first")
     encoder = WordPieceEncoder(path)
-    if json.loads(encoder.json).get("model", {}).get("type") != "WordPiece":
+    try:
+        kind = json.loads(encoder.json).get("model", {}).get("type")
+        encoder.tok  # parses it
+    except Exception as exc:  # json's ValueError, the tokenizers library's plain Exception
+        raise UserError(f"cannot load the tokenizer ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                        path=path, fix="rerun the vocab stage") from None
+    if kind != "WordPiece":
         raise UserError("tokenizer.json is neither the vocab stage's sentencepiece nor its WordPiece vocabulary",
                         path=path, fix="use a tokenizer directory made by the vocab stage")
     got = tuple(encoder.tok.token_to_id(t) for t in SPECIAL_TOKENS)
@@ -393,7 +393,8 @@ SETTINGS = {"shards": ("max_seq_len", "valid_fraction", "heldout_fraction", "sho
 
 def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="documents JSONL (dedup output)")
-    parser.add_argument("--tokenizer-dir", required=True, help="vocab stage output (spm.model, or WordPiece tokenizer.json)")
+    parser.add_argument("--tokenizer-dir", required=True,
+                        help="vocab stage output (spm.model, or WordPiece's tokenizer.json)")
     parser.add_argument("--output-dir", required=True, help="shards directory to write")
     add_settings(parser, SETTINGS)
 

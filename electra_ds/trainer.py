@@ -73,7 +73,9 @@ def load_word_starts(args, shard_dir, vocab_size: int):
     from electra_ds.fileio import read_json, sha256_file
     from electra_ds.masking import word_start_table
 
-    spm_model = Path(args.tokenizer_dir) / "spm.model"
+    from electra_ds.shard_format import tokenizer_file
+
+    spm_model = tokenizer_file(args.tokenizer_dir)  # spm.model, or WordPiece's tokenizer.json
     expected = read_json(Path(shard_dir) / "index.json").get("tokenizer_sha256")
     if expected and spm_model.is_file() and sha256_file(spm_model) != expected:
         raise UserError("this is not the vocabulary the shards were made with", path=spm_model,

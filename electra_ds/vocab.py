@@ -1,4 +1,4 @@
-"""Vocab stage: train a sentencepiece vocabulary and save it as a Hugging Face tokenizer directory.
+"""Vocab stage: train a sentencepiece (or WordPiece) vocabulary and save it as a Hugging Face tokenizer directory.
 
 The sentencepiece model uses ELECTRA's special ids ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; the
 last four besides [UNK] are control symbols that plain text never produces). It is converted with
@@ -9,6 +9,12 @@ with ``save_pretrained`` next to ``spm.model``/``spm.vocab`` and ``vocab_stats.j
 Training sentences are the documents' lines (long lines cut at sentence ends), sampled by reservoir
 sampling with ``--seed``; about 2% of the lines are held out to measure coverage, the unknown-token
 rate, pieces per word and agreement of the fast tokenizer with sentencepiece.
+
+``--tokenizer wordpiece`` is the paper's kind of vocabulary (BERT's uncased WordPiece): lower-cased, accents
+stripped, BERT's pre-tokenizer (whitespace and punctuation), ``##`` continuations; trained with the ``tokenizers``
+library on the same sample, or loaded from a given ``vocab.txt`` (``--vocab-file``, e.g. BERT's uncased 30522),
+whose five special tokens are moved to ELECTRA's ids 0-4 (the other tokens keep their order). The directory then
+holds ``tokenizer.json`` (the shards stage encodes with it), ``vocab.txt`` in that id order, and no ``spm.model``.
 """
 
 from __future__ import annotations
@@ -121,8 +127,6 @@ def train_sentencepiece(lines: list[str], model_prefix: Path, *, vocab_size: int
 
 def fast_tokenizer_from_spm(model_file: Path):
     """A transformers fast tokenizer (``tokenizers`` backend) that encodes like the sentencepiece model."""
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
     proto = import_protobuf().ModelProto()
@@ -131,7 +135,15 @@ def fast_tokenizer_from_spm(model_file: Path):
         vocab = [(p.piece, p.score) for p in proto.pieces]
     else:  # bpe: piece -> id; merges follow the piece scores
         vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    return _hf_tokenizer(SpmConverter.build_tokenizer_from_spm_proto(proto, vocab))
+
+
+def _hf_tokenizer(backend):
+    """A ``tokenizers`` backend as a transformers fast tokenizer with BERT's ``[CLS] A [SEP] B [SEP]`` templates
+    (token type ids) and ELECTRA's special tokens."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
     backend.post_processor = TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
@@ -139,6 +151,86 @@ def fast_tokenizer_from_spm(model_file: Path):
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask,
         model_max_length=MODEL_MAX_LENGTH, model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+# -- WordPiece (the paper's BERT uncased vocabulary) -------------------------------------------------------------
+WORDPIECE_PREFIX = "##"
+
+
+def _wordpiece_backend(vocab: dict | None = None):
+    """BERT's uncased pipeline: clean text, split CJK characters, lower-case and strip accents, split on whitespace
+    and punctuation, then WordPiece with ``##`` continuations (a word it cannot spell is one [UNK])."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    unk = SPECIAL_TOKENS[UNK_ID]
+    model = (models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix=WORDPIECE_PREFIX) if vocab
+             else models.WordPiece(unk_token=unk, continuing_subword_prefix=WORDPIECE_PREFIX))
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
+                                                    lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix=WORDPIECE_PREFIX)
+    return backend
+
+
+def train_wordpiece(lines: list[str], vocab_size: int):
+    """A WordPiece ``tokenizers`` backend trained on ``lines``; the special tokens take ids 0-4."""
+    from tokenizers import trainers
+
+    backend = _wordpiece_backend()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                        continuing_subword_prefix=WORDPIECE_PREFIX, show_progress=False)
+    backend.train_from_iterator(lines, trainer, length=len(lines))
+    return backend
+
+
+def load_wordpiece_vocab(path):
+    """The WordPiece backend of a BERT-style ``vocab.txt`` (one token a line), with [PAD] [UNK] [CLS] [SEP] [MASK]
+    moved to ids 0-4 and the other tokens in the file's order after them; UserError for a file that lacks one of
+    them or repeats a token."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("vocabulary file not found", path=path, field="vocab.vocab_file",
+                        fix="point vocab.vocab_file at a BERT-style vocab.txt (one token a line)")
+    tokens = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise UserError(f"has no {' '.join(missing)}", path=path, field="vocab.vocab_file",
+                        fix=f"use a vocab.txt with all of {' '.join(SPECIAL_TOKENS)} (BERT's has them)")
+    if len(set(tokens)) != len(tokens):
+        repeated = next(t for t in tokens if tokens.count(t) > 1)
+        raise UserError(f"repeats the token {repeated!r}", path=path, field="vocab.vocab_file",
+                        fix="one token a line, each once")
+    order = list(SPECIAL_TOKENS) + [t for t in tokens if t not in SPECIAL_TOKENS]
+    return _wordpiece_backend({token: i for i, token in enumerate(order)})
+
+
+def fast_tokenizer_from_wordpiece(backend):
+    """A transformers fast tokenizer of a WordPiece backend; the special tokens are never split or normalised."""
+    from tokenizers import AddedToken
+
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return _hf_tokenizer(backend)
+
+
+def wordpiece_statistics(backend, lines: list[str]) -> dict:
+    """As :func:`vocab_statistics` for WordPiece: coverage (non-space characters not inside [UNK] words), the
+    unknown-token rate and pieces per word (whitespace words)."""
+    chars = unk_chars = pieces = unk_pieces = words = 0
+    for line, encoded in zip(lines, backend.encode_batch(lines, add_special_tokens=False)):
+        words += len(line.split())
+        chars += sum(not c.isspace() for c in line)
+        pieces += len(encoded.ids)
+        for token_id, (start, end) in zip(encoded.ids, encoded.offsets):
+            if token_id == UNK_ID:
+                unk_pieces += 1
+                unk_chars += sum(not c.isspace() for c in line[start:end])
+    return {
+        "coverage": 1 - unk_chars / chars if chars else 0.0,
+        "unknown_token_rate": unk_pieces / pieces if pieces else 0.0,
+        "pieces_per_word": pieces / words if words else 0.0,
+        "eval_lines": len(lines),
+    }
 
 
 def vocab_statistics(sp, lines: list[str], threads: int = 1) -> dict:
@@ -169,7 +261,8 @@ def fast_agreement(sp, tokenizer, lines: list[str], threads: int = 1) -> float:
     return sum(a == b for a, b in zip(ours, theirs)) / len(lines)
 
 
-SETTINGS = {"vocab": ("vocab_size", "model_type", "sample_sentences", "character_coverage", "byte_fallback", "threads"),
+SETTINGS = {"vocab": ("tokenizer", "vocab_file", "vocab_size", "model_type", "sample_sentences", "character_coverage",
+                      "byte_fallback", "threads"),
             "": ("seed",)}
 
 
@@ -187,8 +280,11 @@ def run(args, tracker) -> None:
     if args.vocab_size <= len(SPECIAL_TOKENS):
         raise UserError(f"--vocab-size {args.vocab_size} is too small", field="vocab.vocab_size",
                         fix="use a few thousand (ELECTRA uses 30522)")
-    params = {k: getattr(args, k) for k in ("vocab_size", "model_type", "sample_sentences", "character_coverage",
-                                            "byte_fallback", "seed", "threads")}
+    if args.vocab_file and args.tokenizer != "wordpiece":
+        raise UserError("vocab.vocab_file is a WordPiece vocabulary", field="vocab.vocab_file",
+                        fix="set vocab.tokenizer: wordpiece, or leave vocab_file null to train sentencepiece")
+    params = {k: getattr(args, k) for k in ("tokenizer", "vocab_file", "vocab_size", "model_type", "sample_sentences",
+                                            "character_coverage", "byte_fallback", "seed", "threads")}
     tracker.log_params(params)
 
     with progress.Progress("vocab: sampling lines", unit="docs", total_bytes=progress.file_bytes(args.input),
@@ -197,6 +293,9 @@ def run(args, tracker) -> None:
                                                  args.seed)
     if not train:
         raise UserError("no text lines to train on", path=args.input, fix="check the corpus and dedup outputs")
+    if args.tokenizer == "wordpiece":
+        _write_wordpiece(args, tracker, params, train, heldout, total)
+        return
     log.info("training %s vocab of %d on %d of %d lines", args.model_type, args.vocab_size, len(train), total)
     with atomic_path(args.output_dir, is_dir=True) as tmp:
         train_sentencepiece(train, tmp / "spm", vocab_size=args.vocab_size, model_type=args.model_type,
@@ -222,3 +321,31 @@ def run(args, tracker) -> None:
     log.info("vocab %d: coverage %.5f, unk rate %.5f, %.2f pieces/word, fast agreement %.4f -> %s",
              stats["vocab_size"], stats["coverage"], stats["unknown_token_rate"],
              stats["pieces_per_word"], stats["fast_tokenizer_agreement"], args.output_dir)
+
+
+def _write_wordpiece(args, tracker, params: dict, train: list, heldout: list, total: int) -> None:
+    """The WordPiece directory: tokenizer.json + tokenizer_config.json (AutoTokenizer), vocab.txt, vocab_stats.json."""
+    if args.vocab_file:
+        log.info("loading the WordPiece vocabulary %s", args.vocab_file)
+        backend = load_wordpiece_vocab(args.vocab_file)
+    else:
+        log.info("training a WordPiece vocab of %d on %d of %d lines", args.vocab_size, len(train), total)
+        with Progress(f"vocab: training WordPiece (vocab {args.vocab_size})", unit="lines", heartbeat=True,
+                      logger=log):
+            backend = train_wordpiece(train, args.vocab_size)
+    got = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
+    if got != list(range(len(SPECIAL_TOKENS))):
+        raise RuntimeError(f"WordPiece special token ids {got}, expected 0-4")
+    with atomic_path(args.output_dir, is_dir=True) as tmp:
+        tokenizer = fast_tokenizer_from_wordpiece(backend)
+        tokenizer.save_pretrained(str(tmp))
+        backend.model.save(str(tmp))  # vocab.txt, in id order
+        eval_lines = heldout or train[:MAX_HELDOUT_LINES]
+        stats = {**params, "vocab_size": backend.get_vocab_size(), "training_lines": len(train), "total_lines": total,
+                 "eval_on": "heldout" if heldout else "training sample", **wordpiece_statistics(backend, eval_lines)}
+        (tmp / "vocab_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tracker.log_metrics({k: v for k, v in stats.items()
+                         if isinstance(v, (int, float)) and (k not in params or k == "vocab_size")})
+    tracker.log_artifact(Path(args.output_dir) / "vocab_stats.json")
+    log.info("WordPiece vocab %d: coverage %.5f, unk rate %.5f, %.2f pieces/word -> %s", stats["vocab_size"],
+             stats["coverage"], stats["unknown_token_rate"], stats["pieces_per_word"], args.output_dir)

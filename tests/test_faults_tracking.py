@@ -237,3 +237,147 @@ def test_broken_sqlite_store_gives_one_warning_line(tracked, tmp_path, fault):
     assert len(lines) == 1 and lines[0].startswith("MLflow:"), out.stderr
     assert "Traceback" not in out.stderr
     assert len(_spooled(tmp_path)) == 1 + 1 + 5 + 1  # run, params, metrics, terminated
+
+
+# ---- a real tracking server that dies and returns ------------------------------------------------------
+
+def _wait_for(what, check, proc, timeout=300):
+    """Poll check() until it is true; fail when the job ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        assert proc.poll() is None, f"the job ended before {what}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def _stage_runs(client, rule):
+    exp = client.get_experiment_by_name("server-faults")
+    return client.search_runs([exp.experiment_id], f"tags.`electra_ds.rule` = '{rule}'") if exp else []
+
+
+def _job(args, results, server, log):
+    env = {**os.environ, "ELECTRA_DS_MLFLOW": "1", "MLFLOW_TRACKING_URI": server.url, "DS_ACCELERATOR": "cpu",
+           tracking.ENV_EXPERIMENT: "server-faults", tracking.ENV_PARENT: "", tracking.ENV_CONFIG_HASH: "faults"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "electra_ds", *map(str, args), "--results-dir", str(results)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _finish(proc, log, killed_at):
+    assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    warnings = [line for line in text.splitlines() if "MLflow:" in line]
+    assert len(warnings) == 1 and "tracking-replay" in warnings[0], warnings
+    assert "Traceback" not in text
+    return time.monotonic() - killed_at
+
+
+def _histories(client, run_id):
+    """Every metric of the run: key -> sorted [(step, value, timestamp)]."""
+    return {key: sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics}
+
+
+def _server_state(client, server):
+    """What the server holds for the two jobs, as comparable values."""
+    state = {}
+    for rule in ("pretrain", "finetune"):
+        [run] = _stage_runs(client, rule)
+        state[rule] = {"id": run.info.run_id, "status": run.info.status, "params": run.data.params,
+                       "metrics": _histories(client, run.info.run_id),
+                       "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+                       "inputs": [(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs]}
+    state["stored_files"] = sorted(str(p.relative_to(server.artifacts)) for p in server.artifacts.rglob("*")
+                                   if p.is_file())
+    return state
+
+
+@pytest.mark.slow  # about 60 s: a tiny pretraining and a fine-tuning job, two restarts of the server
+def test_server_killed_mid_pretraining_and_mid_finetuning_then_replay_loses_and_doubles_nothing(
+        mlflow_server, prepared, tmp_path):
+    """SIGKILL of a real mlflow server (and its worker) in the middle of a pretraining run, then (restarted) in
+    the middle of a fine-tuning job: both jobs end normally with one warning line each; after the server returns,
+    tracking-replay leaves it holding every param, metric (the same count and values as the jobs' own logs) and
+    artifact, and a second replay of the same spool changes nothing."""
+    import hashlib
+    import shutil
+
+    from electra_ds.cli import main
+    from helpers_models import build_tiny_model_dir
+    from test_faults_pretrain import args_for
+    from test_finetune import _write_probes
+
+    server, client = mlflow_server, mlflow_server.client()
+    results = tmp_path / "results"
+
+    # 1. pretraining: the server dies after the first logged steps
+    out = results / "pretrain"
+    pretrain = _job(args_for(prepared, out, steps=40, extra=("--checkpoint-every", "20")), results, server,
+                    tmp_path / "pretrain.log")
+    _wait_for("logged training step", lambda: any("train/loss" in r.data.metrics
+                                                   for r in _stage_runs(client, "pretrain")), pretrain)
+    server.kill()
+    killed = time.monotonic()
+    assert _finish(pretrain, tmp_path / "pretrain.log", killed) < 120
+
+    # 2. fine-tuning: the server is back, and dies once the job's run exists
+    server.start()
+    model = build_tiny_model_dir(tmp_path / "tiny", ["The cat sat on the mat.", "A dog barked at the moon."] * 20,
+                                 vocab_size=120)
+    _write_probes(tmp_path / "probes")
+    ft_out = results / "finetune"
+    finetune = _job(["finetune", "--model-dir", model, "--task", "probe-acceptability", "--seed", "1",
+                     "--output-dir", ft_out, "--data-dir", tmp_path / "probes", "--epochs", "3", "--threads", "1",
+                     "--max-length", "64"], results, server, tmp_path / "finetune.log")
+    _wait_for("fine-tuning run", lambda: _stage_runs(client, "finetune"), finetune)
+    server.kill()
+    killed = time.monotonic()
+    assert _finish(finetune, tmp_path / "finetune.log", killed) < 120
+
+    spool = results / "mlflow-spool"
+    pending = sorted(spool.glob("*.jsonl"))
+    assert [p.name.split("-")[0] for p in pending] == ["finetune", "pretrain"]  # both jobs spooled something
+
+    # 3. the server returns: replay, then replay the same records again
+    server.start()
+    keep = tmp_path / "spool-copy"
+    shutil.copytree(spool, keep)
+    assert main(["tracking-replay", str(results)]) == 0
+    state = _server_state(client, server)
+    for path in pending:  # as if the first replay had stopped before marking its files done
+        shutil.copy(keep / path.name, path)
+    assert main(["tracking-replay", str(results)]) == 0
+    assert _server_state(client, server) == state
+
+    # nothing lost: the jobs' own records, every one, and nothing else twice
+    pre = state["pretrain"]
+    assert pre["status"] == "FINISHED"
+    expected = {}
+    for rec in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()):
+        for key, value in rec.items():
+            if key not in ("split", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(f"{rec['split']}/{key}", []).append((rec["step"], float(value)))
+    assert len(expected["train/loss"]) == 40
+    for key, points in expected.items():
+        assert [(s, v) for s, v, _ in pre["metrics"][key]] == sorted(points), key
+    for key, points in pre["metrics"].items():
+        assert len({(s, t) for s, _, t in points}) == len(points), f"{key} logged twice"
+    assert {k: pre["params"][k] for k in ("max_steps", "start_step", "learning_rate")} == \
+        {"max_steps": "40", "start_step": "0", "learning_rate": "0.003"}
+    index_sha = hashlib.sha256((prepared["shards"] / "index.json").read_bytes()).hexdigest()
+    assert pre["inputs"] == [("shards", index_sha[:36])]
+
+    ft = state["finetune"]
+    metrics = json.loads((ft_out / "metrics.json").read_text())
+    assert ft["status"] == "FINISHED"
+    assert {k: ft["params"][k] for k in ("task", "seed", "epochs")} == \
+        {"task": "probe-acceptability", "seed": "1", "epochs": "3"}
+    assert [(s, v) for s, v, _ in ft["metrics"]["train_loss"]] == [(h["epoch"], h["train_loss"])
+                                                                    for h in metrics["history"]]
+    assert [v for _, v, _ in ft["metrics"]["main"]] == [metrics["main"]]
+    assert ft["artifacts"] == ["metrics.json"]
+    [stored] = [server.artifacts / p for p in state["stored_files"] if p.endswith("metrics.json")]
+    assert stored.read_bytes() == (ft_out / "metrics.json").read_bytes()
+    assert not (results / "mlartifacts").exists()

@@ -275,7 +275,7 @@ def test_checksum_corruption_is_detected(shards, tmp_path):
 def test_missing_tokenizer_is_a_user_error(tmp_path, capsys):
     msg = cli_error(capsys, "shards", "--input", demo_documents(), "--tokenizer-dir", tmp_path / "novocab",
                     "--output-dir", tmp_path / "out")
-    assert str(tmp_path / "novocab" / "spm.model") in msg and "vocab stage" in msg
+    assert str(tmp_path / "novocab") in msg and "spm.model or tokenizer.json" in msg and "vocab stage" in msg
     assert not (tmp_path / "out").exists()
 
 

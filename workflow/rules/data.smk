@@ -118,7 +118,8 @@ rule vocab:
     conda:
         "../envs/electra-ds.yaml"
     input:
-        rules.dedup.output.docs,
+        docs=rules.dedup.output.docs,
+        vocab_file=config["vocab"]["vocab_file"] or [],  # vocab.tokenizer wordpiece: a given vocab.txt
     output:
         directory(f"{R}/vocab"),
     params:
@@ -135,7 +136,7 @@ rule vocab:
     shell:
         # vocab.threads as configured, not {threads} (which --cores may lower): sentencepiece's model depends on
         # its thread count, and the vocabulary must depend on the config only
-        "electra-ds vocab --input {input:q} --output-dir {output:q} {params.settings} "
+        "electra-ds vocab --input {input.docs:q} --output-dir {output:q} {params.settings} "
         "--rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
