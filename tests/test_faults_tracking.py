@@ -14,6 +14,7 @@ import time
 import pytest
 
 from electra_ds import tracking
+from electra_ds.tracking_store import MLFLOW_QUIET
 
 BOUND_S = 20  # the call deadline is 15 s; a little slack for a loaded machine
 
@@ -23,7 +24,7 @@ def tracked(monkeypatch):
     """Tracking on, MLflow's HTTP settings as a user would have them (unset), a clean failure state."""
     monkeypatch.setenv("ELECTRA_DS_MLFLOW", "1")
     for name in ("MLFLOW_TRACKING_URI", tracking.ENV_PARENT, tracking.ENV_SPOOL, tracking.ENV_TIMEOUT,
-                 tracking.ENV_EXPERIMENT, tracking.ENV_CONFIG_HASH, *tracking.HTTP_LIMITS):
+                 tracking.ENV_EXPERIMENT, tracking.ENV_CONFIG_HASH, *tracking.HTTP_LIMITS, *MLFLOW_QUIET):
         monkeypatch.setenv(name, "x")  # so that monkeypatch removes what tracking sets in os.environ
         monkeypatch.delenv(name)
     monkeypatch.setenv(tracking.ENV_GIT_COMMIT, "deadbeef")
@@ -296,7 +297,7 @@ def _server_state(client, server):
 
 @pytest.mark.slow  # about 60 s: a tiny pretraining and a fine-tuning job, two restarts of the server
 def test_server_killed_mid_pretraining_and_mid_finetuning_then_replay_loses_and_doubles_nothing(
-        mlflow_server, prepared, tmp_path):
+        tracked, mlflow_server, prepared, tmp_path):
     """SIGKILL of a real mlflow server (and its worker) in the middle of a pretraining run, then (restarted) in
     the middle of a fine-tuning job: both jobs end normally with one warning line each; after the server returns,
     tracking-replay leaves it holding every param, metric (the same count and values as the jobs' own logs) and
@@ -311,45 +312,54 @@ def test_server_killed_mid_pretraining_and_mid_finetuning_then_replay_loses_and_
 
     server, client = mlflow_server, mlflow_server.client()
     results = tmp_path / "results"
+    jobs = []
+    try:
+        # 1. pretraining: the server dies after the first logged steps
+        out = results / "pretrain"
+        pretrain = _job(args_for(prepared, out, steps=40, extra=("--checkpoint-every", "20")), results, server,
+                        tmp_path / "pretrain.log")
+        jobs.append(pretrain)
+        _wait_for("logged training step", lambda: any("train/loss" in r.data.metrics
+                                                       for r in _stage_runs(client, "pretrain")), pretrain)
+        server.kill()
+        killed = time.monotonic()
+        assert _finish(pretrain, tmp_path / "pretrain.log", killed) < 120
 
-    # 1. pretraining: the server dies after the first logged steps
-    out = results / "pretrain"
-    pretrain = _job(args_for(prepared, out, steps=40, extra=("--checkpoint-every", "20")), results, server,
-                    tmp_path / "pretrain.log")
-    _wait_for("logged training step", lambda: any("train/loss" in r.data.metrics
-                                                   for r in _stage_runs(client, "pretrain")), pretrain)
-    server.kill()
-    killed = time.monotonic()
-    assert _finish(pretrain, tmp_path / "pretrain.log", killed) < 120
+        # 2. fine-tuning: the server is back, and dies once the job's run exists
+        server.start()
+        model = build_tiny_model_dir(tmp_path / "tiny", ["The cat sat on the mat.", "A dog barked at the moon."] * 20,
+                                     vocab_size=120)
+        _write_probes(tmp_path / "probes")
+        ft_out = results / "finetune"
+        finetune = _job(["finetune", "--model-dir", model, "--task", "probe-acceptability", "--seed", "1",
+                         "--output-dir", ft_out, "--data-dir", tmp_path / "probes", "--epochs", "3", "--threads", "1",
+                         "--max-length", "64"], results, server, tmp_path / "finetune.log")
+        jobs.append(finetune)
+        _wait_for("fine-tuning run", lambda: _stage_runs(client, "finetune"), finetune)
+        server.kill()
+        killed = time.monotonic()
+        assert _finish(finetune, tmp_path / "finetune.log", killed) < 120
 
-    # 2. fine-tuning: the server is back, and dies once the job's run exists
-    server.start()
-    model = build_tiny_model_dir(tmp_path / "tiny", ["The cat sat on the mat.", "A dog barked at the moon."] * 20,
-                                 vocab_size=120)
-    _write_probes(tmp_path / "probes")
-    ft_out = results / "finetune"
-    finetune = _job(["finetune", "--model-dir", model, "--task", "probe-acceptability", "--seed", "1",
-                     "--output-dir", ft_out, "--data-dir", tmp_path / "probes", "--epochs", "3", "--threads", "1",
-                     "--max-length", "64"], results, server, tmp_path / "finetune.log")
-    _wait_for("fine-tuning run", lambda: _stage_runs(client, "finetune"), finetune)
-    server.kill()
-    killed = time.monotonic()
-    assert _finish(finetune, tmp_path / "finetune.log", killed) < 120
+        spool = results / "mlflow-spool"
+        pending = sorted(spool.glob("*.jsonl"))
+        assert [p.name.split("-")[0] for p in pending] == ["finetune", "pretrain"]  # both jobs spooled something
 
-    spool = results / "mlflow-spool"
-    pending = sorted(spool.glob("*.jsonl"))
-    assert [p.name.split("-")[0] for p in pending] == ["finetune", "pretrain"]  # both jobs spooled something
-
-    # 3. the server returns: replay, then replay the same records again
-    server.start()
-    keep = tmp_path / "spool-copy"
-    shutil.copytree(spool, keep)
-    assert main(["tracking-replay", str(results)]) == 0
-    state = _server_state(client, server)
-    for path in pending:  # as if the first replay had stopped before marking its files done
-        shutil.copy(keep / path.name, path)
-    assert main(["tracking-replay", str(results)]) == 0
-    assert _server_state(client, server) == state
+        # 3. the server returns: replay, then replay the same records again
+        server.start()
+        keep = tmp_path / "spool-copy"
+        shutil.copytree(spool, keep)
+        assert main(["tracking-replay", str(results)]) == 0
+        state = _server_state(client, server)
+        for path in pending:  # as if the first replay had stopped before marking its files done
+            shutil.copy(keep / path.name, path)
+        assert main(["tracking-replay", str(results)]) == 0
+        assert _server_state(client, server) == state
+    finally:  # no job left behind; the session's server runs again for the tests after this one
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+        if server.proc is None:
+            server.start()
 
     # nothing lost: the jobs' own records, every one, and nothing else twice
     pre = state["pretrain"]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from electra_ds import tracking
+from electra_ds.tracking_store import MLFLOW_QUIET
 
 
 def _stage_job(uri, parent, i, n_steps):
@@ -90,9 +91,10 @@ def to_server(mlflow_server, monkeypatch):
     """Tracking on, to the session's server (MLflow's own calls too), with what a pipeline would export unset."""
     monkeypatch.setenv("ELECTRA_DS_MLFLOW", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-    for name in (tracking.ENV_PARENT, tracking.ENV_GIT_COMMIT, tracking.ENV_CONFIG_HASH,
-                 tracking.ENV_SYSTEM_METRICS, "SLURM_JOB_ID"):
-        monkeypatch.delenv(name, raising=False)
+    for name in (tracking.ENV_PARENT, tracking.ENV_GIT_COMMIT, tracking.ENV_CONFIG_HASH, tracking.ENV_SYSTEM_METRICS,
+                 "SLURM_JOB_ID", *tracking.HTTP_LIMITS, *MLFLOW_QUIET):
+        monkeypatch.setenv(name, "x")  # so that monkeypatch removes what tracking sets in os.environ
+        monkeypatch.delenv(name)
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "server")
     tracking.reset()
     yield mlflow_server
