@@ -211,7 +211,9 @@ def run(args, tracker) -> None:
                "generator": model.generator}
     loaders = {"discriminator": AutoModelForPreTraining, "generator": AutoModelForMaskedLM}
 
-    with atomic_path(args.output_dir, is_dir=True) as tmp:
+    from electra_ds.diskspace import module_bytes
+
+    with atomic_path(args.output_dir, is_dir=True, needed=module_bytes(*nets.values())) as tmp:
         for name, net in nets.items():
             net.save_pretrained(tmp / name, safe_serialization=True)
             save_tokenizer(tokenizer, tmp / name)

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, is_dir: bool = False):
+def atomic_path(path, *, is_dir: bool = False, needed: int | None = None):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A write that fails for want of space ends as one UserError naming ``path``, the space it needed (``needed``
+    bytes where the writer knows it, else more than what was written) and what is free (electra_ds.diskspace).
 
     A temporary of the same output left by a run that was killed (SIGKILL, OOM, node failure: no cleanup ran)
     is removed first. One output is only ever written by one job at a time (Snakemake, and the results
@@ -45,11 +48,17 @@ def atomic_path(path, *, is_dir: bool = False):
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        from electra_ds.diskspace import full_disk_error, tree_bytes, write_failure
+
+        written = tree_bytes(tmp) if write_failure(exc) else 0
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        error = full_disk_error(exc, path, needed=needed, written=written)
+        if error is not None:
+            raise error from None
         raise
 
 
