@@ -38,6 +38,9 @@ _NLI2 = ("entailment", "not_entailment")
 _BINARY = ("0", "1")
 REGRESSION_RANGE = (0.0, 5.0)  # STS-B similarity scores
 GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")  # the GLUE score: 8 tasks, no WNLI
+# finetune.init_from_mnli: the tasks the ELECTRA paper (appendix, GLUE test-set recipe) starts from the MNLI model:
+# RTE and STS-B, RTE with a lower learning rate (2e-5). RoBERTa's recipe also starts MRPC from MNLI; ELECTRA's does not.
+MNLI_INIT_TASKS = ("rte", "stsb")
 
 
 @dataclass(frozen=True)

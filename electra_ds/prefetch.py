@@ -52,7 +52,7 @@ def plan(config: dict) -> list[dict]:
     """The Hub datasets a (validated, defaults filled) config reads: one item per corpus source of type ``hf``
     and per GLUE task fine-tuned from the Hub (MNLI too when RTE/MRPC/STS-B start from it), each with the config
     field it comes from."""
-    from electra_ds.glue import get_task
+    from electra_ds.glue import MNLI_INIT_TASKS, get_task
 
     items: list[dict] = []
     for i, src in enumerate(config.get("corpus", {}).get("sources") or []):
@@ -64,7 +64,7 @@ def plan(config: dict) -> list[dict]:
     if not ft.get("glue_dir"):
         tasks = [get_task(t) for t in ft.get("tasks") or []]
         names = [t.hub_config for t in tasks if not t.is_probe and t.hub_config]
-        if ft.get("init_from_mnli") and {"rte", "mrpc", "stsb"} & set(names):
+        if ft.get("init_from_mnli") and set(MNLI_INIT_TASKS) & set(names):
             names.append("mnli")  # the MNLI job runs for them even when mnli is not in tasks
         hub_id = ft.get("hub_id") or "nyu-mll/glue"
         for name in dict.fromkeys(names):

@@ -229,3 +229,30 @@ def test_paper_presets_choose_the_official_finetuning_recipe():
         ft = yaml.safe_load((REPO / "config" / "presets" / f"{name}.yaml").read_text())["finetune"]
         assert (ft["optimizer"], ft["schedule"], ft["loss_reduction"], ft["head"]) == (
             "adam_no_bias_correction", "official", "sum", "official"), name
+
+
+def test_paper_mnli_start_rte_and_stsb_with_rte_at_2e_5(tmp_path):
+    """The electra-small plan with init_from_mnli: RTE and STS-B start from MNLI (the paper's appendix), MRPC does
+    not (RoBERTa's recipe); RTE runs at 2e-5, its --learning-rate after the settings' (argparse keeps the last);
+    every job gets the preset's official optimizer, schedule, reduction and head."""
+    import shlex
+
+    from helpers import REPO
+    from helpers_slurm import slurm_jobs
+
+    override = tmp_path / "override.yaml"
+    override.write_text("finetune: {tasks: [rte, mrpc, stsb], seeds: [1], init_from_mnli: true}\n")
+    jobs = {j["wildcards"].get("task"): shlex.split(j["shell"]) for j in
+            slurm_jobs(tmp_path, REPO / "config/presets/electra-small.yaml", override) if j["rule"] == "finetune"}
+    assert set(jobs) == {"rte", "mrpc", "stsb", "mnli"}
+
+    def last(words, flag):
+        return [w for f, w in zip(words, words[1:]) if f == flag][-1]
+
+    assert "--init-from" in jobs["rte"] and "--init-from" in jobs["stsb"] and "--init-from" not in jobs["mrpc"]
+    assert float(last(jobs["rte"], "--learning-rate")) == 2e-5
+    assert float(last(jobs["stsb"], "--learning-rate")) == float(last(jobs["mrpc"], "--learning-rate")) == 3e-4
+    assert "--keep-model" in jobs["mnli"]
+    for words in jobs.values():
+        assert (last(words, "--optimizer"), last(words, "--schedule"), last(words, "--loss-reduction"),
+                last(words, "--head")) == ("adam_no_bias_correction", "official", "sum", "official")

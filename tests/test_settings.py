@@ -43,6 +43,7 @@ PIPELINE_ONLY = {
     "finetune.glue_dir": "the rule's --data-dir",
     "finetune.hub_id": "the rule's --hub-id",
     "finetune.init_from_mnli": "the rule's --init-from and job order",
+    "finetune.init_from_mnli_rte_learning_rate": "the rule's --learning-rate for RTE started from MNLI",
     "finetune.gpus": "job resources and --device",
     "finetune.mem_mb": "job resources",
     "finetune.runtime": "job resources",
@@ -109,6 +110,8 @@ def test_the_pipeline_renders_what_the_stage_parses(stage):
                 target[name] = [v for v in spec["enum"] if v != value][0]
             elif value is None and "array" in settings._types(spec):  # a list or null (linear_probe.tasks)
                 target[name] = ["sst2"]
+            elif value is None and "string" in settings._types(spec):  # a path or null (vocab.vocab_file)
+                target[name] = "some/file.txt"
             elif isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
                 target[name] = _other_number(spec, value)
     for values in (config, changed):

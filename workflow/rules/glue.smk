@@ -4,8 +4,9 @@
 # sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
 # Snakemake fills in; the linter does not list it).
 
+from electra_ds.glue import MNLI_INIT_TASKS  # RTE and STS-B, as the ELECTRA paper
+
 FT = config["finetune"]
-MNLI_INIT_TASKS = ("rte", "mrpc", "stsb")  # the ELECTRA paper starts these from the MNLI model
 HAS_GLUE = any(not get_task(t).is_probe for t in FT["tasks"])
 
 
@@ -29,11 +30,15 @@ def finetune_job_inputs(wildcards):
 
 
 def finetune_model_args(wildcards):
-    """--model-source; --init-from for tasks started from MNLI; --keep-model where the weights are wanted or needed."""
+    """--model-source; --init-from for tasks started from MNLI (RTE also at init_from_mnli_rte_learning_rate, after
+    the settings' --learning-rate, so it wins); --keep-model where the weights are wanted or needed."""
     source = MODELS[wildcards.model]["source"]
     args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {shlex.quote(source)}"]
     if starts_from_mnli(wildcards.task):
         args.append(f"--init-from {shlex.quote(f'{mnli_dir(wildcards.model, wildcards.seed)}/model')}")
+        rte_lr = FT["init_from_mnli_rte_learning_rate"]
+        if get_task(wildcards.task).name == "rte" and rte_lr is not None:
+            args.append(f"--learning-rate {shlex.quote(str(rte_lr))}")
     mnli_needed = wildcards.task == "mnli" and any(starts_from_mnli(t) for t in FT["tasks"])
     if FT["keep_model"] or mnli_needed:
         args.append("--keep-model")
@@ -69,7 +74,7 @@ rule finetune:
         # HUB_JOB_ENV: with GLUE from the Hub, HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 (and HF_HOME): read the cache
         HUB_JOB_ENV
         + "electra-ds finetune --model-dir {params.model_dir:q} --task {wildcards.task:q} --seed {wildcards.seed:q} "
-        "--output-dir {params.out:q} {params.data} {params.model} --device {params.device:q} {params.settings} "
+        "--output-dir {params.out:q} {params.data} --device {params.device:q} {params.settings} {params.model} "
         "--threads {threads:q} --rule {rule:q} {params.track} > {log:q} 2>&1"
 
 
