@@ -220,7 +220,15 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
                         log.warning("%s: model folder %s is gone; skipped", path.name, r["model"]["path"])
                         summary["skipped"] += 1
                         continue
-                    write_model(client, target, r["model"])
+                    try:
+                        write_model(client, target, r["model"])
+                    except (MlflowException, OSError):  # the store's answer, or the way to it: handled below
+                        raise
+                    except Exception as exc:  # the folder cannot be made into an MLflow model: no retry helps
+                        log.warning("%s: model %s cannot be logged (%s); skipped", path.name, r["model"]["path"],
+                                    short_reason(exc))
+                        summary["skipped"] += 1
+                        continue
                 elif op == "model_runs":
                     parent = resolve(r.get("parent")) if r.get("parent") else None
                     write_model_runs(client, target, parent, r["study"],

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,9 @@ def _lifecycle(uri, results_dir, wildcards=None, steps=3):
         for step in range(steps):
             run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
         run.set_tags({"note": "offline"})
-        run.log_artifact(__file__)
+        stats = Path(results_dir) / "stats.json"  # an artifact under the results directory, as a stage's are
+        stats.write_text('{"documents": 3}')
+        run.log_artifact(stats)
         tracking.log_model_runs(run, {"small": ({"layers": 2}, {"glue": 0.5})})
     tracking.end_pipeline_run(uri, parent, ok=True)
     return parent, run
@@ -176,7 +179,7 @@ def test_replay_recreates_runs_with_nesting_once(tracked, dead_uri, tmp_path):
     assert ft.data.params == {"lr": "0.1", "model.layers": "2"} and ft.data.tags["note"] == "offline"
     history = client.get_metric_history(ft.info.run_id, "loss")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]
-    assert [a.path for a in client.list_artifacts(ft.info.run_id)] == [os.path.basename(__file__)]
+    assert [a.path for a in client.list_artifacts(ft.info.run_id)] == ["stats.json"]
     models = client.search_runs([exp.experiment_id], "tags.`electra_ds.kind` = 'model'")
     assert [m.data.metrics for m in models] == [{"glue": 0.5}]
 
@@ -348,11 +351,11 @@ def test_server_killed_mid_pretraining_and_mid_finetuning_then_replay_loses_and_
         server.start()
         keep = tmp_path / "spool-copy"
         shutil.copytree(spool, keep)
-        assert main(["tracking-replay", str(results)]) == 0
+        assert main(["tracking-replay", str(results), "--tracking-uri", server.url]) == 0
         state = _server_state(client, server)
         for path in pending:  # as if the first replay had stopped before marking its files done
             shutil.copy(keep / path.name, path)
-        assert main(["tracking-replay", str(results)]) == 0
+        assert main(["tracking-replay", str(results), "--tracking-uri", server.url]) == 0
         assert _server_state(client, server) == state
     finally:  # no job left behind; the session's server runs again for the tests after this one
         for job in jobs:
