@@ -174,14 +174,18 @@ def _wordpiece_backend(vocab: dict | None = None):
 
 
 def train_wordpiece(lines: list[str], vocab_size: int):
-    """A WordPiece ``tokenizers`` backend trained on ``lines``; the special tokens take ids 0-4."""
+    """A WordPiece ``tokenizers`` backend trained on ``lines``; the special tokens take ids 0-4, the other tokens
+    follow in sorted order (the trainer breaks ties between merges of equal count in a different order from run to
+    run, which changes ids, never the tokens or how a text splits: WordPiece matches the longest token whatever its
+    id)."""
     from tokenizers import trainers
 
     backend = _wordpiece_backend()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                         continuing_subword_prefix=WORDPIECE_PREFIX, show_progress=False)
     backend.train_from_iterator(lines, trainer, length=len(lines))
-    return backend
+    tokens = sorted(t for t in backend.get_vocab() if t not in SPECIAL_TOKENS)
+    return _wordpiece_backend({t: i for i, t in enumerate([*SPECIAL_TOKENS, *tokens])})
 
 
 def load_wordpiece_vocab(path):

@@ -245,3 +245,12 @@ def test_wordpiece_shards_and_whole_word_starts(wordpiece_vocab, tmp_path):
     continuation = ~starts[rows] & (rows > MASK_ID)
     assert continuation.any() and (masked.gather(1, start_of) == masked)[rows > MASK_ID].all()
     assert masked.any()
+
+
+def test_wordpiece_same_config_same_vocabulary(tmp_path):
+    """The trainer's order of equal-count merges varies between runs; the saved ids must not."""
+    args = ("--input", demo_documents(), "--tokenizer", "wordpiece", "--vocab-size", 600, "--sample-sentences", 3000)
+    for name in ("a", "b"):
+        assert cli("vocab", *args, "--output-dir", tmp_path / name) == 0
+    for file in ("tokenizer.json", "vocab.txt"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
