@@ -169,6 +169,10 @@ BEFORE_FIELD = {"masking": "token", "mask_count": "exact", "uniform_generator": 
                 "optimizer": "adamw", "schedule": "warmup_then_decay", "model.generator_layers": 1.0}
 
 
+# Fields checked only since checkpoints recorded them: an older checkpoint, without them, resumes with any value.
+UNRECORDED_BEFORE = ("learning_rate", "warmup_steps", "weight_decay")
+
+
 def config_differences(saved, current, prefix: str = "") -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (nested dicts flattened with dots)."""
     if isinstance(saved, dict) and isinstance(current, dict):
@@ -176,6 +180,8 @@ def config_differences(saved, current, prefix: str = "") -> list[str]:
         for key in sorted(set(saved) | set(current), key=str):
             name = f"{prefix}{key}"
             if key not in saved and name in BEFORE_FIELD and current[key] == BEFORE_FIELD[name]:
+                continue
+            if key not in saved and name in UNRECORDED_BEFORE:
                 continue
             if key not in saved:
                 out.append(f"{name}: not in the checkpoint, this run {current[key]!r}")
@@ -197,7 +203,7 @@ def _legacy_run_config(tag_dir: Path):
     return client.get("run_config")
 
 
-def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None) -> dict:
+def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_changes=()) -> dict:
     """Cheap verdict on one tag directory (no digests): status is one of
 
     * ``sized``: manifest present, every file there with its size; digests still to be checked;
@@ -222,7 +228,7 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None) -> dic
             saved = _legacy_run_config(tag_dir)
         except Exception as exc:  # any unreadable pickle/zip: this checkpoint cannot be used
             return {"status": "damaged", "reason": f"legacy checkpoint unreadable ({type(exc).__name__}: {exc})"[:300]}
-        diffs = config_differences(saved, run_config) if saved is not None else []
+        diffs = _refused(config_differences(saved, run_config), allow_changes) if saved is not None else []
         if diffs:
             return {"status": "foreign", "differences": diffs}
         return {"status": "legacy", "reason": "written without a manifest (before checksums, or converted); "
@@ -233,13 +239,18 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None) -> dic
         saved = manifest["run_config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"status": "damaged", "reason": f"unreadable manifest ({type(exc).__name__})"}
-    diffs = config_differences(saved, run_config)
+    diffs = _refused(config_differences(saved, run_config), allow_changes)
     if diffs:
         return {"status": "foreign", "differences": diffs}
     problem = size_problem(tag_dir, files)
     if problem:
         return {"status": "damaged", "reason": problem}
     return {"status": "sized", "files": {n: m["sha256"] for n, m in files.items()}}
+
+
+def _refused(differences: list[str], allow_changes) -> list[str]:
+    """The differences a run may not resume with: all but those of the fields named in ``allow_changes``."""
+    return [d for d in differences if d.split(":", 1)[0] not in allow_changes]
 
 
 def size_problem(tag_dir, files: dict | None = None) -> str | None:
@@ -283,13 +294,14 @@ def _single(obj):
 
 
 def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1, broadcast=_identity,
-                      all_gather=_single, log=None) -> tuple[str | None, str | None]:
+                      all_gather=_single, log=None, allow_changes=()) -> tuple[str | None, str | None]:
     """The tag to resume from (newest intact), as (tag, status), or (None, None) to start fresh.
 
     Rank 0 decides and every decision goes through ``broadcast`` (ranks on other nodes may see a shared
     filesystem at another moment); digests are computed by all ranks in parallel (``all_gather``). Damaged
     checkpoints are skipped with a warning; another run's checkpoint, or damaged ones only, are a UserError
-    raised on every rank before any weight is loaded.
+    raised on every rank before any weight is loaded. ``allow_changes``: run-config fields that may differ (the
+    user's --allow-resume-change).
     """
 
     log = log or logging.getLogger(__name__)
@@ -304,14 +316,16 @@ def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1,
                     ckpt_dir / "latest", survey["problem"])
     rejected = []
     for tag in survey["tags"]:
-        verdict = broadcast(inspect(ckpt_dir, tag, run_config, survey["latest"]) if rank == 0 else None)
+        verdict = broadcast(inspect(ckpt_dir, tag, run_config, survey["latest"], allow_changes) if rank == 0 else None)
         status = verdict["status"]
         if status == "foreign":
             shown = "; ".join(verdict["differences"][:8])
             raise UserError(f"checkpoint {tag} was written by a run with a different configuration ({shown}); "
                             "nothing was loaded", path=ckpt_dir,
                             fix=f"use a new output/results directory for the new configuration, or delete {ckpt_dir} "
-                                "to start this configuration from step 0")
+                                "to start this configuration from step 0; to continue this run with another "
+                                "learning_rate, warmup_steps or weight_decay on purpose, name them in "
+                                "--allow-resume-change (pretrain.allow_resume_change)")
         if status == "sized":
             names = sorted(verdict["files"])
             parts = all_gather(hash_share(ckpt_dir / tag, names, rank, world))

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
                       wildcards=args.wildcards, enabled=rank0) as tracker:
             args._module.run(args, tracker)
     except UserError as exc:
-        print(f"electra-ds {stage}: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # quiet: another rank of the same run reports it (trainer.raise_together)
+            print(f"electra-ds {stage}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ The checks the workflow runs before it submits anything to SLURM are in :mod:`el
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -29,6 +30,7 @@ import ctypes
 import signal
 import threading
 import time
+from pathlib import Path
 
 from electra_ds.errors import UserError
 
@@ -216,12 +218,14 @@ def run_launch(args) -> int:
 
 
 USER_ERROR_STATUS = 2  # what electra_ds.cli returns for a UserError, after printing its one line
+STALL_STATUS = 3  # what a rank's StallWatch exits with, after printing its one line
+REPORTED = (USER_ERROR_STATUS, STALL_STATUS)  # a rank that ended with these has said what is wrong itself
 
 
 def _drop_user_error_report(record) -> bool:
     """torchrun's "failed (exitcode: 2) local_rank: ..." line: left out for a rank that ended with a UserError,
     which has already said what is wrong in one line."""
-    return not (str(record.msg).startswith("failed (exitcode:") and record.args and record.args[0] == USER_ERROR_STATUS)
+    return not (str(record.msg).startswith("failed (exitcode:") and record.args and record.args[0] in REPORTED)
 
 
 def _torchrun(torchrun_args: list[str]) -> int:
@@ -236,8 +240,11 @@ def _torchrun(torchrun_args: list[str]) -> int:
         torch_run.run(torch_run.parse_args(torchrun_args))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()  # the root cause: the others were stopped because of it
+        reported = [(r, f) for r, f in exc.failures.items() if f.exitcode in REPORTED]
+        if reported:  # a rank that said what is wrong (a stalled rank's watchdog kills the stalled one first)
+            rank, failure = min(reported, key=lambda item: item[1].timestamp)
         status = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by signal N
-        if status != USER_ERROR_STATUS:
+        if status not in REPORTED:
             print(f"electra-ds launch: error: rank {rank} failed with exit status {failure.exitcode} "
                   f"({failure.signal_name() if failure.exitcode < 0 else 'its output is above'})", file=sys.stderr)
         return status
@@ -246,3 +253,111 @@ def _torchrun(torchrun_args: list[str]) -> int:
 
 def _has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+# -- a stalled rank ------------------------------------------------------------------------------------------------
+def process_group_timeout(collective_timeout_minutes: float):
+    """The process group's own timeout: a backstop well after the StallWatch, which speaks first and clearly."""
+    import datetime
+
+    return datetime.timedelta(minutes=2 * collective_timeout_minutes + 1)
+
+
+class StallWatch:
+    """Ends a run whose ranks stopped making progress, with one line naming the step and the rank that did not answer.
+
+    A rank that stops (SIGSTOP, a hung GPU, a node that froze) leaves the others waiting in their next collective,
+    by default for 30 minutes and then with a backend traceback. Here every rank's thread writes a heartbeat (its
+    step, the wall time, host and pid) to ``<dir>/rank-<r>.json`` about every second; the main loop reports progress
+    with :meth:`progress`. When a rank has made no progress for ``timeout_s``, it reads the heartbeats: ranks whose
+    heartbeat is old are the ones that stopped answering (a rank merely waiting keeps beating). The lowest live rank
+    prints the message; the stalled ranks on this host are killed (a stopped process would otherwise hold its
+    launcher for its kill timeout); every live rank ends with status STALL_STATUS, which the launcher passes on
+    without a traceback. Checkpoints are untouched: the last complete one is what a rerun (or SLURM's requeue)
+    resumes from."""
+
+    def __init__(self, directory, rank: int, world: int, timeout_s: float, *, what: str = "pretrain",
+                 kept=lambda: "the last checkpoint is kept", on_exit=lambda: None):
+        self.dir, self.rank, self.world, self.timeout_s = Path(directory), rank, world, timeout_s
+        self.what, self.kept, self.on_exit = what, kept, on_exit
+        self.interval = max(0.05, min(1.0, timeout_s / 10))
+        self.step, self.phase, self.last = 0, "starting", time.monotonic()
+        self._stop = threading.Event()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._beat()
+        threading.Thread(target=self._run, name="stall-watchdog", daemon=True).start()
+
+    def progress(self, step: int, phase: str) -> None:
+        self.step, self.phase, self.last = step, phase, time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        record = {"rank": self.rank, "step": self.step, "phase": self.phase, "time": time.time(),
+                  "host": socket.gethostname(), "pid": os.getpid()}
+        path = self.dir / f"rank-{self.rank}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a heartbeat that cannot be written only makes this rank look stalled to the others
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+            if time.monotonic() - self.last > self.timeout_s:
+                self._stalled()
+
+    def _read(self) -> dict:
+        out = {}
+        for r in range(self.world):
+            try:
+                out[r] = json.loads((self.dir / f"rank-{r}.json").read_text())
+            except (OSError, ValueError):
+                out[r] = None
+        return out
+
+    def _stalled(self) -> None:
+        beats, now = self._read(), time.time()
+        stale_after = max(3 * self.interval, 2.0)
+        silent = {r: b for r, b in beats.items() if b is None or now - b["time"] > stale_after}
+        live = [r for r in range(self.world) if r not in silent]
+        if silent:
+            who = "; ".join(f"rank {r} did not answer" + (f" (its last heartbeat {now - b['time']:.0f} s ago, at step "
+                                                          f"{b['step']}, {b['phase']}, pid {b['pid']} on {b['host']})"
+                                                          if b else " (no heartbeat at all)")
+                            for r, b in silent.items())
+        else:
+            behind = min(b["step"] for b in beats.values())
+            who = ("every rank still answers, but rank(s) " + ", ".join(str(r) for r, b in beats.items()
+                                                                         if b["step"] == behind)
+                   + f" are at step {behind}: a collective that the ranks entered in a different order")
+        if not live or self.rank == min(live):
+            message = (f"electra-ds {self.what}: error: no progress for {time.monotonic() - self.last:.0f} s after "
+                       f"step {self.step} ({self.phase}; rank {self.rank} waits in a collective): {who}; "
+                       f"{self.kept()}. Fix: check that rank's node (or raise pretrain.collective_timeout_minutes, "
+                       f"now {self.timeout_s / 60:g}, if a step or a save takes longer), then run the same command "
+                       "again to resume")
+            try:
+                print(message, file=sys.stderr, flush=True)
+            except Exception:
+                pass
+        for r, b in silent.items():
+            if b and b["host"] == socket.gethostname() and _is_rank_process(b["pid"]):
+                try:
+                    os.kill(b["pid"], signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            self.on_exit()
+        finally:
+            os._exit(STALL_STATUS)
+
+
+def _is_rank_process(pid: int) -> bool:
+    try:
+        return b"electra_ds" in Path(f"/proc/{pid}/cmdline").read_bytes() and pid != os.getpid()
+    except OSError:
+        return False

@@ -241,6 +241,13 @@ def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto
 
 
 def run(args, tracker) -> None:
+    from electra_ds.lock import OutputLock
+
+    with OutputLock(args.output_dir, "finetune"):  # a second job on the same --output-dir stops, naming this one
+        _run(args, tracker)
+
+
+def _run(args, tracker) -> None:
     started = time.monotonic()
     task = get_task(args.task)
     out, model_dir = Path(args.output_dir), Path(args.model_dir)
@@ -401,8 +408,9 @@ def _prediction_file(task, split: str) -> str:
 
 
 def _write_outputs(out: Path, metrics: dict, test_preds: dict, task, model, tokenizer) -> None:
+    from electra_ds.diskspace import module_bytes
 
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, needed=module_bytes(model) if model is not None else None) as tmp:
         for split, rows in test_preds.items():
             with open(tmp / _prediction_file(task, split), "w", encoding="utf-8", newline="\n") as f:
                 f.write("index\tprediction\n")

@@ -58,6 +58,8 @@ def _holder_text(record: dict) -> str:
 class ResultsLock:
     """``acquire()`` when the pipeline starts, ``release()`` when it ends; re-entrant within one process."""
 
+    what = "pipeline"
+
     def __init__(self, results_dir, checkout=None):
         self.results_dir = Path(results_dir)
         self.path = self.results_dir / LOCK_NAME
@@ -91,7 +93,7 @@ class ResultsLock:
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "cwd": os.getcwd(), "checkout": self.checkout, "command": " ".join(sys.argv),
-                "user": os.environ.get("USER") or str(os.getuid())}
+                "user": os.environ.get("USER") or str(os.getuid()), "slurm_job": _slurm_attempt()}
 
     @staticmethod
     def _read(fd: int) -> dict:
@@ -161,17 +163,21 @@ class ResultsLock:
     def _take(self, fd: int, flocked: bool, warn) -> None:
         old = self._read(fd)
         if old and not (old.get("host") == socket.gethostname() and old.get("pid") == os.getpid()):
-            if old.get("host") != socket.gethostname():
+            if _earlier_attempt_of_this_job(old.get("slurm_job")):
+                warn(f"{self.path}: took over the lock of an earlier attempt of this SLURM job ({old.get('slurm_job')}, "
+                     f"host {old.get('host', '?')}, pid {old.get('pid', '?')}): a requeued job's earlier attempt is over")
+            elif old.get("host") != socket.gethostname():
                 # flock may not reach across hosts (NFS): a live holder there cannot be ruled out
                 raise self._busy(old)
-            pid = old.get("pid")
-            alive = isinstance(pid, int) and pid_alive(pid)
-            if alive and not flocked:  # without flock a live pid of this host may well be the holder
-                raise self._busy(old)
-            # with flock on this host, a live holder would have kept it: the pid is gone or was reused
-            state = "no longer holds the lock (its pid was reused)" if alive else "is no longer running"
-            warn(f"{self.path}: took over a stale lock: the pipeline that held it (pid {pid}, started "
-                 f"{old.get('started', '?')}, working directory {old.get('cwd', '?')}) {state}")
+            else:
+                pid = old.get("pid")
+                alive = isinstance(pid, int) and pid_alive(pid)
+                if alive and not flocked:  # without flock a live pid of this host may well be the holder
+                    raise self._busy(old)
+                # with flock on this host, a live holder would have kept it: the pid is gone or was reused
+                state = "no longer holds the lock (its pid was reused)" if alive else "is no longer running"
+                warn(f"{self.path}: took over a stale lock: the {self.what} that held it (pid {pid}, started "
+                     f"{old.get('started', '?')}, working directory {old.get('cwd', '?')}) {state}")
         data = json.dumps(self.record(), sort_keys=True).encode("utf-8") + b"\n"
         try:
             os.ftruncate(fd, 0)
@@ -192,3 +198,69 @@ class ResultsLock:
             pass
         finally:
             os.close(fd)  # drops the flock; a waiter that opened the deleted file retries on the new one
+
+
+def _slurm_attempt() -> str | None:
+    """``<job id>.<restart count>`` inside a SLURM job, else None."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if job else None
+
+
+def _earlier_attempt_of_this_job(holder: str | None) -> bool:
+    """The holder was an earlier attempt of the SLURM job this process runs in (a requeue starts it again, maybe
+    on another node, after the earlier attempt ended): its lock is stale whatever host it names."""
+    mine = _slurm_attempt()
+    if not holder or not mine:
+        return False
+    job, _, restart = holder.partition(".")
+    my_job, _, my_restart = mine.partition(".")
+    return job == my_job and restart.isdigit() and my_restart.isdigit() and int(restart) < int(my_restart)
+
+
+class OutputLock(ResultsLock):
+    """One run per output directory: ``<parent>/.<name>.lock`` beside the stage's ``--output-dir``, held by the
+    process that writes it (for pretraining, rank 0) from start to end.
+
+    Two pretraining runs on one directory interleaved their train_log.jsonl, flipped `latest` between them and
+    pruned each other's checkpoints; the second now stops at once naming the holder (host, pid, start time). The
+    lock file sits beside the output directory, not in it: a fine-tuning job publishes its folder by a rename,
+    and nothing a run writes is mixed with it. The mechanics (flock, the holder record, stale locks, a requeued
+    SLURM job) are :class:`ResultsLock`'s."""
+
+    what = "run"
+
+    def __init__(self, output_dir, stage: str):
+        self.output_dir = Path(output_dir)
+        super().__init__(self.output_dir.parent)
+        self.path = self.results_dir / f".{self.output_dir.name}.lock"
+        self.stage = stage
+        self.what = f"{stage} run"
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def _unwritable(self, exc: OSError, what: str) -> UserError:
+        return UserError(f"cannot lock the output directory: {what} failed ({exc.strerror or exc}: "
+                         f"{exc.filename or self.results_dir})", path=self.output_dir,
+                         fix="use an --output-dir in a folder you can write")
+
+    def _busy(self, record: dict) -> UserError:
+        return UserError(
+            f"another {self.stage} run is writing this output directory ({_holder_text(record)}); two runs on one "
+            "directory would interleave their logs and overwrite each other's files", path=self.output_dir,
+            fix=f"wait for that run to end (or stop it), or use another --output-dir; if no such process is running "
+                f"(a crash on another host), delete {self.path}")
+
+    def remove_own_record(self) -> None:
+        """Delete the lock file if this process's record is in it (a process that ends by os._exit, whose flock
+        the OS drops but whose record would stay)."""
+        record = self.read_holder()
+        if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass

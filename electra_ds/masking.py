@@ -201,7 +201,7 @@ def inverse_cdf_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Ten
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     n, vocab = probs.shape
     pad = -vocab % SAMPLE_BLOCK
-    blocks = F.pad(probs, (0, pad)).view(n, -1, SAMPLE_BLOCK)
+    blocks = F.pad(probs, (0, pad)).view(n, -(-vocab // SAMPLE_BLOCK), SAMPLE_BLOCK)  # n = 0: no masked position
     block_cum = blocks.sum(-1).cumsum(-1)
     target = (1.0 - uniform.reshape(n, 1).float()) * block_cum[:, -1:]  # in (0, total]
     block = torch.searchsorted(block_cum, target).clamp(max=block_cum.shape[1] - 1)

@@ -308,7 +308,7 @@ class ElectraPretrainer(nn.Module):
         gen_stats = {"gen_loss_sum": gen_losses.detach().sum(), "masked": n_pred,
                      "gen_correct": gen_correct.sum(), "tokens": real.sum().float()}
         if self.objective == "mlm":
-            return {"loss": gen_loss, "gen_loss": gen_loss.detach(), "stats": gen_stats}
+            return {"loss": gen_loss + _zero_tie(hidden), "gen_loss": gen_loss.detach(), "stats": gen_stats}
 
         with torch.no_grad():
             sampled = self.sample_replacements(gen_logits.detach(), originals,
@@ -346,7 +346,8 @@ class ElectraPretrainer(nn.Module):
                      # per vocabulary id (what the discriminator saw): the context-free prior's counts
                      "ids_replaced": torch.bincount(disc_input[replaced], minlength=self.shape.vocab_size).double(),
                      "ids_total": torch.bincount(disc_input[real], minlength=self.shape.vocab_size).double()}
-        return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(), "stats": stats}
+        return {"loss": loss + _zero_tie(disc_logits), "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(),
+                "stats": stats}
 
     def generator_correct(self, gen_logits: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
         """1.0 where the generator's most likely id is the original. The original's logit against the row maximum
@@ -375,3 +376,11 @@ class ElectraPretrainer(nn.Module):
         if self.disallow_correct:
             logits = logits.scatter(1, originals.unsqueeze(1), float("-inf"))
         return inverse_cdf_sample(logits, uniform)
+
+
+def _zero_tie(output: torch.Tensor) -> torch.Tensor:
+    """0 x the sum of an output every position has: the loss keeps its value (and its gradients, exactly), but is
+    tied to the network at every position. A batch with nothing to predict (padding only) has a loss of 0/0 and no
+    gradient path to any weight; tied, the trainer's NaN loss scale for a non-finite loss (trainer.train_step)
+    reaches the gradients, and the optimizer's check of the gradient norm skips the update."""
+    return 0.0 * output.float().sum()

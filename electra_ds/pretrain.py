@@ -22,6 +22,7 @@ import logging
 import time
 from pathlib import Path
 
+from electra_ds.errors import UserError
 from electra_ds.fileio import write_json
 from electra_ds.settings import add_settings
 from electra_ds.tracking import shards_dataset
@@ -33,7 +34,8 @@ SETTINGS = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temp
                          "optimizer", "schedule", "ds_config", "global_batch_size", "micro_batch_size",
                          "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision", "device",
                          "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-                         "eval_every", "eval_examples", "plateau_steps", "peak_tflops"),
+                         "eval_every", "eval_examples", "plateau_steps", "peak_tflops", "max_skipped_steps",
+                         "skip_window", "spike_factor", "allow_resume_change", "collective_timeout_minutes"),
             "": ("seed",)}
 
 
@@ -46,67 +48,158 @@ def add_arguments(p) -> None:
 
 
 def run(args, tracker) -> None:
-    import torch
-
     from electra_ds import distributed
-    from electra_ds.trainer import TRAIN_LOG, Trainer, agree
+    from electra_ds.trainer import Trainer
+
+    from electra_ds.lock import OutputLock
 
     distributed.exit_with_launcher()  # a rank never outlives the torchrun/srun that started it
-    trainer = Trainer(args, distributed.setup_env())
+    env = distributed.setup_env()
+    lock = OutputLock(args.output_dir, "pretrain")  # one run per output directory, held by rank 0
+    if env["rank"] == 0:
+        lock.acquire()
+    try:
+        _train(args, tracker, Trainer(args, env))
+    finally:
+        lock.release()
+
+
+def _train(args, tracker, trainer) -> None:
+    from electra_ds import distributed
+    from electra_ds.trainer import TRAIN_LOG
+
     rank, out = trainer.rank, Path(args.output_dir)
     train_log = TrainLog(out / TRAIN_LOG, trainer.start_step, trainer.ckpt_dir, trainer.resume_tag) if rank == 0 else None
     if rank == 0:
         _log_start(trainer, tracker)
+    stall = distributed.StallWatch(out / ".heartbeats", trainer.rank, trainer.world,
+                                   args.collective_timeout_minutes * 60, what="pretrain",
+                                   kept=lambda: _kept_checkpoint(trainer.ckpt_dir), on_exit=_release_lock_file(out))
+    stall.progress(trainer.step, "training")
+    try:
+        _loop(args, tracker, trainer, train_log, stall)
+    finally:
+        stall.stop()
+
+
+def _loop(args, tracker, trainer, train_log, stall) -> None:
+    import torch
+
+    from electra_ds.trainer import agree
+
+    rank, out = trainer.rank, Path(args.output_dir)
     stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
     plateau = PlateauWatch(args.warmup_steps, args.plateau_steps, args.objective)
+    spikes = SpikeWatch(args.spike_factor)
     clock = Clock(trainer.start_step)
     last_train, last_ckpt_time = {}, time.time()
 
     while trainer.step < args.max_steps:
         trainer.train_step()
         step = trainer.step
+        stall.progress(step, "training")
+        failure = None  # a write that fails on rank 0 ends every rank together, not rank 0 alone
         if step % args.log_every == 0 or step == args.max_steps:
             metrics, tokens = trainer.collect()
             last_train = {**metrics, **clock.rates(step, tokens, trainer), "flops": step * trainer.step_flops}
             if rank == 0:
+                spike = spikes.check(step, last_train["loss"])
+                if spike is not None:
+                    last_train["loss_spike"] = spike
+                    tracker.set_tags({"loss_spike": f"step {step}: loss {last_train['loss']:.4g}, "
+                                                    f"{spike:.1f}x the recent mean"})
                 tracker.log_metrics({f"train/{k}": v for k, v in last_train.items()}, step=step)
-                train_log.write("train", step, last_train)
+                failure = _write_log(train_log, "train", step, last_train)
                 log.info("step %d/%d [%3.0f%%] %s lr %.2e %.0f tok/s eta %s", step, args.max_steps,
                          100 * step / args.max_steps, _fmt_metrics(last_train), last_train["lr"],
                          last_train["tokens_per_s"], _fmt_seconds(clock.eta(step, args.max_steps)))
                 plateau.check(step, last_train)
         if trainer.valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            _validate(trainer, tracker, train_log)
+            failure = _validate(trainer, tracker, train_log) or failure
+            stall.progress(step, "validation")
         due_time = rank == 0 and 0 < args.checkpoint_minutes < (time.time() - last_ckpt_time) / 60
-        due_time, stopping = agree([due_time, stop_signal.received], trainer.device)
+        due_time, stopping, failed = agree([due_time, stop_signal.received, failure is not None], trainer.device)
+        if failed:
+            trainer.raise_together(failure)
         if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
-            trainer.save(train_log.snapshot(trainer.ckpt_dir) if train_log is not None else None)
+            trainer.save(train_log)
+            stall.progress(step, "checkpoint saved")
             last_ckpt_time = time.time()
         if stopping and step < args.max_steps:
             raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
                              f"in {trainer.ckpt_dir} -- run the same command (or rule) again to resume")
 
-    final_valid = _validate(trainer, tracker, train_log) if trainer.valid is not None else {}
+    final_valid = {}
+    if trainer.valid is not None:
+        final_valid = _validate(trainer, tracker, train_log, quiet=False)
+    failure = None
     if rank == 0:
-        write_json(out / "summary.json", {
-            "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(), "tag": trainer.tag, "steps": trainer.step,
-            "world_size": trainer.world, "zero_stage": trainer.zero_stage, "precision": trainer.precision,
-            "model": trainer.shape.to_dict(), "objective": args.objective, "optimizer": trainer.optimizer_name,
-            "offload_optimizer": trainer.offload, "temperature": args.temperature, "mask_prob": args.mask_prob,
-            "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
-            "flops": trainer.step * trainer.step_flops, "final_train": last_train, "final_valid": final_valid,
-            "tokens_per_example": trainer.train.max_seq_len, "seconds": clock.seconds(),
-            "tokenizer_sha256": trainer.train.tokenizer_sha256})  # export checks its tokenizer against it
+        try:
+            write_json(out / "summary.json", {
+                "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(), "tag": trainer.tag,
+                "steps": trainer.step, "world_size": trainer.world, "zero_stage": trainer.zero_stage,
+                "precision": trainer.precision, "model": trainer.shape.to_dict(), "objective": args.objective,
+                "optimizer": trainer.optimizer_name, "offload_optimizer": trainer.offload,
+                "temperature": args.temperature, "mask_prob": args.mask_prob,
+                "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
+                "flops": trainer.step * trainer.step_flops, "final_train": last_train, "final_valid": final_valid,
+                "skipped_steps": trainer.skips.total, "resume_changes": trainer.resume_changes,
+                "tokens_per_example": trainer.train.max_seq_len, "seconds": clock.seconds(),
+                "tokenizer_sha256": trainer.train.tokenizer_sha256})  # export checks its tokenizer against it
+        except UserError as exc:  # a full disk: every rank ends with it
+            failure = str(exc)
+    if agree([failure is not None], trainer.device)[0]:
+        trainer.raise_together(failure)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()  # an orderly teardown: gloo's threads otherwise race the exit
 
 
-def _validate(trainer, tracker, train_log) -> dict:
+def _write_log(train_log, split: str, step: int, metrics: dict) -> str | None:
+    """Append to train_log.jsonl (rank 0); the error text when the disk is full, for every rank to end with."""
+    from electra_ds.diskspace import full_disk_error
+
+    try:
+        train_log.write(split, step, metrics)
+    except OSError as exc:
+        error = full_disk_error(exc, train_log.path, what="the training log", kept="the last checkpoint is kept")
+        if error is None:
+            raise
+        return str(error)
+    return None
+
+
+def _kept_checkpoint(ckpt_dir) -> str:
+    from electra_ds.checkpoint import read_latest
+
+    latest, _ = read_latest(ckpt_dir)
+    return f"the last checkpoint, {latest}, is kept" if latest else "no checkpoint was written yet"
+
+
+def _release_lock_file(out: Path):
+    """What the stall watchdog does before it ends this process: the output directory's lock is let go (the OS
+    drops the flock; this removes the holder record too, so that a requeued job on another node may start)."""
+    from electra_ds.lock import OutputLock
+
+    def release():
+        OutputLock(out, "pretrain").remove_own_record()
+    return release
+
+
+def _validate(trainer, tracker, train_log, quiet: bool = True):
+    """One validation pass, logged by rank 0. ``quiet``: return the error text of a failed log write (None if it
+    worked) for the caller's agreement; else return the metrics, a failed write ending every rank at once."""
     metrics = trainer.validate()
+    failure = None
     if trainer.rank == 0:
         tracker.log_metrics({f"valid/{key}": v for key, v in metrics.items()}, step=trainer.step)
-        train_log.write("valid", trainer.step, metrics)
+        failure = _write_log(train_log, "valid", trainer.step, metrics)
         log.info("valid at step %d: %s", trainer.step, _fmt_metrics(metrics))
+    if quiet:
+        return failure
+    from electra_ds.trainer import agree
+
+    if agree([failure is not None], trainer.device)[0]:
+        trainer.raise_together(failure)
     return metrics
 
 
@@ -120,6 +213,8 @@ def _log_start(trainer, tracker) -> None:
                         "mask_prob": args.mask_prob, "objective": args.objective, "disc_weight": args.disc_weight,
                         "seed": args.seed, "device": trainer.device_type, "parameters": trainer.parameters,
                         "start_step": trainer.start_step})
+    if trainer.resume_changes:  # resumed with changes the user allowed (--allow-resume-change)
+        tracker.set_tags({"resume_changes": "; ".join(trainer.resume_changes)})
     tracker.log_input(shards_dataset(args.shards))  # the shards, by the sha256 of their index
     log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
              trainer.world, trainer.micro, trainer.accum, args.global_batch_size, trainer.zero_stage,
@@ -203,6 +298,33 @@ HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gai
 def _fmt_metrics(m: dict) -> str:
     return " ".join(f"{k} {m[k]:.4f}" if k.endswith("loss") or k == "base_entropy" else f"{k} {m[k]:.3f}"
                     for k in HEADLINE if k in m)
+
+
+SPIKE_HISTORY = 20  # logged training losses the spike check compares with
+
+
+class SpikeWatch:
+    """Warns when a logged training loss is more than ``factor`` times the mean of the last SPIKE_HISTORY logged
+    losses (finite ones; a non-finite loss is the skipped-step check's business). Returns the ratio of a spike."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.history: list[float] = []
+
+    def check(self, step: int, loss: float) -> float | None:
+        import math
+
+        if not math.isfinite(loss):
+            return None
+        ratio = None
+        if self.factor > 0 and len(self.history) >= 3:
+            mean = sum(self.history) / len(self.history)
+            if mean > 0 and loss > self.factor * mean:
+                ratio = loss / mean
+                log.warning("step %d: loss spike: %.4g is %.1fx the mean of the last %d logged losses (%.4g); "
+                            "pretrain.spike_factor is %g", step, loss, ratio, len(self.history), mean, self.factor)
+        self.history = (self.history + [loss])[-SPIKE_HISTORY:]
+        return ratio
 
 
 PLATEAU_GAIN = 0.02
