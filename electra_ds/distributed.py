@@ -223,8 +223,11 @@ REPORTED = (USER_ERROR_STATUS, STALL_STATUS)  # a rank that ended with these has
 
 
 def _drop_user_error_report(record) -> bool:
-    """torchrun's "failed (exitcode: 2) local_rank: ..." line: left out for a rank that ended with a UserError,
-    which has already said what is wrong in one line."""
+    """torchrun's "failed (exitcode: 2) local_rank: ..." line: left out for a rank that ended with a UserError (or
+    a stall report), which has already said what is wrong in one line; and its "Sending process N closing signal
+    SIGTERM" lines, which follow any rank's end (the launcher names the rank that failed and how)."""
+    if str(record.msg).startswith("Sending process"):
+        return False
     return not (str(record.msg).startswith("failed (exitcode:") and record.args and record.args[0] in REPORTED)
 
 
