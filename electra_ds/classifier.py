@@ -83,15 +83,20 @@ def OfficialHead(config):
     return _Head()
 
 
-def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratch: bool = False):
+def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratch: bool = False,
+                    device_type: str | None = None):
     """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head; with
-    ``scratch`` the architecture of ``model_dir`` with random weights from torch's current seed)."""
+    ``scratch`` the architecture of ``model_dir`` with random weights from torch's current seed). ``device_type``
+    picks the attention as pretraining's ``attn_implementation: auto`` does (eager on CPU: bf16 matmuls under
+    autocast; sdpa elsewhere); the weights and the results do not depend on it."""
     import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    kwargs = {"num_labels": task.num_labels}
+    from electra_ds.model import resolve_attention
+
+    kwargs = {"num_labels": task.num_labels, "attn_implementation": resolve_attention("auto", device_type)}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     else:

@@ -272,7 +272,8 @@ def _run(args, tracker) -> None:
     import torch
 
     with _torch_runtime(args.seed, args.threads, args.device, args.precision) as (device, use_bf16, autocast):
-        tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch")
+        tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch",
+                                           device_type=device.type)
         if args.head == "official":
             model.classifier = OfficialHead(model.config)
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))

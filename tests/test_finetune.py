@@ -379,3 +379,28 @@ def test_length_grouped_padding_gives_the_predictions_of_fixed_padding(model_dir
         for i, x in enumerate(encoded):
             one = _collate([{**x, "label": None}], tokenizer.pad_token_id, False, torch.device("cpu"))
             assert torch.allclose(model(**one).logits[0], logits_fixed[i], atol=1e-5)
+
+
+def test_cpu_fine_tuning_uses_eager_attention_with_the_same_outputs(model_dir, tmp_path):
+    """On CPU the classifier runs eager attention (bf16 matmuls under autocast), elsewhere sdpa; both paths (scratch,
+    from the export) load it, and its logits equal sdpa's."""
+    import torch
+
+    from electra_ds.classifier import load_classifier
+
+    task = get_task("sst2")
+    torch.manual_seed(0)
+    _, eager = load_classifier(model_dir, task, None, scratch=False, device_type="cpu")
+    torch.manual_seed(0)
+    _, sdpa = load_classifier(model_dir, task, None, scratch=False, device_type="cuda")
+    torch.manual_seed(0)
+    _, scratch = load_classifier(model_dir, task, None, scratch=True, device_type="cpu")
+    assert eager.config._attn_implementation == "eager" == scratch.config._attn_implementation
+    assert sdpa.config._attn_implementation == "sdpa"
+    sdpa.load_state_dict(eager.state_dict())
+    ids = torch.tensor([[2, 17, 42, 99, 3, 0, 0], [2, 5, 6, 7, 8, 9, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        a = eager.eval()(input_ids=ids, attention_mask=mask).logits
+        b = sdpa.eval()(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(a, b, atol=1e-5), (a, b)
