@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 
 from electra_ds.errors import UserError
-from electra_ds.fileio import sha256_file
+from electra_ds.fileio import refuse_link, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def fetch(url: str, sha256: str, cache_dir, field: str = "corpus.sources") -> Pa
             return final
         final.unlink()  # changed on disk since: download again
     final.parent.mkdir(parents=True, exist_ok=True)
-    part = final.with_name(final.name + ".part")
+    part = refuse_link(final.with_name(final.name + ".part"))  # appended to: never through a link
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "electra-ds", **({"Range": f"bytes={have}-"} if have else {})}
     try:

@@ -9,6 +9,7 @@ gzip-compressed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import gzip
 import hashlib
@@ -38,6 +39,7 @@ def atomic_path(path, *, is_dir: bool = False, needed: int | None = None):
     directory's lock against a second pipeline), so any such leftover is stale."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     if is_dir:
@@ -103,8 +105,11 @@ def remove_stale_temporaries(path) -> int:
     path = Path(path)
     removed = 0
     for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        size = _size(stale)
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        size = 0 if stale.is_symlink() else _size(stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)  # a link itself, never what it points at
         log.warning("removed %s (%.1f MB), a temporary left by an interrupted run", stale, size / 1e6)
         removed += 1
     return removed
@@ -115,6 +120,66 @@ def _size(path: Path) -> int:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     except OSError:
         return 0
+
+
+def link_error(path) -> UserError:
+    """The error for an output path that is a symbolic link (planted, or left by someone): never written through."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return UserError(f"is a symbolic link{target}; refusing to write through it", path=path,
+                     fix="remove the link and run again (to keep outputs on another disk, point the results or "
+                         "output directory itself there)")
+
+
+def refuse_link(path) -> Path:
+    """``path``, unless it is a symbolic link: outputs a stage creates are never written through one (a link planted
+    at ``train_log.jsonl`` would otherwise have the run overwrite whatever it points at). Only the final component
+    is checked: the results or output directory itself, and its parents, may be links."""
+    path = Path(path)
+    if path.is_symlink():
+        raise link_error(path)
+    return path
+
+
+def refuse_links(root, names: Iterable[str] = (), glob_pattern: str | None = None) -> None:
+    """:func:`refuse_link` for each of ``names`` under ``root`` and each entry matching ``glob_pattern`` there."""
+    root = Path(root)
+    for name in names:
+        refuse_link(root / name)
+    if glob_pattern and root.is_dir() and not root.is_symlink():
+        for entry in sorted(root.glob(glob_pattern)):
+            refuse_link(entry)
+
+
+def refuse_links_under(folder) -> None:
+    """:func:`refuse_link` for ``folder`` and everything in it (not following links): for the folders of files that
+    are written by others than the stages (Snakemake's job logs and benchmarks, a shell's ``> log``), checked
+    before the workflow starts."""
+    folder = Path(folder)
+    refuse_link(folder)
+    if not folder.is_dir():
+        return
+    for parent, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            refuse_link(Path(parent) / name)
+
+
+def open_nofollow(path, mode: str = "a"):
+    """A text file opened for writing (``"w"``) or appending (``"a"``) with ``O_NOFOLLOW``: if ``path`` is a
+    symbolic link, nothing is opened and the error is :func:`link_error` (checked by the kernel at the open
+    itself, so a link planted after any earlier check is refused too)."""
+    if mode not in ("w", "a"):
+        raise ValueError(f"open_nofollow: mode {mode!r} (only 'w' or 'a')")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise link_error(path) from None
+        raise
+    return os.fdopen(fd, mode, encoding="utf-8", newline="\n")
 
 
 def open_text(path: Path, mode: str, compressed: bool | None = None):

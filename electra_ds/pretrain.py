@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from electra_ds.errors import UserError
-from electra_ds.fileio import write_json
+from electra_ds.fileio import open_nofollow, write_json
 from electra_ds.settings import add_settings
 from electra_ds.tracking import shards_dataset
 
@@ -55,6 +55,7 @@ def run(args, tracker) -> None:
 
     distributed.exit_with_launcher()  # a rank never outlives the torchrun/srun that started it
     env = distributed.setup_env()
+    refuse_planted_links(args.output_dir, env["rank"])
     lock = OutputLock(args.output_dir, "pretrain")  # one run per output directory, held by rank 0
     if env["rank"] == 0:
         lock.acquire()
@@ -246,6 +247,25 @@ class Clock:
         return time.time() - self.t_start
 
 
+def refuse_planted_links(output_dir, rank: int) -> None:
+    """Before any work: none of the files and folders pretraining writes in its output directory is a symbolic
+    link (the log, the summary, the checkpoint folder, its ``latest``, the log snapshot, a step directory, the
+    heartbeats), as a link planted there would have the run write into whatever it points at. Every rank checks
+    (the same files); rank 0 reports. The output directory itself, and its parents, may be links."""
+    from electra_ds.errors import UserError
+    from electra_ds.fileio import refuse_links
+    from electra_ds.trainer import TRAIN_LOG
+
+    out = Path(output_dir)
+    try:
+        refuse_links(out, (TRAIN_LOG, "summary.json", "checkpoints", ".heartbeats"))
+        refuse_links(out / "checkpoints", ("latest", f".{TRAIN_LOG}.snapshot"), glob_pattern="*")
+        refuse_links(out / ".heartbeats", glob_pattern="*")
+    except UserError as exc:
+        exc.quiet = rank != 0  # read by electra_ds.cli
+        raise
+
+
 class TrainLog:
     """``train_log.jsonl``: metrics per log interval. On resume the log is cut back to the checkpoint's step,
     taken from the checkpoint's own copy when there is one (the pipeline deletes an unfinished job's outputs),
@@ -260,11 +280,12 @@ class TrainLog:
         if start_step and source.exists():
             kept = [line for line in source.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         self.lines = [line + "\n" for line in kept]  # the whole log, also when the file is gone (see snapshot)
-        path.write_text("".join(self.lines))
+        with open_nofollow(path, "w") as f:  # never through a link planted at the log's name
+            f.write("".join(self.lines))
 
     def write(self, split: str, step: int, metrics: dict) -> None:
         self.lines.append(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
-        with open(self.path, "a") as f:
+        with open_nofollow(self.path, "a") as f:
             f.write(self.lines[-1])
 
     def snapshot(self, ckpt_dir: Path) -> Path:
@@ -273,7 +294,8 @@ class TrainLog:
         the ranks still finish the step and write the checkpoint the next attempt resumes from."""
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         snap = ckpt_dir / f".{self.path.name}.snapshot"
-        snap.write_text("".join(self.lines))
+        with open_nofollow(snap, "w") as f:
+            f.write("".join(self.lines))
         return snap
 
 

@@ -190,8 +190,9 @@ class _Sink:
     @property
     def note(self) -> str:
         results = self.spool.path.parent.parent
+        store = "" if self.uri == f"sqlite:///{results.resolve() / 'mlflow.db'}" else f" --tracking-uri {self.uri}"
         return (f"; unsent records go to {self.spool.path.parent}/ (send them later: "
-                f"electra-ds tracking-replay {results})")
+                f"electra-ds tracking-replay {results}{store})")  # replay never takes the store from the files
 
     def client(self):
         if self._client is None:

@@ -4,7 +4,10 @@ Once a store fails (:mod:`electra_ds.tracking_store`), every later tracking call
 a JSONL spool, ``<results_dir>/mlflow-spool/<stage>[-<wildcards>]-<pid>-<id>.jsonl`` (:class:`Spool`), one
 record per call (run creation with experiment, tags and parent, params, metrics with step and timestamp, tags,
 the end status, artifacts, dataset inputs and models by path). ``electra-ds tracking-replay RESULTS_DIR [--tracking-uri URI]`` sends the
-spool to MLflow later (:func:`replay`): runs that never reached MLflow got local ids (``spool-...``) and are
+spool to MLflow later (:func:`replay`), into the store the user names (``--tracking-uri``, else
+``$MLFLOW_TRACKING_URI``, else the results directory's sqlite file), never one named inside a spool file, and uploads
+artifacts and models only from under the results directory (a record pointing elsewhere, ``/etc/passwd`` say, is
+refused with a warning naming it, and skipped). Runs that never reached MLflow got local ids (``spool-...``) and are
 created then, children under their parent, and each replayed file is renamed to ``*.jsonl.replayed`` so a
 second replay adds nothing. Every record can be sent twice without doubling anything (a replay cut off before
 it renamed its file, or a record the store took just before it died): MLflow keeps a metric logged again with
@@ -22,8 +25,11 @@ import sys
 import uuid
 from pathlib import Path
 
+from electra_ds.errors import UserError
+from electra_ds.fileio import write_json
 from electra_ds.tracking_store import (
     DEFAULT_EXPERIMENT,
+    artifact_root_for,
     client_for,
     experiment_id_for,
     is_answered,
@@ -105,14 +111,21 @@ def _missing(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-def replay(results_dir, tracking_uri: str | None = None) -> dict:
+def replay(results_dir, tracking_uri: str | None = None, artifacts_under=()) -> dict:
     """Send every pending spool file under ``<results_dir>/mlflow-spool`` to MLflow, then rename it to
     ``*.jsonl.replayed``. Runs that exist only in the spool are created (tagged ``electra_ds.spool_id``, so an
     interrupted replay finds them again), children under their parent; the local-to-real id map is kept in
-    ``mlflow-spool/replay-ids.json``. The store is ``tracking_uri``, else the one the records were meant for,
-    else ``tracking_uri_for(results_dir)``. Returns counts; raises when the store cannot be reached (the files
-    stay pending)."""
+    ``mlflow-spool/replay-ids.json``. Returns counts; raises when the store cannot be reached (the files stay
+    pending).
+
+    A spool file is data, not instructions: the store is the one the user names (``tracking_uri``, else
+    ``$MLFLOW_TRACKING_URI``, else the results directory's sqlite file), never the one the records were meant for
+    (a spool naming another store, with no store named, is a UserError saying which to name), a new experiment's
+    artifact location is the results directory's, and an artifact or model is uploaded only when it lies under the
+    results directory or one of ``artifacts_under`` (symbolic links resolved); any other is refused with a warning
+    naming it and skipped (counted in ``refused``), and the rest of the file is sent."""
     spool = spool_dir_for(results_dir)
+    results = spool.parent
     files = sorted(spool.glob("*.jsonl"))
     content = {f: read_spool(f) for f in files}
     runs = {}
@@ -120,12 +133,18 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
         for r in records:
             if r.get("op") == "run" and r.get("run"):
                 runs.setdefault(r["run"], r)
-    if not tracking_uri:
-        meant = [r["uri"] for r in runs.values() if r.get("uri")]
-        tracking_uri = max(set(meant), key=meant.count) if meant else tracking_uri_for(spool.parent)
-    uri = tracking_uri
+    named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or tracking_uri_for(results)
+    meant = sorted({r["uri"] for r in runs.values() if r.get("uri")} - {uri})
+    if meant and not named:
+        raise UserError(f"the spooled records were written for {', '.join(meant)}; replay sends them only to a store "
+                        f"you name", path=spool, fix=f"run electra-ds tracking-replay {results} --tracking-uri URI "
+                                                    f"(that store, if it is the one you mean, or another)")
+    if meant:
+        log.info("records written for %s are sent to %s, the store named", ", ".join(meant), uri)
+    roots = [Path(os.path.realpath(results)), *(Path(os.path.realpath(r)) for r in artifacts_under)]
     summary = {"uri": uri, "spool": str(spool), "files": 0, "runs_created": 0, "records": 0, "skipped": 0,
-               "pending": 0}
+               "refused": 0, "pending": 0}
     if not files:
         return summary
     client = client_for(uri)  # checks the store first: a short error for a broken sqlite file
@@ -136,9 +155,7 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
     ids = all_ids.setdefault(uri, {})
 
     def save():
-        tmp = ids_path.with_name(ids_path.name + ".tmp")
-        tmp.write_text(json.dumps(all_ids, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, ids_path)
+        write_json(ids_path, all_ids)  # atomic, and never through a link planted at its name or its temporary's
 
     def exists(run_id: str) -> bool:
         try:
@@ -175,7 +192,8 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
             elif is_local(parent):  # its parent is not in this spool (yet): a later replay links them
                 tags["electra_ds.spooled_parent"] = parent
         tags["electra_ds.spool_id"] = run_id
-        exp_id = experiment_id_for(client, rec.get("experiment") or DEFAULT_EXPERIMENT, rec.get("artifact_root"))
+        exp_id = experiment_id_for(client, rec.get("experiment") or DEFAULT_EXPERIMENT,
+                                   artifact_root_for(results, uri))  # not the location a spool file names
         found = client.search_runs([exp_id], f"tags.`electra_ds.spool_id` = '{run_id}'", max_results=1)
         if found:
             new = found[0].info.run_id
@@ -197,6 +215,12 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
             target = resolve(r.get("run"))
             if target is None:
                 unresolved += 1
+                continue
+            outside = _outside(r, roots)
+            if outside:
+                log.warning("%s: %s record refused: %s; not uploaded (only files under %s are)", path.name, op,
+                            outside, " or ".join(map(str, roots)))
+                summary["refused"] += 1
                 continue
             try:
                 if op == "params":
@@ -272,12 +296,36 @@ def replay(results_dir, tracking_uri: str | None = None) -> dict:
     return summary
 
 
+def _outside(record: dict, roots: list) -> str | None:
+    """Why an artifact or model record points outside ``roots`` (every file of a folder, links resolved), or None."""
+    if record.get("op") == "artifact":
+        where = record.get("path")
+    elif record.get("op") == "model":
+        where = (record.get("model") or {}).get("path")
+    else:
+        return None
+    if not isinstance(where, str) or not where:
+        return f"no path ({where!r})"
+    top = Path(where)
+    paths = [top]
+    if top.is_dir() and not top.is_symlink():
+        paths += [Path(d) / n for d, dirs, files in os.walk(top) for n in dirs + files]
+    for item in paths:
+        real = Path(os.path.realpath(item))
+        if not any(real == root or real.is_relative_to(root) for root in roots):
+            return f"{item} is outside the results directory" + (f" (it resolves to {real})" if real != item else "")
+    return None
+
+
 def add_arguments(parser) -> None:
     """``electra-ds tracking-replay``: the command line of :func:`replay`."""
     parser.add_argument("results_dir", help="results directory holding mlflow-spool/ (or the spool folder itself)")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store to send the records to (default: the store they were meant for, "
-                             "else $MLFLOW_TRACKING_URI, else sqlite in the results directory)")
+                        help="MLflow store to send the records to (default: $MLFLOW_TRACKING_URI, else sqlite in the "
+                             "results directory; never a store named in a spool file)")
+    parser.add_argument("--artifacts-under", action="append", default=[], metavar="DIR",
+                        help="also upload artifacts and models lying under DIR (default: only those under the "
+                             "results directory); repeatable")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -285,11 +333,15 @@ def run_replay(args) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s tracking-replay %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        s = replay(args.results_dir, args.tracking_uri)
+        s = replay(args.results_dir, args.tracking_uri, args.artifacts_under)
+    except UserError as exc:
+        print(f"electra-ds tracking-replay: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"electra-ds tracking-replay: error: {short_reason(exc)} (the spool files stay pending)",
               file=sys.stderr)
         return 1
     print(f"tracking-replay: {s['files']} spool file(s) sent to {s['uri']}: {s['runs_created']} run(s) created, "
-          f"{s['records']} record(s) logged, {s['skipped']} skipped, {s['pending']} file(s) still pending")
-    return 0 if not s["pending"] else 1
+          f"{s['records']} record(s) logged, {s['skipped']} skipped, {s['refused']} refused (outside the results "
+          f"directory), {s['pending']} file(s) still pending")
+    return 0 if not s["pending"] and not s["refused"] else 1

@@ -12,6 +12,7 @@ from snakemake.logging import logger
 from electra_ds import settings, tracking
 from electra_ds.lock import ResultsLock
 from electra_ds.errors import UserError
+from electra_ds.fileio import refuse_links_under
 from electra_ds.glue import get_task
 from electra_ds.study import plan_models
 
@@ -101,6 +102,10 @@ RESULTS_LOCK = ResultsLock(R, checkout=workflow.basedir)
 
 onstart:
     slurm_preflight()  # with the SLURM profile: a clear error before anything is submitted
+    # job logs and benchmarks are written by the shell's `> {log}` and by Snakemake, which follow a link: none
+    # may be one (a link planted at a log's name would have the job overwrite what it points at)
+    for folder in ("logs", "benchmarks"):
+        _user_error(refuse_links_under, os.path.join(R, folder))
     # creates R: an unwritable results_dir, or one another pipeline is using, stops here, before any job
     _user_error(RESULTS_LOCK.acquire, warn=logger.warning)
     try:
