@@ -119,14 +119,14 @@ def check_config(config: dict, checkout=None) -> None:
 
 def check_stage_args(stage: str, args) -> None:
     """The same constraints for a stage run by hand, on the options it was given."""
-    if stage == "pretrain" and isinstance(getattr(args, "model", None), dict):
+    if stage == "pretrain" and isinstance(args.model, dict):
         check_model(args.model, "pretrain.model")
     if stage == "pretrain" and args.tokenizer_dir:  # the vocabulary given is the one the shards were made with
         from electra_ds.shard_format import check_tokenizer, read_index
 
         check_tokenizer(read_index(args.shards).get("tokenizer_sha256"), args.tokenizer_dir,
                         f"the shards in {args.shards}")
-    if stage == "finetune" and getattr(args, "seed", None) is not None:
+    if stage == "finetune" and args.seed is not None:
         check_seed(args.seed, "finetune.seeds")
     if stage == "linear-probe" and args.folds > args.train_examples:
         raise UserError(f"folds {args.folds} is above train_examples {args.train_examples}",
