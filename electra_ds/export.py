@@ -95,15 +95,23 @@ def _corpus_stats(args) -> dict | None:
     return read_corpus_stats(path)
 
 
+def tokenizer_kind(tokenizer) -> str:
+    """``wordpiece`` when the fast tokenizer's model is WordPiece (vocab.tokenizer: wordpiece), else
+    ``sentencepiece`` (a unigram or BPE model the vocab stage trained with sentencepiece)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return "wordpiece" if type(getattr(backend, "model", None)).__name__ == "WordPiece" else "sentencepiece"
+
+
 def write_cards(folder: Path, names, *, summary=None, scratch=None, corpus_stats=None, vocab_size=None,
-                title=None) -> None:
+                title=None, tokenizer="sentencepiece") -> None:
     """``README.md``, the model card, in each exported model's folder."""
     from electra_ds.model_card import render
 
     for name in names:
         (folder / name / "README.md").write_text(
             render(name, summary=summary, scratch=scratch, corpus_stats=corpus_stats, vocab_size=vocab_size,
-                   name=f"{title} ({name})" if title else None, has_generator="generator" in names),
+                   name=f"{title} ({name})" if title else None, has_generator="generator" in names,
+                   tokenizer=tokenizer),
             encoding="utf-8")
 
 
@@ -223,7 +231,7 @@ def run(args, tracker) -> None:
             digits = "".join(c for c in tag if c.isdigit())
             card_summary.update(steps=int(digits) if digits else None, flops=None, seconds=None, final_valid=None)
         write_cards(tmp, nets, summary=card_summary, corpus_stats=_corpus_stats(args), vocab_size=len(tokenizer),
-                    title=Path(args.output_dir).name)
+                    title=Path(args.output_dir).name, tokenizer=tokenizer_kind(tokenizer))
         # Check: the exported models reproduce the training model's outputs.
         ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
         kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
@@ -268,7 +276,7 @@ def export_scratch(args, tracker) -> None:
             save_tokenizer(tokenizer, tmp / name)
             _check_tokenizer(tokenizer, tmp / name)
         write_cards(tmp, ("discriminator", "generator"), scratch=record, vocab_size=len(tokenizer),
-                    title=Path(args.output_dir).name)
+                    title=Path(args.output_dir).name, tokenizer=tokenizer_kind(tokenizer))
         (tmp / "scratch.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote a randomly initialised model (scratch baseline) to %s", args.output_dir)
     tracker.log_params({"source": "scratch", "seed": args.seed, "model": shape.to_dict()})

@@ -93,7 +93,8 @@ def _num(value) -> str:
 
 
 def render(role: str, *, summary: dict | None = None, scratch: dict | None = None, corpus_stats: dict | None = None,
-           vocab_size: int | None = None, name: str | None = None, has_generator: bool = True) -> str:
+           vocab_size: int | None = None, name: str | None = None, has_generator: bool = True,
+           tokenizer: str = "sentencepiece") -> str:
     """The card of one exported model (``role``: discriminator or generator) as Markdown with YAML front matter.
     ``summary``: the pretraining summary; ``scratch``: the scratch export's record (random weights) instead."""
     datasets, kept = corpus_datasets(corpus_stats)
@@ -149,8 +150,14 @@ def render(role: str, *, summary: dict | None = None, scratch: dict | None = Non
         lines.append("- **Data**: " + ", ".join(f"{label} ({_num(n)} documents)" if n is not None else label
                                                  for label, n in kept.items())
                      + ", normalised, filtered by length and deduplicated (exact and MinHash near-duplicates).")
-    lines.append(f"- **Tokenizer**: a sentencepiece vocabulary of {vocab_size or shape.get('vocab_size')} "
-                 "pieces trained on the run's corpus, saved as a fast Hugging Face tokenizer (`tokenizer.json`).")
+    size = vocab_size or shape.get("vocab_size")
+    if tokenizer == "wordpiece":
+        lines.append(f"- **Tokenizer**: an uncased WordPiece vocabulary of {size} tokens (BERT's kind: lower-cased, "
+                     "accents stripped, `##` continuations), trained on the run's corpus or loaded from a given "
+                     "`vocab.txt`, saved as a fast Hugging Face tokenizer (`tokenizer.json`).")
+    else:
+        lines.append(f"- **Tokenizer**: a cased sentencepiece vocabulary of {size} pieces trained on the run's "
+                     "corpus, saved as a fast Hugging Face tokenizer (`tokenizer.json`).")
     loader = LOADER[role]
     lines += ["", "## How to load it", "",
               f"Works with `transformers{TRANSFORMERS_RANGE}` (the tokenizer is saved as `PreTrainedTokenizerFast`, "

@@ -79,6 +79,11 @@ def test_the_scratch_export_has_a_model_card_per_model(scratch_export):
         assert {"electra", "electra-ds", "scratch"} <= set(meta["tags"])
         assert meta["electra_ds"]["source"] == "scratch" and meta["electra_ds"]["model"]["hidden_size"] == 32
         assert "random weights" in card and "AutoTokenizer.from_pretrained" in card
+        assert "an uncased WordPiece vocabulary of" in card  # the fixture's tokenizer is a WordPiece one
+    from electra_ds.model_card import render  # the vocab stage's default: sentencepiece
+
+    card = render("discriminator", scratch={"seed": 1, "model": TINY}, vocab_size=8000)
+    assert "a cased sentencepiece vocabulary of 8000 pieces" in card and "WordPiece" not in card
 
 
 def test_the_exported_tokenizer_loads_as_pretrainedtokenizerfast(scratch_export):

@@ -183,6 +183,15 @@ def test_wordpiece_tokenizer_survives_export_as_auto_tokenizer(wordpiece_vocab, 
     assert reloaded.mask_token_id == MASK_ID and len(reloaded) == WP_VOCAB
 
 
+def test_an_export_with_a_wordpiece_vocabulary_says_so_in_its_model_card(wordpiece_vocab, tmp_path):
+    out = tmp_path / "export"
+    tiny = {"hidden_size": 32, "num_heads": 2, "num_layers": 1, "intermediate_size": 64, "embedding_size": 32}
+    assert cli("export", "--scratch", "--tokenizer-dir", wordpiece_vocab, "--output-dir", out, "--model",
+               json.dumps(tiny), "--results-dir", tmp_path) == 0
+    card = (out / "discriminator" / "README.md").read_text()
+    assert f"an uncased WordPiece vocabulary of {WP_VOCAB} tokens" in card and "sentencepiece" not in card
+
+
 def test_wordpiece_from_a_bert_vocab_txt_moves_the_specials_to_electra_ids(tmp_path, capsys):
     """BERT's vocab.txt has [PAD]=0 [UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103: they move to 0-4, the rest keep order."""
     from transformers import AutoTokenizer
