@@ -14,6 +14,7 @@ reduction of named statistics (:class:`electra_ds.step_metrics.MetricSums`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -420,6 +421,9 @@ class Trainer:
         if rank == 0:
             previous_latest, _ = ck.read_latest(ckpt_dir)
             try:
+                if tag_dir.is_symlink():  # planted while the run went on (pretrain checked before it started)
+                    raise OSError(errno.ELOOP, "is a symbolic link; refusing to write the checkpoint through it "
+                                               "(remove the link)", str(tag_dir))
                 if tag_dir.exists():
                     # Left by an interrupted save or a damaged checkpoint this run fell back past; never the one it
                     # resumed from (that one is at an earlier step). Removed before any rank writes (DeepSpeed's

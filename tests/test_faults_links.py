@@ -108,6 +108,43 @@ def test_pretraining_refuses_planted_links_before_any_work(prepared, tmp_path, p
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow  # a real pretraining start (DeepSpeed), about 15 s alone, 60 s on the shared 2-core machine
+def test_step_directory_planted_while_pretraining_runs_is_refused_at_the_save(prepared, tmp_path):
+    """Links planted at every later step directory once the run has started (after the check before it): the next
+    save stops the run with one line naming the link; the folder it points at is untouched, `latest` keeps
+    naming the last checkpoint."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    out = tmp_path / "run"
+    target = tmp_path / "elsewhere" / "folder"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text(PRECIOUS)
+    args = args_for(prepared, out, steps=400, extra=("--checkpoint-every", "4"))
+    proc = subprocess.Popen([sys.executable, "-m", "electra_ds", *args], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "latest").exists():  # a first checkpoint (step 2 or 4) is written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    for step in range(4, 401, 4):
+        try:
+            _plant(out / "checkpoints" / f"step{step:08d}", target / "new")  # dangling: DeepSpeed would mkdir it
+        except FileExistsError:  # saved before the links were planted
+            pass
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "is a symbolic link" in errors[0] and "checkpoints/step" in errors[0], errors
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"] and (target / "keep.txt").read_text() == PRECIOUS
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert latest.is_dir() and not latest.is_symlink() and (latest / "electra_ds_manifest.json").is_file()
+
+
 def test_results_dir_that_is_a_link_is_fine_an_output_that_is_one_is_refused(prepared, tmp_path):
     """The results directory (or a parent, or pretraining's --output-dir) may be a link: only what a stage creates
     inside it is checked. A folder output replaced as a whole (shards, vocab, export, a fine-tuning job) that is
