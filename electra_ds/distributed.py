@@ -236,11 +236,17 @@ def _torchrun(torchrun_args: list[str]) -> int:
     SLURM's or Snakemake's signals reach, as with exec), except that a failed rank ends the launch with the rank's
     exit status and its own error, not with torchrun's ChildFailedError traceback after it."""
     from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_drop_user_error_report)
     try:
         torch_run.run(torch_run.parse_args(torchrun_args))
+    except SignalException as exc:  # Ctrl-C or SIGTERM: torchrun passed it on to the ranks and waited for them
+        name = signal.Signals(exc.sigval).name
+        print(f"electra-ds launch: stopped by {name}; each rank's own last lines say where it stopped (a run "
+              f"checkpoints the step it is in) -- run the same command again to resume", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()  # the root cause: the others were stopped because of it
         reported = [(r, f) for r, f in exc.failures.items() if f.exitcode in REPORTED]

@@ -300,17 +300,23 @@ class TrainLog:
 
 
 class StopSignal:
-    """Remembers SIGTERM/SIGUSR1 (sent by SLURM before a time limit or on preemption) instead of dying."""
+    """Remembers SIGTERM/SIGUSR1 (sent by SLURM before a time limit or on preemption) and a first SIGINT (Ctrl-C,
+    which torchrun passes on to the ranks) instead of dying: the run checkpoints the step it is in and stops. A
+    second Ctrl-C interrupts at once, as usual."""
 
     def __init__(self):
         import signal
 
         self.received = 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        import signal
+
         self.received = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc", "token_prior_auc",
