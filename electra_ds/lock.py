@@ -17,6 +17,7 @@ it ends (``onsuccess`` / ``onerror``):
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from electra_ds.errors import UserError
+from electra_ds.fileio import link_error
 
 LOCK_NAME = ".electra-ds.lock"
 
@@ -129,8 +131,11 @@ class ResultsLock:
             raise self._unwritable(NotADirectoryError(20, "Not a directory", str(self.results_dir)), "creating it")
         for _attempt in range(20):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # O_NOFOLLOW: the holder record is written into this file, never through a link planted at its name
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise link_error(self.path) from None
                 raise self._unwritable(exc, f"creating the lock file {LOCK_NAME}") from None
             flocked = True
             try:

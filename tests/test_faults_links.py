@@ -73,6 +73,21 @@ def test_appends_refuse_a_link_even_one_planted_after_the_file_was_opened_once(t
     assert target.read_text() == PRECIOUS
 
 
+def test_locks_never_write_their_holder_record_through_a_planted_link(tmp_path):
+    """The pipeline's lock (results_dir/.electra-ds.lock) and a stage's output-directory lock write a holder record
+    into their file: a link planted at either name is refused, its target untouched."""
+    from electra_ds.lock import LOCK_NAME, OutputLock, ResultsLock
+
+    results = tmp_path / "results"
+    for lock, name in ((ResultsLock(results), LOCK_NAME), (OutputLock(results / "pretrain", "pretrain"),
+                                                           ".pretrain.lock")):
+        target = _outside(tmp_path, f"{name}.txt")
+        _plant(results / name, target)
+        with pytest.raises(UserError, match=f"{name}: is a symbolic link"):
+            lock.acquire()
+        assert target.read_text() == PRECIOUS
+
+
 def test_stale_temporary_that_is_a_link_is_removed_not_followed(tmp_path):
     folder = tmp_path / "elsewhere"
     folder.mkdir()
