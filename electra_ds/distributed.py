@@ -294,13 +294,19 @@ class StallWatch:
         self._stop = threading.Event()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._beat()
-        threading.Thread(target=self._run, name="stall-watchdog", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
+        self._thread.start()
 
     def progress(self, step: int, phase: str) -> None:
         self.step, self.phase, self.last = step, phase, time.monotonic()
 
     def stop(self) -> None:
+        """Stop the watchdog and wait for its thread: a daemon thread still running when the interpreter exits
+        can be torn down mid-call (pthread_exit's forced unwind), which aborted ranks at the end of a finished run
+        ('terminate called without an active exception', SIGABRT; 1 in 4 two-rank runs at the study's shape)."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 3 * self.interval))
 
     def _beat(self) -> None:
         record = {"rank": self.rank, "step": self.step, "phase": self.phase, "time": time.time(),

@@ -103,3 +103,18 @@ def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypa
         assert distributed._torchrun(["--standalone", "--nproc_per_node=2", "-m", "electra_ds", "pretrain"]) == status
         err = capsys.readouterr().err
         assert (said in err if said else err == "") and "Traceback" not in err
+
+
+def test_the_stall_watchdog_thread_is_gone_after_stop(tmp_path):
+    """stop() joins the watchdog: a daemon thread alive at interpreter exit aborted ranks of finished runs
+    ('terminate called without an active exception')."""
+    import threading
+
+    from electra_ds.distributed import StallWatch
+
+    watch = StallWatch(tmp_path / "beats", 0, 1, timeout_s=60)
+    assert any(t.name == "stall-watchdog" for t in threading.enumerate())
+    watch.progress(3, "training")
+    watch.stop()
+    assert not any(t.name == "stall-watchdog" for t in threading.enumerate())
+    assert '"rank": 0' in (tmp_path / "beats" / "rank-0.json").read_text()  # the heartbeat it wrote at the start
