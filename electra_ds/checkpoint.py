@@ -173,12 +173,18 @@ BEFORE_FIELD = {"masking": "token", "mask_count": "exact", "uniform_generator": 
 UNRECORDED_BEFORE = ("learning_rate", "warmup_steps", "weight_decay")
 
 
+# Fields that choose how a result is computed, not what is computed: a run may resume with another value.
+NOT_CHECKED = ("model.attn_implementation",)  # eager / sdpa / auto: the same attention, other kernels
+
+
 def config_differences(saved, current, prefix: str = "") -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (nested dicts flattened with dots)."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
             name = f"{prefix}{key}"
+            if name in NOT_CHECKED:
+                continue
             if key not in saved and name in BEFORE_FIELD and current[key] == BEFORE_FIELD[name]:
                 continue
             if key not in saved and name in UNRECORDED_BEFORE:

@@ -265,6 +265,12 @@ def test_another_learning_rate_on_resume_is_refused_unless_named(planted, tmp_pa
     from electra_ds.checkpoint import config_differences
 
     assert config_differences(old, {**saved, "learning_rate": 1.0}) == []
+    # the attention kernel is how, not what: a checkpoint of the old default (sdpa) resumes under auto
+    for before, now in (("sdpa", "auto"), ("eager", "sdpa")):
+        a, b = {**saved, "model": {**saved["model"], "attn_implementation": before}}, {**saved, "model": {
+            **saved["model"], "attn_implementation": now}}
+        assert config_differences(a, b) == []
+    assert config_differences(saved, {**saved, "model": {**saved["model"], "hidden_size": 7}}) != []
 
 
 def test_resuming_with_a_named_change_uses_and_records_it(planted, tmp_path):
