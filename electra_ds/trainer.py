@@ -365,6 +365,24 @@ class Trainer:
     def skip_state(self) -> dict:
         return self.skips.state()
 
+    def _fold_pending_prior_counts(self) -> None:
+        """Before a checkpoint: the id counts of the steps since the last :meth:`collect` go into the token prior
+        now (reduced over the ranks, then zeroed in the pending sums), so the checkpoint holds them. A save at a step
+        that is not a log step (SIGTERM, Ctrl-C, a time-based save) lost them otherwise, and the resumed run's
+        token_prior_auc and context_auc differed from an uninterrupted run's. The counts are whole numbers in
+        float64: adding them earlier gives the same prior."""
+        import torch
+
+        keys = ("ids_replaced", "ids_total")
+        if not all(k in self.sums.sums for k in keys):  # mlm, or no step since the last collect (the same on all ranks)
+            return
+        counts = torch.stack([self.sums.sums[k] for k in keys])
+        if self.world > 1:
+            torch.distributed.all_reduce(counts)
+        self.prior.add({"ids_replaced": counts[0], "ids_total": counts[1]})
+        for k in keys:
+            self.sums.sums[k] = torch.zeros_like(self.sums.sums[k])
+
     def collect(self) -> tuple[dict, float]:
         """(metrics, real tokens) of the training steps since the last call, over every rank (one all-reduce)."""
         self.sums.all_reduce()
@@ -436,6 +454,7 @@ class Trainer:
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, \
             UNIVERSAL_CHECKPOINT_VERSION_VALUE
 
+        self._fold_pending_prior_counts()
         # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this checkpoint for another world size.
         client_state = {"step": self.step, "run_config": self.run_config, "token_prior": self.prior.state(),
                         "skip_watch": self.skip_state(), UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY:

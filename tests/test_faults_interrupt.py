@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,4 +160,16 @@ def test_sigint_during_pretraining_then_sigterm_during_finetuning_rerun_ends_as_
     # 3. the same command finishes the DAG, running the interrupted jobs again, with the uninterrupted figures
     text = _run(config, results, tmp_path / "rerun.log")
     assert "rule pretrain:" not in text and text.count("rule finetune:") >= len(jobs) - len(done)
-    assert _figures(results) == expected
+    got = _figures(results)
+    # One stated difference: when Ctrl-C lands between two log steps, the training-log line of that interval covers
+    # only the steps after the resume (the steps before it are in the checkpoint, their interval figures are not).
+    # Every other line, the weights' figures, validation (the token prior included), fine-tuning and evaluation
+    # are the uninterrupted run's.
+    resumed = re.search(r"resumed from \S+step(\d+) at step", (results / "logs/pretrain/electra.log").read_text())
+    stop = int(resumed.group(1))
+    straddled = min(r["step"] for r in got["train_log"] if r["split"] == "train" and r["step"] > stop)
+    if stop % OVERRIDES["pretrain.log_every"]:
+        for figures in (got, expected):
+            figures["train_log"] = [r for r in figures["train_log"]
+                                    if not (r["split"] == "train" and r["step"] == straddled)]
+    assert got == expected
