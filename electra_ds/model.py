@@ -248,6 +248,31 @@ class ElectraPretrainer(nn.Module):
             (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    @torch.no_grad()
+    def init_output_biases(self, counts) -> dict:
+        """Start both output layers at the data's base rates instead of zero (``output_bias_init: prior``): the
+        generator's vocabulary bias at the log unigram frequencies of the pretraining tokens (specials and ids
+        never seen get the floor of one count), the discriminator's bias at the log-odds of a replacement (the
+        masked share of the tokens times how often a unigram sample differs from the original). At zero, Adam moves
+        a bias by about the learning rate a step, so biases that must reach -10..-2 take thousands of steps, and
+        the generator spends a short run's budget learning token frequencies through its tied embeddings (what
+        the study measured: the generator at the unigram plateau for its whole run). Returns the values set."""
+        counts = torch.as_tensor(counts, dtype=torch.float64).clone()
+        counts[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = 0  # never a prediction target ([UNK] in the text can be)
+        counts = counts.clamp_min(1.0)
+        prior = counts / counts.sum()
+        log_prior = prior.log()
+        heads = [m for m in (self.generator,) if m is not None]
+        for model in heads:
+            model.generator_lm_head.bias.copy_(log_prior.to(model.generator_lm_head.bias.dtype))
+        replaced = None
+        if self.discriminator is not None:
+            same = float((prior * prior).sum())  # a unigram sample equals the original this often
+            share = self.mask_prob * (1.0 - same)
+            replaced = float(torch.logit(torch.tensor(share, dtype=torch.float64)))
+            self.discriminator.discriminator_predictions.dense_prediction.bias.fill_(replaced)
+        return {"generator_bias_mean": float(log_prior.mean()) if heads else None, "discriminator_bias": replaced}
+
     def use_word_starts(self, word_starts: torch.Tensor) -> None:
         """Whole-word masking: which vocabulary ids start a word (:func:`word_start_table`), kept as a
         non-persistent buffer (it follows the model's device, never enters a checkpoint)."""

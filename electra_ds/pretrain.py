@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct",
                          "adversarial_mle_weight", "masking", "mask_count", "uniform_generator", "embedding_sharing",
-                         "optimizer", "schedule", "ds_config", "global_batch_size", "micro_batch_size",
+                         "output_bias_init", "optimizer", "schedule", "ds_config", "global_batch_size", "micro_batch_size",
                          "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision", "device",
                          "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
                          "eval_every", "eval_examples", "plateau_steps", "peak_tflops", "max_skipped_steps",
@@ -142,6 +142,7 @@ def _loop(args, tracker, trainer, train_log, stall) -> None:
                 "precision": trainer.precision, "model": trainer.shape.to_dict(), "objective": args.objective,
                 "optimizer": trainer.optimizer_name, "offload_optimizer": trainer.offload,
                 "temperature": args.temperature, "mask_prob": args.mask_prob,
+                "output_bias_init": args.output_bias_init,
                 "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
                 "flops": trainer.step * trainer.step_flops, "final_train": last_train, "final_valid": final_valid,
                 "skipped_steps": trainer.skips.total, "resume_changes": trainer.resume_changes,

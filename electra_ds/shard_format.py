@@ -90,6 +90,18 @@ class ShardedExamples:
                         "command again: it resumes from the last checkpoint")
 
 
+def token_counts(examples: ShardedExamples, chunk_rows: int = 65536) -> np.ndarray:
+    """How often each vocabulary id occurs in a split (padding included), read file by file in chunks: one pass,
+    about a second for the study's 6 M tokens. The unigram prior the output-bias initialisation starts from."""
+    counts = np.zeros(examples.vocab_size, dtype=np.int64)
+    for part, rows in enumerate(examples._rows.arrays()):
+        examples.check_unchanged(part)
+        for start in range(0, len(rows), chunk_rows):
+            counts += np.bincount(np.asarray(rows[start:start + chunk_rows]).reshape(-1),
+                                  minlength=examples.vocab_size)[:examples.vocab_size]
+    return counts
+
+
 def read_index(shard_dir) -> dict:
     """``index.json`` of a shards directory, checked field by field: an empty, garbled or foreign index is a
     UserError naming the file and the field, never a TypeError or KeyError deep in the reader."""

@@ -210,3 +210,35 @@ def test_each_objective_trains(objective):
         assert "disc_loss" not in out and "disc_loss_sum" not in out["stats"]  # no detection to report
     else:
         assert model.generator.config.hidden_size == SHAPE.hidden_size // 4
+
+
+@pytest.mark.parametrize("objective", ["electra", "mlm"])
+def test_prior_output_biases_start_the_model_at_the_unigram_and_replacement_base_rates(objective):
+    """output_bias_init prior: at step 0 the generator's predictions are the data's unigram distribution (over the
+    ids that can be a target) and the discriminator's the base rate of a replacement."""
+    torch.manual_seed(0)
+    counts = torch.zeros(SHAPE.vocab_size, dtype=torch.long)
+    counts[5:] = torch.randint(1, 1000, (SHAPE.vocab_size - 5,))
+    counts[PAD_ID] = counts[CLS_ID] = counts[SEP_ID] = 10**6  # specials: never a target, whatever their count
+    model = ElectraPretrainer(SHAPE, objective=objective, mask_prob=0.15)
+    set_to = model.init_output_biases(counts.numpy())
+    prior = counts.double().clone()
+    prior[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = 0
+    prior = prior.clamp_min(1) / prior.clamp_min(1).sum()
+    bias = model.generator.generator_lm_head.bias.double()
+    assert torch.allclose(bias, prior.log(), atol=1e-6)
+    assert bias[PAD_ID] <= bias[5:].min()  # the special's million counts were dropped
+    if objective == "electra":
+        expected = 0.15 * (1 - float((prior ** 2).sum()))
+        assert torch.sigmoid(torch.tensor(set_to["discriminator_bias"])) == pytest.approx(expected, rel=1e-6)
+        assert model.discriminator.discriminator_predictions.dense_prediction.bias.item() == pytest.approx(
+            set_to["discriminator_bias"], rel=1e-6)
+    else:
+        assert set_to["discriminator_bias"] is None
+    # only the two biases moved: every other tensor is the seed's init
+    torch.manual_seed(0)
+    torch.randint(1, 1000, (SHAPE.vocab_size - 5,))
+    fresh = ElectraPretrainer(SHAPE, objective=objective, mask_prob=0.15).state_dict()
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, fresh[k])}
+    assert moved == {"generator.generator_lm_head.bias"} | (
+        {"discriminator.discriminator_predictions.dense_prediction.bias"} if objective == "electra" else set())

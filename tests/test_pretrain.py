@@ -334,10 +334,12 @@ def test_other_objectives_train_under_deepspeed_and_export(prepared, tmp_path, o
     """ZeRO-0 on one process (stage 0 has its own export path), then the exported models load."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+    # output_bias_init prior rides along: the biases start from the shards' unigram prior, the run trains
     summary, _ = pretrain_and_export(prepared, tmp_path, ["--nproc-per-node", "1"], stage=0, steps=4,
-                                     extra=["--objective", objective])
+                                     extra=["--objective", objective, "--output-bias-init", "prior"])
     assert all(r["loss"] == r["loss"] for r in train_log(tmp_path / "pretrain"))  # finite, no NaN
     assert summary["objective"] == objective and summary["zero_stage"] == 0
+    assert summary["output_bias_init"] == "prior"
     gen = AutoModelForMaskedLM.from_pretrained(tmp_path / "export" / "generator")
     # mlm: the MLM is discriminator-sized; electra/adversarial: generator_fraction 0.5 of 32
     assert gen.config.hidden_size == (32 if objective == "mlm" else 16)
