@@ -262,16 +262,17 @@ class ElectraPretrainer(nn.Module):
         counts = counts.clamp_min(1.0)
         prior = counts / counts.sum()
         log_prior = prior.log()
-        heads = [m for m in (self.generator,) if m is not None]
-        for model in heads:
-            model.generator_lm_head.bias.copy_(log_prior.to(model.generator_lm_head.bias.dtype))
+        if self.generator is not None:  # None under uniform_generator
+            head = self.generator.generator_lm_head
+            head.bias.copy_(log_prior.to(head.bias.dtype))
         replaced = None
         if self.discriminator is not None:
             same = float((prior * prior).sum())  # a unigram sample equals the original this often
             share = self.mask_prob * (1.0 - same)
             replaced = float(torch.logit(torch.tensor(share, dtype=torch.float64)))
             self.discriminator.discriminator_predictions.dense_prediction.bias.fill_(replaced)
-        return {"generator_bias_mean": float(log_prior.mean()) if heads else None, "discriminator_bias": replaced}
+        return {"generator_bias_mean": float(log_prior.mean()) if self.generator is not None else None,
+                "discriminator_bias": replaced}
 
     def use_word_starts(self, word_starts: torch.Tensor) -> None:
         """Whole-word masking: which vocabulary ids start a word (:func:`word_start_table`), kept as a

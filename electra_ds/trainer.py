@@ -216,11 +216,12 @@ class Trainer:
                                   device_type=device_type)
         if self.word_starts is not None:
             model.use_word_starts(self.word_starts)
-        if args.output_bias_init == "prior":  # before a resume: a checkpoint's weights replace these
-            from electra_ds.shard_format import token_counts
-
-            biases = model.init_output_biases(token_counts(self.train))
-            log.info("output biases from the training tokens' unigram prior: %s", biases)
+        if args.output_bias_init == "prior" and resume_tag is None:  # a resume takes the checkpoint's biases
+            # one pass over the training split, on rank 0 only (on a real corpus every rank reading it all is minutes)
+            counts = broadcast(self.train.token_counts() if self.rank == 0 else None, self.world)
+            biases = model.init_output_biases(counts)
+            if self.rank == 0:
+                log.info("output biases from the training tokens' unigram prior: %s", biases)
         self.parameters = sum(p.numel() for p in model.parameters())
         from electra_ds.optim import build_optimizer, lr_lambda
 

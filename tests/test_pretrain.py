@@ -55,9 +55,13 @@ def test_two_process_zero2_trains_checkpoints_and_resumes(prepared, tmp_path):
     dead_mlflow = {"ELECTRA_DS_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     # --results-dir: where the records the dead server misses are spooled (the default, ".", is the checkout).
+    # output_bias_init prior: rank 0 counts the training tokens once and both ranks start from that prior; the
+    # resumed run below takes the checkpoint's biases and counts nothing
+    prior = ("--output-bias-init", "prior")
     first = electra_ds(["launch", "--nproc-per-node", "2", "--",
-                        *pretrain_args(prepared, out, steps=6, extra=("--results-dir", tmp_path))], dead_mlflow)
+                        *pretrain_args(prepared, out, steps=6, extra=("--results-dir", tmp_path, *prior))], dead_mlflow)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("output biases from the training tokens' unigram prior") == 1
     assert "world size 2, micro-batch 4 x accumulation 2 = global 16; ZeRO stage 2" in first.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["zero_stage"] == 2
@@ -67,8 +71,9 @@ def test_two_process_zero2_trains_checkpoints_and_resumes(prepared, tmp_path):
     assert first_losses[6] < first_losses[1]  # it learns
 
     # Asking for more steps resumes from the latest checkpoint instead of starting over.
-    again = electra_ds(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, steps=8)])
+    again = electra_ds(["launch", "--nproc-per-node", "2", "--", *pretrain_args(prepared, out, steps=8, extra=prior)])
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "unigram prior" not in again.stderr
     assert "resumed from" in again.stderr and "at step 6" in again.stderr
     resumed = losses(out)  # the log continues the first run's: its lines up to the checkpoint, then 7 and 8
     assert sorted(resumed) == list(range(1, 9)) and {k: resumed[k] for k in range(1, 7)} == first_losses

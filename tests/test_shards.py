@@ -252,10 +252,8 @@ def test_open_split_round_trip(shards):
 
 
 def test_token_counts_count_every_id_of_the_split(shards):
-    from electra_ds.shard_format import token_counts
-
     train = open_split(shards, "train")
-    counts = token_counts(train, chunk_rows=333)  # chunks that do not divide the files' rows
+    counts = train.token_counts(chunk_rows=333)  # chunks that do not divide the files' rows
     raw = all_rows(shards, "train").astype(np.int64)
     assert counts.shape == (train.vocab_size,) and counts.dtype == np.int64
     assert np.array_equal(counts, np.bincount(raw.reshape(-1), minlength=train.vocab_size))
