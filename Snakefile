@@ -4,15 +4,15 @@
 #                         \-> probes (offline default: tasks from held-out documents) -/
 #                                                      export -> linear_probe (frozen features, per model) -/
 #
-# Each rule is one shell line calling `electra-ds <stage>`; the stage code is electra_ds/<stage>.py.
+# Each rule is one shell line calling `electra-ds <stage>`; electra_ds/stages.py names the module of each stage.
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from electra_ds.config import config_error
-from electra_ds.constraints import check_config
-from electra_ds.errors import UserError
-from electra_ds.settings import SCHEMA_PATH
+from electra_ds.pipeline.config import config_error
+from electra_ds.pipeline.constraints import check_config
+from electra_ds.common.errors import UserError
+from electra_ds.common.settings import SCHEMA_PATH
 
 min_version("9.0")
 
@@ -31,7 +31,7 @@ if problem := config_error(config, SCHEMA_PATH):
     raise WorkflowError(problem)
 validate(config, str(SCHEMA_PATH))  # fills the schema's defaults
 # What the schema cannot say (heads dividing the hidden size, results_dir not / or the checkout, ~ expanded, ...):
-# electra_ds/constraints.py, before any rule or job exists.
+# electra_ds/pipeline/constraints.py, before any rule or job exists.
 try:
     check_config(config, checkout=workflow.basedir)
 except UserError as _exc:

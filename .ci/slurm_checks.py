@@ -46,7 +46,7 @@ def rank_records(work: Path, job_id: str) -> list[dict]:
 
 
 def store_port(job_id: str) -> int:
-    return 15000 + int(job_id) % 20000  # electra_ds.distributed.slurm_port
+    return 15000 + int(job_id) % 20000  # electra_ds.pretraining.distributed.slurm_port
 
 
 def check_ranks_on_two_nodes(work: Path, job_id: str) -> str:

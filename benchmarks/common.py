@@ -24,12 +24,12 @@ def gutenberg_dir() -> Path | None:
 
 def documents(words_per_doc: int = 500) -> tuple[list[dict], str]:
     """(documents, description): real passages with ids, in a fixed order."""
-    from electra_ds.text import normalise_text, strip_gutenberg
+    from electra_ds.data.text import normalise_text, strip_gutenberg
 
     root = gutenberg_dir()
     docs = []
     if root is None:
-        from electra_ds.corpus import iter_demo
+        from electra_ds.data.corpus import iter_demo
 
         docs = [{"id": i, "text": normalise_text(t)} for i, t in iter_demo() if len(t) >= 200]
         return docs, f"demo corpus ({len(docs)} documents)"

@@ -21,7 +21,7 @@ from common import Timer, documents
 
 
 def planted(docs, fraction, seed=0):
-    from electra_ds.minhash import edited_copy
+    from electra_ds.data.minhash import edited_copy
 
     rng = random.Random(seed)
     out = list(docs)
@@ -32,8 +32,8 @@ def planted(docs, fraction, seed=0):
 
 
 def ours(texts, cfg, workers):
-    from electra_ds.parallel import ordered_map
-    from electra_ds.minhash import Signer, near_duplicate_pairs
+    from electra_ds.data.parallel import ordered_map
+    from electra_ds.data.minhash import Signer, near_duplicate_pairs
 
     signer = Signer(cfg)
     b, _ = cfg.lsh_params
@@ -52,7 +52,7 @@ _SIGNERS = {}
 
 
 def _sign_texts(texts, cfg):
-    from electra_ds.minhash import Signer
+    from electra_ds.data.minhash import Signer
 
     if cfg not in _SIGNERS:
         _SIGNERS[cfg] = Signer(cfg)
@@ -62,7 +62,7 @@ def _sign_texts(texts, cfg):
 def datasketch_pairs(texts, cfg):
     from datasketch import MinHash, MinHashLSH
 
-    from electra_ds.minhash import words_of
+    from electra_ds.data.minhash import words_of
 
     n = cfg.ngram
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=cfg.lsh_params)
@@ -83,7 +83,7 @@ def datasketch_pairs(texts, cfg):
 
 
 def main():
-    from electra_ds.minhash import MinHashConfig, true_jaccard
+    from electra_ds.data.minhash import MinHashConfig, true_jaccard
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=float, default=0.1, help="fraction of documents given an edited copy")

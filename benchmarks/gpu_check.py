@@ -51,8 +51,8 @@ def main() -> None:
 
     import torch
 
-    from electra_ds.model import ModelShape
-    from electra_ds.shape import flops_per_token
+    from electra_ds.pretraining.model import ModelShape
+    from electra_ds.pretraining.shape import flops_per_token
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -14,7 +14,7 @@ Everything runs in this one invocation, on this machine, so every ratio compares
    eager attention, fp32, torch AdamW, ``torch.multinomial`` sampling), one process, all threads.
 
 ``--profile`` adds a torch.profiler breakdown of the pipeline's step (one process, the DeepSpeed engine built by
-:class:`electra_ds.trainer.Trainer`) by kind of work.
+:class:`electra_ds.pretraining.trainer.Trainer`) by kind of work.
 
     python benchmarks/pretrain_throughput.py --shape tiny small --launch 2x1 1x2 --precision bf16 fp32
 """
@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID  # noqa: E402
-from electra_ds.masking import mask_positions  # noqa: E402
-from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs  # noqa: E402
-from electra_ds.shape import flops_per_token, generator_dims, generator_num_layers  # noqa: E402
+from electra_ds.pretraining.masking import mask_positions  # noqa: E402
+from electra_ds.pretraining.model import ElectraPretrainer, ModelShape, electra_configs  # noqa: E402
+from electra_ds.pretraining.shape import flops_per_token, generator_dims, generator_num_layers  # noqa: E402
 
 SHAPES = {  # discriminator shapes; the generator is generator_fraction of the width
     "tiny": dict(embedding_size=128, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
@@ -84,7 +84,7 @@ def matmul_tflops(m: int, k: int, n: int, dtype, device, seconds: float = 0.3) -
 def bf16_supported(device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from electra_ds.ds_config import cpu_has_bf16_matmul
+    from electra_ds.pretraining.ds_config import cpu_has_bf16_matmul
 
     return cpu_has_bf16_matmul()
 
@@ -92,8 +92,8 @@ def bf16_supported(device) -> bool:
 # -- 2. the pipeline's own step -----------------------------------------------------------------------------------
 def synthetic_shards(out: Path, vocab: int, examples: int, seq_len: int, seed: int = 0) -> Path:
     """A shards directory of ``examples`` full rows ([CLS] a [SEP] b [SEP]) of Zipf-distributed ids."""
-    from electra_ds.shard_format import FORMAT
-    from electra_ds.shards import ShardWriter
+    from electra_ds.data.shard_format import FORMAT
+    from electra_ds.data.shards import ShardWriter
 
     rng = np.random.default_rng(seed)
     ids = np.minimum(rng.zipf(1.2, size=(examples, seq_len)) + 4, vocab - 1).astype(np.uint16)
@@ -166,9 +166,9 @@ def profile_pipeline_step(shards: Path, shape: dict, precision: str, threads: in
     Also the ops themselves, (name, share), most first."""
     from torch.profiler import ProfilerActivity, profile
 
-    from electra_ds import distributed
+    from electra_ds.pretraining import distributed
     from electra_ds.cli import build_parser
-    from electra_ds.trainer import Trainer
+    from electra_ds.pretraining.trainer import Trainer
 
     torch.set_num_threads(threads)
     args = build_parser().parse_args([

@@ -27,9 +27,9 @@ def main():
     args = parser.parse_args()
     import sentencepiece as spm
 
-    from electra_ds.shards import write_shards
-    from electra_ds.text import split_sentences
-    from electra_ds.vocab import sample_sentences, train_sentencepiece
+    from electra_ds.data.shards import write_shards
+    from electra_ds.data.text import split_sentences
+    from electra_ds.data.vocab import sample_sentences, train_sentencepiece
 
     docs, what = documents()
     with tempfile.TemporaryDirectory() as tmp:

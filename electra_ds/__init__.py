@@ -2,16 +2,16 @@
 
 Each pipeline stage lives in its own module and is reachable as ``electra-ds <stage>``:
 
-    corpus    electra_ds.corpus    sources -> normalised UTF-8 documents (JSONL)
-    dedup     electra_ds.dedup     exact duplicate removal -> kept documents + counts
-    vocab     electra_ds.vocab     sentencepiece -> Hugging Face tokenizer directory
-    shards    electra_ds.shards    tokenize + pack -> binary shards + index
-    probes    electra_ds.probes    offline probe tasks (GLUE TSV layout) from held-out documents
-    pretrain  electra_ds.pretrain  generator + discriminator through DeepSpeed -> checkpoints
-    export    electra_ds.export    checkpoint -> Hugging Face discriminator / generator
-    finetune  electra_ds.finetune  one (task, seed) fine-tuning job -> dev metrics + test predictions
-    linear-probe electra_ds.linear_probe  frozen features of every layer -> logistic regression dev accuracy
-    evaluate  electra_ds.evaluate  aggregate -> results table (JSON + Markdown)
+    corpus    electra_ds.data.corpus    sources -> normalised UTF-8 documents (JSONL)
+    dedup     electra_ds.data.dedup     exact duplicate removal -> kept documents + counts
+    vocab     electra_ds.data.vocab     sentencepiece -> Hugging Face tokenizer directory
+    shards    electra_ds.data.shards    tokenize + pack -> binary shards + index
+    probes    electra_ds.data.probes    offline probe tasks (GLUE TSV layout) from held-out documents
+    pretrain  electra_ds.pretraining.pretrain  generator + discriminator through DeepSpeed -> checkpoints
+    export    electra_ds.pretraining.export    checkpoint -> Hugging Face discriminator / generator
+    finetune  electra_ds.finetuning.finetune  one (task, seed) fine-tuning job -> dev metrics + test predictions
+    linear-probe electra_ds.finetuning.linear_probe  frozen features of every layer -> logistic regression dev accuracy
+    evaluate  electra_ds.finetuning.evaluate  aggregate -> results table (JSON + Markdown)
 """
 
 __version__ = "0.1.0"

@@ -60,7 +60,7 @@ def demo_vocab(vocab_size: int = 2000) -> Path:
 
 
 def read_records(path) -> list[dict]:
-    from electra_ds.fileio import read_jsonl
+    from electra_ds.common.fileio import read_jsonl
 
     return list(read_jsonl(path))
 

@@ -8,8 +8,11 @@ import json
 import time
 
 
-from electra_ds import corpus, readers
-from electra_ds.text import normalise_text, split_sentences
+from electra_ds.data import corpus
+
+
+from electra_ds.data import readers
+from electra_ds.data.text import normalise_text, split_sentences
 from helpers import cli, cli_error
 from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from electra_ds.dedup import exact_dedup, normalise_for_hash
-from electra_ds.fileio import write_jsonl
+from electra_ds.data.dedup import exact_dedup, normalise_for_hash
+from electra_ds.common.fileio import write_jsonl
 from helpers import cli, cli_error
 from helpers_data import demo_documents, leftovers, read_records
 
@@ -178,7 +178,7 @@ def test_tracker_gets_the_report(tmp_path):
         def log_metrics(self, m, step=None): logged.update(m)
         def log_artifact(self, path): logged["artifact"] = str(path)
 
-    from electra_ds import dedup as stage
+    from electra_ds.data import dedup as stage
     from electra_ds.cli import build_parser
 
     write_jsonl(tmp_path / "in.jsonl", _near_docs())

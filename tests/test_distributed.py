@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from electra_ds.distributed import launch_command, setup_env, slurm_first_node, slurm_port
-from electra_ds.errors import UserError
+from electra_ds.pretraining.distributed import launch_command, setup_env, slurm_first_node, slurm_port
+from electra_ds.common.errors import UserError
 
 
 def test_srun_variables_map_to_torch_distributed(monkeypatch):
@@ -78,7 +78,7 @@ def test_the_same_rule_runs_with_torchrun_outside_slurm():
 def test_launch_cli_takes_the_rule_resources(monkeypatch):
     import argparse
 
-    from electra_ds.distributed import add_arguments
+    from electra_ds.pretraining.distributed import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -92,7 +92,7 @@ def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypa
     from torch.distributed import run as torch_run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from electra_ds import distributed
+    from electra_ds.pretraining import distributed
 
     for exitcode, status, said in [(2, 2, ""), (1, 1, "rank 1 failed with exit status 1 (its output is above)"),
                                    (-9, 137, "rank 1 failed with exit status -9 (SIGKILL)")]:
@@ -110,7 +110,7 @@ def test_the_stall_watchdog_thread_is_gone_after_stop(tmp_path):
     ('terminate called without an active exception')."""
     import threading
 
-    from electra_ds.distributed import StallWatch
+    from electra_ds.pretraining.distributed import StallWatch
 
     watch = StallWatch(tmp_path / "beats", 0, 1, timeout_s=60)
     assert any(t.name == "stall-watchdog" for t in threading.enumerate())

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from electra_ds.ds_config import derive_batch, load_ds_config, zero_stage
-from electra_ds.errors import UserError
+from electra_ds.pretraining.ds_config import derive_batch, load_ds_config, zero_stage
+from electra_ds.common.errors import UserError
 from helpers import REPO
 
 
@@ -57,7 +57,7 @@ PLAIN_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_in_hardware(monkeypatch):
-    from electra_ds import ds_config
+    from electra_ds.common import hardware as ds_config  # where precision is resolved, for both training stages
 
     assert ds_config.cpu_has_bf16_matmul(AMX_CPUINFO)
     assert ds_config.cpu_has_bf16_matmul(PLAIN_CPUINFO.replace("avx512bw", "avx512bw avx512_bf16"))

@@ -9,7 +9,9 @@ import statistics
 
 import pytest
 
-from electra_ds import evaluate, report
+from electra_ds.finetuning import evaluate
+
+from electra_ds.finetuning import report
 from helpers import cli
 
 

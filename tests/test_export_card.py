@@ -10,9 +10,9 @@ import stat
 import pytest
 import yaml
 
-from electra_ds.export import checkpoint_dir_of
-from electra_ds.fileio import atomic_path
-from electra_ds.model_card import render
+from electra_ds.pretraining.export import checkpoint_dir_of
+from electra_ds.common.fileio import atomic_path
+from electra_ds.pretraining.model_card import render
 from helpers import cli, cli_error
 from helpers_models import build_tiny_model_dir
 
@@ -80,7 +80,7 @@ def test_the_scratch_export_has_a_model_card_per_model(scratch_export):
         assert meta["electra_ds"]["source"] == "scratch" and meta["electra_ds"]["model"]["hidden_size"] == 32
         assert "random weights" in card and "AutoTokenizer.from_pretrained" in card
         assert "an uncased WordPiece vocabulary of" in card  # the fixture's tokenizer is a WordPiece one
-    from electra_ds.model_card import render  # the vocab stage's default: sentencepiece
+    from electra_ds.pretraining.model_card import render  # the vocab stage's default: sentencepiece
 
     card = render("discriminator", scratch={"seed": 1, "model": TINY}, vocab_size=8000)
     assert "a cased sentencepiece vocabulary of 8000 pieces" in card and "WordPiece" not in card

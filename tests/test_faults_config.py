@@ -1,5 +1,5 @@
 """A config that validates never crashes later on a value it could have checked (issue 24 item 9, and the
-results_dir cases of item 12): each cross-field constraint of electra_ds/constraints.py refused naming its field,
+results_dir cases of item 12): each cross-field constraint of electra_ds/pipeline/constraints.py refused naming its field,
 the model shapes it accepts are exactly those the model builds and trains on, and the CLI and the dry run refuse."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from electra_ds.constraints import check_config, check_model
-from electra_ds.errors import UserError
-from electra_ds.settings import SCHEMA_PATH
+from electra_ds.pipeline.constraints import check_config, check_model
+from electra_ds.common.errors import UserError
+from electra_ds.common.settings import SCHEMA_PATH
 from helpers import REPO, cli_error
 from test_faults_workflow import snakemake, write_config
 
@@ -66,7 +66,7 @@ def test_each_cross_field_constraint_names_its_field(micro, overrides, field):
                                           ("finetune.seeds", [1, 4294967296]), ("linear_probe.seed", -3),
                                           ("dedup.minhash_seed", 2 ** 32)])
 def test_seeds_outside_what_numpy_and_torch_take_are_refused_by_the_schema(micro, field, value):
-    from electra_ds.config import config_error
+    from electra_ds.pipeline.config import config_error
 
     problem = config_error(with_(micro, **{field: value}), SCHEMA_PATH)
     assert problem and f"config field '{field}" in problem, problem
@@ -77,7 +77,7 @@ def test_the_largest_seed_the_schema_takes_works_in_numpy_and_torch(micro):
     import numpy as np
     import torch
 
-    from electra_ds.config import config_error
+    from electra_ds.pipeline.config import config_error
 
     assert config_error(with_(micro, seed=2 ** 32 - 1, **{"finetune.seeds": [2 ** 32 - 1]}), SCHEMA_PATH) is None
     np.random.seed(2 ** 32 - 1)
@@ -103,7 +103,7 @@ def test_accepted_model_shapes_build_and_train_and_refused_ones_would_not():
     backward, and refuses it exactly when the model would fail (the crash the check is there to prevent)."""
     import torch
 
-    from electra_ds.model import ElectraPretrainer, ModelShape
+    from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
     from helpers_models import tiny_batch
 
     ids = tiny_batch(rows=2, length=16, pad_from=12)

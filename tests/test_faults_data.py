@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from electra_ds.errors import UserError
+from electra_ds.common.errors import UserError
 from helpers import REPO, cli, cli_error, electra_ds
 from test_pretrain import pretrain_args
 
@@ -52,7 +52,7 @@ def _truncate(path: Path) -> None:
                                           (_truncate, "changed size"),
                                           (Path.unlink, "is gone")])
 def test_a_shard_changed_after_open_is_refused_at_its_next_read(prepared, tmp_path, change, said):
-    from electra_ds.shard_format import open_split
+    from electra_ds.data.shard_format import open_split
 
     shards = copy_shards(prepared, tmp_path)
     train = open_split(shards, "train")
@@ -71,7 +71,7 @@ def test_a_shard_rewritten_during_pretraining_stops_the_run_naming_it_and_keeps_
     """A real run (one process): once its first checkpoint is written, the train shard is rewritten in place with
     the same size; the run stops at its next step with exit 2 and one line naming the file, and the checkpoint
     stays the one ``latest`` names."""
-    from electra_ds.checkpoint import read_latest
+    from electra_ds.pretraining.checkpoint import read_latest
 
     shards, out = copy_shards(prepared, tmp_path), tmp_path / "out"
     args = pretrain_args({**prepared, "shards": shards}, out, steps=100000)
@@ -141,7 +141,7 @@ LATIN1 = "caf\xe9".encode("latin-1")  # b"caf\xe9": not UTF-8
 
 
 def _glue_reader(path: Path):
-    from electra_ds.glue import get_task, load_split
+    from electra_ds.finetuning.glue import get_task, load_split
 
     folder = path.parent / "SST-2"
     folder.mkdir(exist_ok=True)
@@ -150,31 +150,31 @@ def _glue_reader(path: Path):
 
 
 def _fileio_jsonl(path):
-    from electra_ds.fileio import read_jsonl
+    from electra_ds.common.fileio import read_jsonl
 
     return list(read_jsonl(path))
 
 
 def _stage_jsonl(path):
-    from electra_ds.progress import Progress, read_jsonl
+    from electra_ds.common.progress import Progress, read_jsonl
 
     return list(read_jsonl(path, Progress("test", unit="docs")))
 
 
 def _json(path):
-    from electra_ds.fileio import read_json
+    from electra_ds.common.fileio import read_json
 
     return read_json(path)
 
 
 def _export_summary(path):
-    from electra_ds.export import read_summary
+    from electra_ds.pretraining.export import read_summary
 
     return read_summary(path)
 
 
 def _shard_index(path):
-    from electra_ds.shard_format import read_index
+    from electra_ds.data.shard_format import read_index
 
     path.rename(path.parent / "index.json")
     return read_index(path.parent)
@@ -232,7 +232,7 @@ def test_empty_or_garbled_json_names_the_file(tmp_path, name, content):
      "splits.train.shards[0].examples"),
 ])
 def test_a_shards_index_of_the_wrong_shape_names_the_field(tmp_path, index, field):
-    from electra_ds.shard_format import open_split
+    from electra_ds.data.shard_format import open_split
 
     (tmp_path / "index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match=re.escape(f"field '{field}'")):
@@ -241,8 +241,8 @@ def test_a_shards_index_of_the_wrong_shape_names_the_field(tmp_path, index, fiel
 
 @pytest.mark.parametrize("file", ["tokenizer.json", "spm.model"])
 def test_a_garbled_tokenizer_file_names_the_folder(prepared, tmp_path, file):
-    from electra_ds.shards import load_sentencepiece
-    from electra_ds.userfiles import load_hf_tokenizer
+    from electra_ds.data.vocab_format import load_sentencepiece
+    from electra_ds.common.userfiles import load_hf_tokenizer
 
     vocab = tmp_path / "vocab"
     shutil.copytree(prepared["vocab"], vocab)

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from electra_ds import fileio
-from electra_ds.errors import UserError
-from electra_ds.glue import load_split
+from electra_ds.common import fileio
+from electra_ds.common.errors import UserError
+from electra_ds.finetuning.glue import load_split
 from helpers import cli, cli_error
 from helpers_data import demo_documents, demo_vocab, read_records
 
@@ -122,7 +122,7 @@ def test_a_tampered_checkpoint_cannot_run_code_on_load(tmp_path):
 
     import torch
 
-    from electra_ds.checkpoint import weights_only_loading
+    from electra_ds.pretraining.checkpoint import weights_only_loading
 
     marker, path = tmp_path / "PWNED", tmp_path / "mp_rank_00_model_states.pt"
     torch.save({"module": {"w": torch.zeros(2)}, "client": _Payload(marker)}, path)

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from electra_ds.errors import UserError
-from electra_ds.fileio import atomic_path, open_nofollow, write_json
+from electra_ds.common.errors import UserError
+from electra_ds.common.fileio import atomic_path, open_nofollow, write_json
 from helpers import electra_ds
 from test_faults_pretrain import args_for
 
@@ -76,7 +76,7 @@ def test_appends_refuse_a_link_even_one_planted_after_the_file_was_opened_once(t
 def test_locks_never_write_their_holder_record_through_a_planted_link(tmp_path):
     """The pipeline's lock (results_dir/.electra-ds.lock) and a stage's output-directory lock write a holder record
     into their file: a link planted at either name is refused, its target untouched."""
-    from electra_ds.lock import LOCK_NAME, OutputLock, ResultsLock
+    from electra_ds.common.lock import LOCK_NAME, OutputLock, ResultsLock
 
     results = tmp_path / "results"
     for lock, name in ((ResultsLock(results), LOCK_NAME), (OutputLock(results / "pretrain", "pretrain"),

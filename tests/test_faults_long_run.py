@@ -75,9 +75,9 @@ PLANTED_STEP = 3  # the update of step 3 (its global batch, 0-based batch index 
 def plant_padding_batch(shards: Path, at_step: int, global_batch: int = 8) -> list[int]:
     """Overwrite, in a copy of the shards, the examples of step ``at_step``'s global batch with [PAD] only (a batch
     with no real token: every loss is 0/0); the index's checksums are updated, as if the data had been made so."""
-    from electra_ds.fileio import read_json, sha256_file
-    from electra_ds.settings import default, node
-    from electra_ds.trainer import global_batch_indices
+    from electra_ds.common.fileio import read_json, sha256_file
+    from electra_ds.common.settings import default, node
+    from electra_ds.pretraining.trainer import global_batch_indices
 
     seed = default(node("", "seed"))  # the run's (args_for gives none)
 
@@ -123,7 +123,7 @@ def planted_args(data, out, steps, extra=()):
 def states(out, tag):
     import torch
 
-    from electra_ds.checkpoint import weights_only_loading
+    from electra_ds.pretraining.checkpoint import weights_only_loading
 
     with weights_only_loading():
         model = torch.load(next((out / CKPT / tag).glob("*model_states.pt")), map_location="cpu")
@@ -194,7 +194,7 @@ def test_a_learning_rate_of_1e4_stops_the_run_with_the_last_good_checkpoint(prep
     intact checkpoint with finite weights."""
     import torch
 
-    from electra_ds.checkpoint import choose_checkpoint
+    from electra_ds.pretraining.checkpoint import choose_checkpoint
 
     out = tmp_path / "run"
     a = args_for(prepared, out, steps=30, extra=["--max-skipped-steps", "2", "--skip-window", "10"])
@@ -219,7 +219,7 @@ def test_a_plain_optimizer_skips_a_non_finite_step():
     """Stage 0 in fp32: DeepSpeed calls the torch optimizer itself, which would apply NaN; the guard skips it."""
     import torch
 
-    from electra_ds.trainer import skip_nonfinite_updates
+    from electra_ds.pretraining.trainer import skip_nonfinite_updates
 
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1)
@@ -235,7 +235,7 @@ def test_a_plain_optimizer_skips_a_non_finite_step():
 
 
 def test_a_loss_spike_is_a_warning(caplog):
-    from electra_ds.pretrain import SpikeWatch
+    from electra_ds.pretraining.pretrain import SpikeWatch
 
     watch = SpikeWatch(4.0)
     assert [watch.check(s, loss) for s, loss in enumerate([5.0, 4.8, 4.9, 4.7, 30.0, 4.6, float("nan")])] == \
@@ -249,8 +249,8 @@ def test_a_loss_spike_is_a_warning(caplog):
 def test_another_learning_rate_on_resume_is_refused_unless_named(planted, tmp_path, caplog):
     """learning_rate, warmup_steps and weight_decay are part of the checked run config; --allow-resume-change names
     the ones a rerun may change on purpose (anything else stays refused)."""
-    from electra_ds.checkpoint import choose_checkpoint
-    from electra_ds.errors import UserError
+    from electra_ds.pretraining.checkpoint import choose_checkpoint
+    from electra_ds.common.errors import UserError
 
     ckpt = planted["out"] / CKPT
     saved = json.loads((ckpt / "step00000005" / "electra_ds_manifest.json").read_text())["run_config"]
@@ -262,7 +262,7 @@ def test_another_learning_rate_on_resume_is_refused_unless_named(planted, tmp_pa
         choose_checkpoint(ckpt, {**saved, "learning_rate": 1e-4, "mask_prob": 0.3}, allow_changes={"learning_rate"})
     # a checkpoint written before these fields were recorded resumes with any value
     old = {k: v for k, v in saved.items() if k not in ("learning_rate", "warmup_steps", "weight_decay")}
-    from electra_ds.checkpoint import config_differences
+    from electra_ds.pretraining.checkpoint import config_differences
 
     assert config_differences(old, {**saved, "learning_rate": 1.0}) == []
     # the attention kernel is how, not what: a checkpoint of the old default (sdpa) resumes under auto
@@ -282,8 +282,8 @@ def test_resuming_with_a_named_change_uses_and_records_it(planted, tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
     assert "learning_rate: checkpoint 0.003, this run 0.001" in refused.stderr.splitlines()[-1]
     assert "--allow-resume-change" in refused.stderr.splitlines()[-1]
-    from electra_ds.errors import UserError
-    from electra_ds.trainer import resume_changes_allowed
+    from electra_ds.common.errors import UserError
+    from electra_ds.pretraining.trainer import resume_changes_allowed
 
     with pytest.raises(UserError, match=r"field 'pretrain.allow_resume_change': cannot continue a run with another "
                                         r"model"):
@@ -419,7 +419,7 @@ def test_a_second_finetuning_job_on_one_output_dir_is_refused(tmp_path, capsys):
     """Another process holds the job's output directory: the second stops at once, naming it."""
     out = tmp_path / "job"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from electra_ds.lock import OutputLock\n"
+        "import sys, time; from electra_ds.common.lock import OutputLock\n"
         f"lock = OutputLock({str(out)!r}, 'finetune'); lock.acquire(); print('held', flush=True); time.sleep(60)")],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -451,7 +451,7 @@ def test_a_second_run_is_refused_and_a_stalled_rank_ends_the_run(prepared, tmp_p
     seconds rank 0 ends the run with one line naming the step and rank 1; `latest` still names an intact checkpoint."""
     import psutil
 
-    from electra_ds.checkpoint import choose_checkpoint
+    from electra_ds.pretraining.checkpoint import choose_checkpoint
 
     out = tmp_path / "run"
     a = args_for(prepared, out, steps=100000, extra=["--collective-timeout-minutes", "0.1"])

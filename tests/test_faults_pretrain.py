@@ -2,7 +2,7 @@
 checkpoint is reported and skipped (or refused) instead of ending in a traceback.
 
 One short base run (1 process, checkpoints at steps 2 and 4) is made once per module; each damage case
-works on its own copy of it. The resume decision itself (electra_ds.checkpoint.choose_checkpoint) is also
+works on its own copy of it. The resume decision itself (electra_ds.pretraining.checkpoint.choose_checkpoint) is also
 tested in-process, without DeepSpeed, for the cases that need no training to show."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def assert_clean_resume(res, out, at_step, final_steps=5):
 # ---- the manifest --------------------------------------------------------------------------------
 
 def test_every_checkpoint_has_a_manifest_and_latest_names_the_newest(base):
-    from electra_ds.checkpoint import MANIFEST, checkpoint_files, sha256_file
+    from electra_ds.pretraining.checkpoint import MANIFEST, checkpoint_files, sha256_file
 
     assert tags(base) == ["step00000002", "step00000004"]
     assert (base / CKPT / "latest").read_text() == "step00000004"
@@ -130,13 +130,13 @@ def test_rerun_with_another_model_shape_is_refused_before_loading(prepared, copy
 # ---- the resume decision in-process (no DeepSpeed) -----------------------------------------------
 
 def run_config_of(out):
-    from electra_ds.checkpoint import MANIFEST
+    from electra_ds.pretraining.checkpoint import MANIFEST
 
     return json.loads((out / CKPT / "step00000004" / MANIFEST).read_text())["run_config"]
 
 
 def choose(out, caplog):
-    from electra_ds.checkpoint import choose_checkpoint
+    from electra_ds.pretraining.checkpoint import choose_checkpoint
 
     caplog.clear()
     return choose_checkpoint(out / CKPT, run_config_of(out))
@@ -164,7 +164,7 @@ def test_same_size_corruption_is_a_checksum_mismatch_and_skipped(copy, caplog):
 
 def test_interrupted_save_without_manifest_is_skipped(copy, caplog):
     """A tag directory DeepSpeed wrote but whose manifest never came (killed mid-save): not `latest`."""
-    from electra_ds.checkpoint import MANIFEST
+    from electra_ds.pretraining.checkpoint import MANIFEST
 
     shutil.copytree(copy / CKPT / "step00000004", copy / CKPT / "step00000006")
     (copy / CKPT / "step00000006" / MANIFEST).unlink()
@@ -175,8 +175,8 @@ def test_interrupted_save_without_manifest_is_skipped(copy, caplog):
 def test_legacy_checkpoint_named_by_latest_is_accepted_with_a_warning(copy, caplog):
     """Checkpoints from before manifests: the one DeepSpeed's `latest` names is used (its run config is read
     from the client state, memory-mapped); a different config is still refused."""
-    from electra_ds.checkpoint import MANIFEST, choose_checkpoint
-    from electra_ds.errors import UserError
+    from electra_ds.pretraining.checkpoint import MANIFEST, choose_checkpoint
+    from electra_ds.common.errors import UserError
 
     for tag in tags(copy):
         (copy / CKPT / tag / MANIFEST).unlink()
@@ -190,7 +190,7 @@ def test_legacy_checkpoint_named_by_latest_is_accepted_with_a_warning(copy, capl
 def run_config_of_base(out):
     import torch
 
-    from electra_ds.checkpoint import weights_only_loading
+    from electra_ds.pretraining.checkpoint import weights_only_loading
 
     with weights_only_loading():
         states = torch.load(next((out / CKPT / "step00000004").glob("*model_states.pt")), mmap=True)
@@ -198,7 +198,7 @@ def run_config_of_base(out):
 
 
 def test_pruning_never_deletes_the_last_intact_checkpoint(copy):
-    from electra_ds.checkpoint import prune
+    from electra_ds.pretraining.checkpoint import prune
 
     ckpt = copy / CKPT
     shutil.copytree(ckpt / "step00000004", ckpt / "step00000006")
@@ -265,7 +265,7 @@ def test_sigkill_of_the_launcher_group_stops_every_rank(prepared, tmp_path):
 
 
 def test_exit_with_launcher_only_under_a_launcher():
-    from electra_ds.distributed import started_by_launcher
+    from electra_ds.pretraining.distributed import started_by_launcher
 
     assert not started_by_launcher({})
     assert started_by_launcher({"TORCHELASTIC_RUN_ID": "none"})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from electra_ds import tracking
-from electra_ds.tracking_store import MLFLOW_QUIET
+from electra_ds.tracking.store import MLFLOW_QUIET
 
 BOUND_S = 20  # the call deadline is 15 s; a little slack for a loaded machine
 

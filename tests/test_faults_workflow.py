@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from helpers import REPO
-from electra_ds.config import config_error
-from electra_ds.errors import UserError
-from electra_ds.lock import LOCK_NAME, ResultsLock
-from electra_ds.settings import SCHEMA_PATH
+from electra_ds.pipeline.config import config_error
+from electra_ds.common.errors import UserError
+from electra_ds.common.lock import LOCK_NAME, ResultsLock
+from electra_ds.common.settings import SCHEMA_PATH
 
 # Each is a shell command if a value reaching a shell line is not quoted; {m} is the marker folder.
 HOSTILE = ["$(touch {m}/{tag}1)", "`touch {m}/{tag}2`", "; touch {m}/{tag}3", "|| touch {m}/{tag}4 #"]
@@ -226,7 +226,7 @@ def test_lock_is_exclusive_and_released():
 def test_lock_of_a_killed_pipeline_is_taken_over_with_a_warning(tmp_path):
     """A crash (kill -9) leaves the record but not the flock: the next pipeline on this host takes over."""
     results = tmp_path / "results"
-    code = ("import os, sys; from electra_ds.lock import ResultsLock; "
+    code = ("import os, sys; from electra_ds.common.lock import ResultsLock; "
             "ResultsLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)")
     crashed = subprocess.run([sys.executable, "-c", code, str(results)], capture_output=True, timeout=60)
     assert crashed.returncode == -9

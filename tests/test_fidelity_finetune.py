@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from electra_ds import finetune
-from electra_ds.classifier import OfficialHead
+from electra_ds.finetuning import finetune
+from electra_ds.finetuning.classifier import OfficialHead
 from electra_ds.cli import build_parser
-from electra_ds.glue import get_task
+from electra_ds.finetuning.glue import get_task
 from helpers import cli
 from helpers_models import build_tiny_model_dir, write_tsv
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from electra_ds import PAD_ID
-from electra_ds.masking import RowRandom
-from electra_ds.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
-from electra_ds.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
+from electra_ds.pretraining.masking import RowRandom
+from electra_ds.pretraining.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
+from electra_ds.pretraining.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
 from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
@@ -135,7 +135,7 @@ def test_uniform_generator_builds_no_generator_and_its_loss_is_the_constant_log_
 
 def masked_positions(m, ids, seeds):
     """The positions ``m`` masks on ``ids`` with these row seeds (the same draws its forward makes)."""
-    from electra_ds.masking import MASK_DRAWS, choose_masked
+    from electra_ds.pretraining.masking import MASK_DRAWS, choose_masked
 
     draws = RowRandom(seeds, ids.shape[0], "cpu").rows(MASK_DRAWS, ids.shape[1])
     return choose_masked(ids, draws, m.mask_prob, m.masking, m.mask_count, m.word_starts)[0]
@@ -204,7 +204,7 @@ def test_uniform_generator_flops_are_the_discriminators_alone():
 def test_uniform_generator_export_publishes_the_discriminator_alone(tmp_path):
     from transformers import AutoModelForPreTraining
 
-    from electra_ds.model import token_type_ids_for
+    from electra_ds.pretraining.model import token_type_ids_for
 
     m = trained(model(uniform_generator=True), steps=2)
     state = {n: p.detach().clone() for n, p in m.named_parameters()}
@@ -332,7 +332,7 @@ def test_gdes_leaves_the_generator_gradient_as_the_mlm_loss_alone_gives_it():
 def test_gdes_export_folds_the_delta_and_reproduces_the_trained_model(tmp_path):
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
 
-    from electra_ds.model import token_type_ids_for
+    from electra_ds.pretraining.model import token_type_ids_for
 
     tiny = shape(num_layers=2, vocab_size=300)
     m = trained(model(shape=tiny, embedding_sharing="gdes"), steps=3)
@@ -379,7 +379,7 @@ def test_deepspeed_zero3_trains_the_option_and_exports(prepared, tmp_path, optio
     published = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert published == (["discriminator"] if option == ["--uniform-generator"] else ["discriminator", "generator"])
     if option == ["--uniform-generator"]:  # no generator: the FLOPs are the discriminator's alone
-        from electra_ds.shape import ModelShape
+        from electra_ds.pretraining.shape import ModelShape
 
         assert summary["flops_per_token"] == flops_per_token(ModelShape(**summary["model"]), summary["tokens_per_example"],
                                                              uniform_generator=True)

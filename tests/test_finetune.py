@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from electra_ds.glue import get_task, load_split
+from electra_ds.finetuning.glue import get_task, load_split
 from helpers import REPO, cli, shared_data_dir
 from helpers_models import build_tiny_model_dir, glue_texts, write_tsv
 
@@ -48,7 +48,7 @@ def read_predictions(path):
 
 
 def test_stage_modules_import_light():
-    code = ("import sys, electra_ds.finetune, electra_ds.evaluate, electra_ds.glue, electra_ds.metrics; "
+    code = ("import sys, electra_ds.finetuning.finetune, electra_ds.finetuning.evaluate, electra_ds.finetuning.glue, electra_ds.finetuning.metrics; "
             "heavy = [m for m in ('torch', 'transformers', 'datasets', 'sklearn', 'scipy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -197,7 +197,7 @@ def test_same_seed_same_results(model_dir, tmp_path, monkeypatch):
 def test_layer_wise_learning_rates():
     from transformers import ElectraConfig, ElectraForSequenceClassification
 
-    from electra_ds.classifier import layer_lr_groups
+    from electra_ds.finetuning.classifier import layer_lr_groups
 
     config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3,
                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
@@ -281,13 +281,17 @@ def test_out_of_range_option(model_dir, tmp_path, monkeypatch, capsys):
 def test_device_selection(monkeypatch, model_dir, tmp_path, capsys):
     import torch
 
-    from electra_ds.finetune import _pick_device
+    from electra_ds.finetuning.finetune import _torch_runtime
 
-    assert _pick_device("cpu").type == "cpu"
+    def picked(requested):
+        with _torch_runtime(1, None, requested) as (device, _, _):
+            return device
+
+    assert picked("cpu").type == "cpu"
     if torch.cuda.is_available():  # the first GPU the job sees (CUDA_VISIBLE_DEVICES renumbers from 0)
-        assert _pick_device("auto") == torch.device("cuda", 0)
+        assert picked("auto") == torch.device("cuda", 0)
         return
-    assert _pick_device("auto").type == "cpu"
+    assert picked("auto").type == "cpu"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     argv = ["finetune", "--model-dir", str(model_dir), "--task", "rte", "--seed", "1", "--output-dir",
             str(tmp_path / "out"), "--data-dir", str(_rte_copy(tmp_path, [["index", "sentence1", "sentence2", "label"],
@@ -295,7 +299,7 @@ def test_device_selection(monkeypatch, model_dir, tmp_path, capsys):
             "--device", "cuda", "--results-dir", str(tmp_path)]
     assert cli(*argv) == 2
     err = capsys.readouterr().err
-    assert "field '--device': no usable GPU (CUDA_VISIBLE_DEVICES=''" in err and not (tmp_path / "out").exists()
+    assert "field '--device': GPUs requested but no usable GPU (CUDA_VISIBLE_DEVICES=''" in err and not (tmp_path / "out").exists()
 
 
 @needs_glue
@@ -303,7 +307,7 @@ def test_real_tasks_to_leaderboard_zip(model_dir, tmp_path, monkeypatch):
     """RTE, MRPC, CoLA and STS-B from the real files, two seeds each, then evaluate with the submission."""
     import zipfile
 
-    from electra_ds.submission import OFFICIAL_TEST_ROWS
+    from electra_ds.finetuning.submission import OFFICIAL_TEST_ROWS
 
     paths = []
     for name in ("rte", "mrpc", "cola", "stsb"):
@@ -340,7 +344,7 @@ def test_real_tasks_to_leaderboard_zip(model_dir, tmp_path, monkeypatch):
 def test_length_grouped_batches_cover_every_example_once_in_random_order_of_similar_lengths():
     import torch
 
-    from electra_ds.finetune import length_grouped_batches
+    from electra_ds.finetuning.finetune import length_grouped_batches
 
     lengths = [int(x) for x in torch.randint(5, 128, (1000,), generator=torch.Generator().manual_seed(0))]
     epochs = [length_grouped_batches(lengths, 32, torch.Generator().manual_seed(s)) for s in (1, 2)]
@@ -357,8 +361,8 @@ def test_length_grouped_padding_gives_the_predictions_of_fixed_padding(model_dir
     """A batch padded to its own longest example predicts what the same examples padded to max_length do."""
     import torch
 
-    from electra_ds.classifier import load_classifier
-    from electra_ds.finetune import _collate, _encode, _predict
+    from electra_ds.finetuning.classifier import load_classifier
+    from electra_ds.finetuning.finetune import _collate, _encode, _predict
 
     task = get_task("sst2")
     tokenizer, model = load_classifier(model_dir, task, None, scratch=False)
@@ -386,7 +390,7 @@ def test_cpu_fine_tuning_uses_eager_attention_with_the_same_outputs(model_dir, t
     from the export) load it, and its logits equal sdpa's."""
     import torch
 
-    from electra_ds.classifier import load_classifier
+    from electra_ds.finetuning.classifier import load_classifier
 
     task = get_task("sst2")
     torch.manual_seed(0)

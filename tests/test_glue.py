@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from electra_ds import glue
-from electra_ds.errors import UserError
-from electra_ds.glue import get_task, load_split, prediction_to_string
+from electra_ds.finetuning import glue
+from electra_ds.common.errors import UserError
+from electra_ds.finetuning.glue import get_task, load_split, prediction_to_string
 from helpers import REPO, shared_data_dir
 from helpers_models import write_tsv
 
@@ -175,9 +175,9 @@ def test_probe_layouts(tmp_path):
 
 
 def test_probe_files_written_by_the_probes_stage_round_trip(tmp_path):
-    probes = pytest.importorskip("electra_ds.probes")
+    probes = pytest.importorskip("electra_ds.data.probes")
     if not all(hasattr(probes, f) for f in ("write_acceptability", "write_adjacency")):
-        pytest.skip("electra_ds.probes has no write_acceptability/write_adjacency")
+        pytest.skip("electra_ds.data.probes has no write_acceptability/write_adjacency")
     text = 'He said "the witness" lied, and left.'
     probes.write_acceptability(tmp_path / "probe-acceptability",
                                {"train": [(text, 1), ("Left he.", 0)], "dev": [(text, 1)], "test": [(text, 0)]})

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from electra_ds import prefetch
+from electra_ds.common.hub import OFFLINE_VARS
+from electra_ds.pipeline import prefetch
 from helpers import REPO, cli, cli_error, config_with
 from helpers_slurm import slurm_jobs
 
@@ -105,7 +106,7 @@ def fake_load(monkeypatch):
         return {"train": FakeSplit([{}] * 5), "validation": FakeSplit([{}] * 2)}
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    for var in prefetch.OFFLINE_VARS:
+    for var in OFFLINE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("HF_HOME", raising=False)  # restored after the test (the command sets it)
     return calls
@@ -202,8 +203,8 @@ def test_the_corpus_job_reads_a_prefetched_source_offline(tmp_path, offline_cach
 
 
 def test_the_finetune_data_is_read_from_the_prefetched_cache_offline(offline_cache):
-    from electra_ds.errors import UserError
-    from electra_ds.glue import load_split
+    from electra_ds.common.errors import UserError
+    from electra_ds.finetuning.glue import load_split
 
     row = {"sentence1": "A man sleeps.", "sentence2": "Someone sleeps.", "label": 0, "idx": 0}
     cache_hub_dataset(offline_cache, "someone/glue", "rte", {"train": [row], "validation": [{**row, "idx": 7}]})

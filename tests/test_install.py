@@ -55,7 +55,7 @@ def test_the_wheel_runs_the_demo_stages_outside_the_checkout(tmp_path):
     work.mkdir()
     environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     environ.update(PATH=f"{env / 'bin'}{os.pathsep}{environ['PATH']}", ELECTRA_DS_MLFLOW="0")
-    where = json.loads(_run([python, "-c", "import json, electra_ds, electra_ds.settings as s; "
+    where = json.loads(_run([python, "-c", "import json, electra_ds, electra_ds.common.settings as s; "
                                            "print(json.dumps([electra_ds.__file__, str(s.SCHEMA_PATH)]))"],
                             cwd=work, env=environ).stdout)
     assert all(path.startswith(site) for path in where), where

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from electra_ds.masking import inverse_cdf_sample
-from electra_ds.model import ElectraPretrainer, ModelShape
-from electra_ds.pretrain import PlateauWatch
-from electra_ds.optim import lr_lambda
-from electra_ds.trainer import global_batch_indices, step_seed
-from electra_ds.step_metrics import (MetricSums, auc_from_histograms, binary_entropy, logit_histogram,
+from electra_ds.pretraining.masking import inverse_cdf_sample
+from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
+from electra_ds.pretraining.pretrain import PlateauWatch
+from electra_ds.common.optim import lr_lambda
+from electra_ds.pretraining.trainer import global_batch_indices, step_seed
+from electra_ds.pretraining.step_metrics import (MetricSums, auc_from_histograms, binary_entropy, logit_histogram,
                                      summarise)
 
 
@@ -128,7 +128,7 @@ LEARN_THRESHOLD = 0.08  # measured: ~0.15-0.2 at 150 steps; broken labels or inp
 
 def _tiny_run(shards, monkeypatch=None, breakage=None) -> dict:
     """150 steps of a 64-wide, 2-layer ELECTRA (temperature 2) on the demo corpus; validation metrics."""
-    from electra_ds.shard_format import open_split
+    from electra_ds.data.shard_format import open_split
 
     train, valid = open_split(shards, "train"), open_split(shards, "valid")
     if breakage == "labels":  # labels no longer say which tokens were replaced
@@ -186,7 +186,7 @@ def test_the_learning_test_catches_a_broken_discriminator(prepared, monkeypatch,
 def test_token_prior_auc_is_the_auc_of_a_context_free_score():
     from sklearn.metrics import roc_auc_score
 
-    from electra_ds.step_metrics import TokenPrior
+    from electra_ds.pretraining.step_metrics import TokenPrior
 
     g = torch.Generator().manual_seed(0)
     vocab = 50

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from electra_ds import linear_probe
+from electra_ds.finetuning import linear_probe
 from helpers import REPO, cli, cli_error
 from helpers_models import build_tiny_model_dir, write_tsv
 

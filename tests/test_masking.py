@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.masking import (MASK_DRAWS, RowRandom, check_masking, choose_masked, max_predictions, official_counts,
+from electra_ds.pretraining.masking import (MASK_DRAWS, RowRandom, check_masking, choose_masked, max_predictions, official_counts,
                                 prediction_count, word_start_table)
-from electra_ds.model import ElectraPretrainer, ModelShape
-from electra_ds.settings import SCHEMA_PATH
+from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
+from electra_ds.common.settings import SCHEMA_PATH
 from helpers import REPO, electra_ds
 from helpers_models import tiny_batch as batch
 
@@ -165,7 +165,7 @@ def test_whole_word_masking_on_the_real_vocabulary(prepared):
     partly masked and the masked fraction stays close to mask_prob."""
     import sentencepiece as spm
 
-    from electra_ds.shard_format import open_split
+    from electra_ds.data.shard_format import open_split
 
     word_starts = word_start_table(prepared["vocab"])
     sp = spm.SentencePieceProcessor(model_file=str(prepared["vocab"] / "spm.model"))
@@ -225,7 +225,7 @@ def test_whole_word_forward_masks_whole_words_with_one_decision_each(objective):
 def test_micro_batch_split_gives_the_full_batch_gradient(masking, mask_count):
     """The global prediction count (from the ids, or replayed from the per-row seeds) makes two half batches
     give exactly the full batch's loss and gradient, as the default masking does."""
-    from electra_ds.trainer import global_token_counts
+    from electra_ds.pretraining.trainer import global_token_counts
 
     torch.manual_seed(0)
     word_starts = synthetic_word_starts()

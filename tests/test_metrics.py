@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from electra_ds import metrics
-from electra_ds.metrics import compute_metrics
+from electra_ds.finetuning import metrics
+from electra_ds.finetuning.metrics import compute_metrics
 
 
 def test_hand_computed_binary_case():

@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from electra_ds.errors import UserError
-from electra_ds.minhash import (MinHashConfig, Signer, candidate_pairs, clusters, edited_copy, near_duplicate_pairs,
+from electra_ds.common.errors import UserError
+from electra_ds.data.minhash import (MinHashConfig, Signer, candidate_pairs, clusters, edited_copy, near_duplicate_pairs,
                                 optimal_bands, shingle_hashes)
-from electra_ds.text import strip_gutenberg
+from electra_ds.data.text import strip_gutenberg
 from helpers import cli
 from helpers_data import gutenberg_files, read_records
 

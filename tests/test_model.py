@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.masking import SAMPLE_BLOCK, RowRandom, inverse_cdf_sample, mask_positions
-from electra_ds.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
-from electra_ds.step_metrics import summarise
+from electra_ds.pretraining.masking import SAMPLE_BLOCK, RowRandom, inverse_cdf_sample, mask_positions
+from electra_ds.pretraining.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
+from electra_ds.pretraining.step_metrics import summarise
 from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
@@ -120,7 +120,7 @@ def test_inverse_cdf_sampling_over_blocks_never_draws_an_impossible_id(vocab):
 def test_token_type_ids_follow_first_sep():
     ids = torch.tensor([[CLS_ID, 7, 8, SEP_ID, 9, 10, SEP_ID, PAD_ID]])
     assert token_type_ids_for(ids).tolist() == [[0, 0, 0, 0, 1, 1, 1, 0]]
-    from electra_ds.shard_format import token_type_ids
+    from electra_ds.data.shard_format import token_type_ids
 
     assert token_type_ids(ids.numpy()).tolist() == token_type_ids_for(ids).tolist()
 
@@ -138,7 +138,7 @@ def test_attention_implementations_agree(attn):
 
 
 def test_auto_attention_is_eager_on_cpu_and_sdpa_elsewhere_and_in_the_export():
-    from electra_ds.model import resolve_attention
+    from electra_ds.common.hardware import resolve_attention
 
     assert resolve_attention("auto", "cpu") == "eager"
     assert resolve_attention("auto", "cuda") == "sdpa" and resolve_attention("auto", None) == "sdpa"
@@ -171,7 +171,7 @@ def test_rows_get_the_same_draws_in_any_micro_batch_split():
     torch.manual_seed(0)
     model = ElectraPretrainer(SHAPE).eval()  # no dropout
     ids = batch(rows=8)
-    from electra_ds.trainer import global_token_counts
+    from electra_ds.pretraining.trainer import global_token_counts
 
     n_masked, n_real = global_token_counts(ids.numpy(), 0.15)
     full = model(ids, seeds=range(8), gen_denominator=n_masked, disc_denominator=n_real)

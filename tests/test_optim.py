@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from electra_ds.optim import AdamNoBiasCorrection, build_optimizer, lr_lambda
+from electra_ds.common.optim import AdamNoBiasCorrection, build_optimizer, lr_lambda
 
 
 def test_official_schedule_decays_from_step_0_and_through_warmup():

@@ -86,7 +86,7 @@ def test_zero3_export_matches_training_weights(prepared, tmp_path):
     import torch
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
-    from electra_ds.export import checkpoint_dir_of, consolidated_state_dict
+    from electra_ds.pretraining.export import checkpoint_dir_of, consolidated_state_dict
 
     summary, _ = pretrain_and_export(prepared, tmp_path, ["--nproc-per-node", "2"], stage=3, steps=3)
     assert summary["checkpoint_dir"] == "checkpoints"  # relative to the summary's folder: no absolute paths
@@ -140,7 +140,7 @@ def test_a_failing_rank_ends_the_launch_with_its_own_error(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--device", "cuda"], "GPUs requested but none is available"),
+    (["--device", "cuda"], "GPUs requested but no usable GPU"),
     (["--precision", "fp16"], "fp16 is not supported on CPU"),
     (["--global-batch-size", "15"], "pretrain.global_batch_size"),
 ])
@@ -168,7 +168,7 @@ def test_token_ids_beyond_the_vocabulary_are_refused(prepared, tmp_path):
 
 
 def test_data_position_is_a_function_of_the_step():
-    from electra_ds.trainer import global_batch_indices, rank_micro_batches
+    from electra_ds.pretraining.trainer import global_batch_indices, rank_micro_batches
 
     a = global_batch_indices(1000, 64, 5, seed=1)
     assert np.array_equal(a, global_batch_indices(1000, 64, 5, seed=1))
@@ -184,7 +184,7 @@ def train_log(out):
 
 
 def final_weights(out):
-    from electra_ds.export import checkpoint_dir_of, consolidated_state_dict
+    from electra_ds.pretraining.export import checkpoint_dir_of, consolidated_state_dict
 
     summary = json.loads((out / "summary.json").read_text())
     return consolidated_state_dict(checkpoint_dir_of(summary, out / "summary.json"), summary["tag"],

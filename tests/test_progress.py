@@ -1,4 +1,4 @@
-"""Progress reporting (electra_ds/progress.py): plain lines in logs, a bar in a terminal, rates to MLflow."""
+"""Progress reporting (electra_ds/common/progress.py): plain lines in logs, a bar in a terminal, rates to MLflow."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from electra_ds import progress
-from electra_ds.progress import Progress
+from electra_ds.common import progress
+from electra_ds.common.progress import Progress
 
 
 class Tracker:
@@ -114,7 +114,7 @@ def test_formats_and_file_sizes(tmp_path):
 
 def test_a_data_stage_logs_a_few_progress_lines(tmp_path, caplog):
     """The corpus stage over 3 sources: one progress line per source (the default interval never fires here)."""
-    from electra_ds.corpus import build_documents, parse_sources
+    from electra_ds.data.corpus import build_documents, parse_sources
 
     for i in range(3):
         (tmp_path / f"s{i}.txt").write_text("\n".join(f"line {i} {j} of some text" for j in range(200)))

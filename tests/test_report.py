@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from electra_ds import report
-from electra_ds import plots
-from electra_ds.report import PUBLISHED, comparison_table, earlier_runs
+from electra_ds.finetuning import report
+from electra_ds.finetuning import plots
+from electra_ds.finetuning.report import PUBLISHED, comparison_table, earlier_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,7 +3,7 @@
 import json
 
 from electra_ds.cli import main
-from electra_ds.scatter import split_lines
+from electra_ds.data.scatter import split_lines
 
 
 def test_parts_are_contiguous_balanced_and_complete(tmp_path):

@@ -9,14 +9,16 @@ import re
 import jsonschema
 import pytest
 
-from electra_ds import settings
-from electra_ds.cli import STAGES, build_parser, main
+from electra_ds.common import settings
+from electra_ds import stages
+from electra_ds.cli import build_parser, main
+from electra_ds.stages import STAGES
 from helpers import REPO
 
 STAGE_MODULES = {}
 for _stage in STAGES:
-    _module = __import__(f"electra_ds.{_stage.replace('-', '_')}", fromlist=["x"]) if _stage != "launch" else None
-    if _module is not None and hasattr(_module, "SETTINGS"):
+    _module = stages.module(_stage)
+    if hasattr(_module, "SETTINGS"):
         STAGE_MODULES[_stage] = _module
 
 # Fields no stage option takes, and why: they shape the DAG or the job, not what a stage computes.
@@ -155,7 +157,7 @@ def test_no_stage_module_keeps_a_default_of_its_own():
 def test_the_model_shape_defaults_are_the_schemas():
     from dataclasses import fields
 
-    from electra_ds.shape import ModelShape
+    from electra_ds.pretraining.shape import ModelShape
 
     shape = {f.name: f.default for f in fields(ModelShape) if f.name in settings.node("pretrain", "model")["properties"]}
     assert shape == settings.default(settings.node("pretrain", "model"))

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from electra_ds import CLS_ID, PAD_ID, SEP_ID
-from electra_ds.errors import UserError
-from electra_ds.fileio import read_jsonl
-from electra_ds import shards as shards_module
-from electra_ds.shard_format import open_split, token_type_ids
-from electra_ds.shards import load_sentencepiece, write_shards
-from electra_ds.splits import document_split
-from electra_ds.text import split_sentences
+from electra_ds.common.errors import UserError
+from electra_ds.common.fileio import read_jsonl
+from electra_ds.data import shards as shards_module
+from electra_ds.data.shard_format import open_split, token_type_ids
+from electra_ds.data.shards import write_shards
+from electra_ds.data.vocab_format import load_sentencepiece
+from electra_ds.data.splits import document_split
+from electra_ds.data.text import split_sentences
 from helpers import cli, cli_error
 from helpers_data import demo_documents, demo_vocab, leftovers, scratch
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from electra_ds.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
-from electra_ds.errors import UserError
+from electra_ds.pipeline.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
+from electra_ds.common.errors import UserError
 from helpers import REPO, config_with
 from helpers_slurm import slurm_jobs
 from test_pipeline import micro_config, snakemake
@@ -188,7 +188,7 @@ SHAPES = {  # name: (config, overrides, nodes, processes per node, GPUs per node
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_slurm_plugin_accepts_every_pretraining_shape(tmp_path, shape):
-    from electra_ds.distributed import launch_command
+    from electra_ds.pretraining.distributed import launch_command
 
     config, overrides, nodes, per_node, gpus, cpus = SHAPES[shape]
     jobs = slurm_jobs(tmp_path, _preset(tmp_path, config, **overrides))

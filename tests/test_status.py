@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from electra_ds import status
+from electra_ds.pipeline import status
 
 
 def write(path, data) -> None:

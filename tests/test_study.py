@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from helpers import REPO
-from electra_ds.errors import UserError
-from electra_ds.settings import SCHEMA_PATH
-from electra_ds.shape import ModelShape, flops_per_token, pretraining_flops
-from electra_ds.study import plan_models
+from electra_ds.common.errors import UserError
+from electra_ds.common.settings import SCHEMA_PATH
+from electra_ds.pretraining.shape import ModelShape, flops_per_token, pretraining_flops
+from electra_ds.pipeline.study import plan_models
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 

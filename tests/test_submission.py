@@ -7,11 +7,11 @@ import zipfile
 
 import pytest
 
-from electra_ds import submission
-from electra_ds.errors import UserError
-from electra_ds.evaluate import read_results
-from electra_ds.glue import get_task
-from electra_ds.submission import SUBMISSION_FILES, build_submission, choose_seed
+from electra_ds.finetuning import submission
+from electra_ds.common.errors import UserError
+from electra_ds.finetuning.evaluate import read_results
+from electra_ds.finetuning.glue import get_task
+from electra_ds.finetuning.submission import SUBMISSION_FILES, build_submission, choose_seed
 
 # A few valid predictions per (task, split), in the server's label strings.
 PREDICTIONS = {

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from electra_ds import tracking
-from electra_ds.tracking_store import MLFLOW_QUIET
+from electra_ds.tracking.store import MLFLOW_QUIET
 
 
 def _stage_job(uri, parent, i, n_steps):

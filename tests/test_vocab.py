@@ -8,7 +8,7 @@ import random
 import pytest
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
-from electra_ds.text import split_sentences
+from electra_ds.data.text import split_sentences
 from helpers import cli, cli_error
 from helpers_data import demo_documents, demo_vocab, gutenberg_files, leftovers, scratch
 
@@ -172,7 +172,7 @@ def test_wordpiece_tokenizer_survives_export_as_auto_tokenizer(wordpiece_vocab, 
     """The export stage's own save and check (AutoTokenizer reloads it with the same vocabulary and ids)."""
     from transformers import AutoTokenizer
 
-    from electra_ds.export import _check_tokenizer, save_tokenizer
+    from electra_ds.pretraining.export import _check_tokenizer, save_tokenizer
 
     tok = AutoTokenizer.from_pretrained(str(wordpiece_vocab))
     save_tokenizer(tok, tmp_path / "exported")
@@ -227,10 +227,10 @@ def test_wordpiece_shards_and_whole_word_starts(wordpiece_vocab, tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from electra_ds.fileio import sha256_file
-    from electra_ds.masking import whole_word_positions, word_start_table
-    from electra_ds.shard_format import open_split
-    from electra_ds.shards import load_encoder
+    from electra_ds.common.fileio import sha256_file
+    from electra_ds.pretraining.masking import whole_word_positions, word_start_table
+    from electra_ds.data.shard_format import open_split
+    from electra_ds.data.vocab_format import load_encoder
 
     out = tmp_path / "shards"
     assert cli("shards", "--input", demo_documents(), "--tokenizer-dir", wordpiece_vocab, "--output-dir", out,

@@ -9,12 +9,13 @@ import shlex
 import yaml
 from snakemake.logging import logger
 
-from electra_ds import settings, tracking
-from electra_ds.lock import ResultsLock
-from electra_ds.errors import UserError
-from electra_ds.fileio import refuse_links_under
-from electra_ds.glue import get_task
-from electra_ds.study import plan_models
+from electra_ds import stages, tracking
+from electra_ds.common import settings
+from electra_ds.common.lock import ResultsLock
+from electra_ds.common.errors import UserError
+from electra_ds.common.fileio import refuse_links_under
+from electra_ds.finetuning.glue import get_task
+from electra_ds.pipeline.study import plan_models
 
 R = config["results_dir"].rstrip("/")
 
@@ -35,15 +36,15 @@ def repo_path(path):
 
 def stage_args(stage, skip=(), **sections):
     """The options of `electra-ds <stage>` for its settings (its module's SETTINGS), from the config, quoted.
-    The schema is their one source (electra_ds/settings.py); `sections` replace config sections (a model's
+    The schema is their one source (electra_ds/common/settings.py); `sections` replace config sections (a model's
     merged pretrain section), `skip` leaves out fields the rule sets per job (e.g. threads)."""
     wanted = {section: tuple(n for n in names if n not in skip)
-              for section, names in importlib.import_module(f"electra_ds.{stage}").SETTINGS.items()}
+              for section, names in stages.module(stage).SETTINGS.items()}
     values = {"": config, **{s: config[s] for s in wanted if s}, **sections}
     return " ".join(shlex.quote(word) for word in settings.render(values, wanted))
 
 
-# ---- the models of this run (the `model` wildcard): electra_ds/study.py ---------------------------
+# ---- the models of this run (the `model` wildcard): electra_ds/pipeline/study.py ---------------------------
 with open(settings.SCHEMA_PATH, encoding="utf-8") as _f:
     _SCHEMA = yaml.safe_load(_f)
 try:
@@ -94,7 +95,7 @@ wildcard_constraints:
 TRACKING_URI = tracking.tracking_uri_for(R, config["mlflow"]["tracking_uri"])
 
 
-# One pipeline at a time per results directory (electra_ds/lock.py): taken when the pipeline starts (never
+# One pipeline at a time per results directory (electra_ds/common/lock.py): taken when the pipeline starts (never
 # for a dry run), released when it ends; a crashed run's lock is dropped by the OS. Only this (main) process
 # holds it; jobs, local or SLURM, run under it.
 RESULTS_LOCK = ResultsLock(R, checkout=workflow.basedir)
@@ -151,7 +152,7 @@ def _start_pipeline_run():
 
 
 # ---- SLURM: checks before anything is submitted (see profiles/README.md) -------------------------
-from electra_ds import slurm_preflight as preflight
+from electra_ds.pipeline import slurm_preflight as preflight
 
 
 def _user_error(check, *args, **kwargs):

@@ -4,7 +4,7 @@
 # sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
 # Snakemake fills in; the linter does not list it).
 
-from electra_ds.glue import MNLI_INIT_TASKS  # RTE and STS-B, as the ELECTRA paper
+from electra_ds.finetuning.glue import MNLI_INIT_TASKS  # RTE and STS-B, as the ELECTRA paper
 
 FT = config["finetune"]
 HAS_GLUE = any(not get_task(t).is_probe for t in FT["tasks"])

@@ -8,7 +8,7 @@
 # sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
 # Snakemake fills in; the linter does not list it).
 
-from electra_ds import prefetch as hub_prefetch
+from electra_ds.pipeline import prefetch as hub_prefetch
 
 HUB = config["hub"]
 HUB_DATASETS = _user_error(hub_prefetch.plan, config)  # [{kind, id, config, split, revision, field}]

@@ -1,4 +1,4 @@
-# The frozen-feature linear probe: one job per model (electra_ds/linear_probe.py), read by the evaluate rule.
+# The frozen-feature linear probe: one job per model (electra_ds/finetuning/linear_probe.py), read by the evaluate rule.
 # Which tasks (linear_probe.tasks, null = automatic): sst2 and mrpc when GLUE tasks are fine-tuned from a local
 # glue_dir; in an offline run (the demo) the probe tasks it fine-tunes; none when GLUE comes from the Hub.
 # snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
@@ -6,7 +6,7 @@
 # Snakemake fills in; the linter does not list it).
 
 LP = config["linear_probe"]
-LINEAR_PROBE_DEFAULT_TASKS = importlib.import_module("electra_ds.linear_probe").DEFAULT_TASKS
+LINEAR_PROBE_DEFAULT_TASKS = importlib.import_module("electra_ds.finetuning.linear_probe").DEFAULT_TASKS
 
 
 def _linear_probe_tasks():
@@ -15,7 +15,7 @@ def _linear_probe_tasks():
         if config["finetune"]["glue_dir"] and any(not t.is_probe for t in finetuned):
             return list(LINEAR_PROBE_DEFAULT_TASKS)
         return [t.name for t in finetuned if t.is_probe and not t.is_regression]
-    tasks = [_user_error(importlib.import_module("electra_ds.linear_probe").resolve_task, t) for t in LP["tasks"]]
+    tasks = [_user_error(importlib.import_module("electra_ds.finetuning.linear_probe").resolve_task, t) for t in LP["tasks"]]
     if any(not t.is_probe for t in tasks) and not config["finetune"]["glue_dir"]:
         raise WorkflowError("config field 'linear_probe.tasks' names GLUE tasks, but finetune.glue_dir is not set: the "
                             "linear probe reads local GLUE files. Fix: set finetune.glue_dir, or linear_probe.tasks: []")
@@ -57,7 +57,7 @@ rule linear_probe:
         model_dir=lambda wildcards, input: f"{input.model}/discriminator",
         tasks=json.dumps(LINEAR_PROBE_TASKS),
         data=linear_probe_data_args(),
-        settings=stage_args("linear_probe", skip=("tasks", "threads")),  # tasks resolved above; threads per job
+        settings=stage_args("linear-probe", skip=("tasks", "threads")),  # tasks resolved above; threads per job
         track=track,
     threads: LP["threads"]
     log:

@@ -1,5 +1,5 @@
 # Pretraining through DeepSpeed (torchrun locally, srun under SLURM) and export to Hugging Face format,
-# once per model of `models:` (the `model` wildcard; see electra_ds/study.py).
+# once per model of `models:` (the `model` wildcard; see electra_ds/pipeline/study.py).
 # Checkpoints live in {R}/pretrain/{model}/checkpoints, which is NOT a declared output: Snakemake never
 # deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
 # snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
