@@ -29,7 +29,7 @@ def documents(words_per_doc: int = 500) -> tuple[list[dict], str]:
     root = gutenberg_dir()
     docs = []
     if root is None:
-        from electra_ds.data.corpus import iter_demo
+        from electra_ds.data.sources import iter_demo
 
         docs = [{"id": i, "text": normalise_text(t)} for i, t in iter_demo() if len(t) >= 200]
         return docs, f"demo corpus ({len(docs)} documents)"

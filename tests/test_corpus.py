@@ -5,13 +5,13 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
 import time
 
+import pytest
 
-from electra_ds.data import corpus
-
-
-from electra_ds.data import readers
+from electra_ds.common.errors import UserError
+from electra_ds.data import corpus, readers, sources
 from electra_ds.data.text import normalise_text, split_sentences
 from helpers import cli, cli_error
 from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
@@ -213,6 +213,61 @@ def test_unknown_source_key_is_rejected(tmp_path, capsys):
                     "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
     assert "corpus.sources[0]" in msg and "'path'" in msg
     assert_no_output(tmp_path)
+
+
+def test_unknown_source_type_is_rejected_naming_the_types():
+    """The command line's schema check refuses these first; parse_sources refuses them for any other caller."""
+    for bad in ({"type": "ftp"}, {"type": ["local"]}, "demo"):
+        with pytest.raises(UserError, match=re.escape("type must be demo, local, url or hf")) as caught:
+            corpus.parse_sources([bad])
+        assert "corpus.sources[0]" in str(caught.value) and "unknown source" in str(caught.value)
+
+
+# -- the source table ---------------------------------------------------------------------------
+def test_the_schema_and_the_source_table_name_the_same_types_keys_and_choices():
+    """The schema is the user's contract, the table is what the stage reads: a source type is a class in
+    electra_ds/data/sources.py plus its schema entry, and the two must say the same."""
+    from electra_ds.common import settings
+
+    items = settings.node("corpus", "sources")["items"]
+    assert items["properties"]["type"]["enum"] == list(sources.SOURCES)
+    per_type = {rule["if"]["properties"]["type"]["const"]: rule["then"] for rule in items["allOf"]}
+    assert set(per_type) == set(sources.SOURCES)
+    for name, cls in sources.SOURCES.items():
+        entry = per_type[name]
+        assert set(entry["properties"]) == set(cls.keys), name
+        assert set(entry.get("required", [])) == set(cls.required), name
+        enums = {key: tuple(spec["enum"]) for key, spec in entry["properties"].items() if "enum" in spec}
+        assert enums == cls.choices, name
+
+
+def test_a_new_source_type_is_one_class_in_the_table(tmp_path, monkeypatch):
+    """The stage reads sources only through the table: a class registered there is checked, labelled, counted
+    and read with no other change."""
+
+    class Echo(sources.Source):
+        type = "echo"
+        keys = ("type", "name", "texts")
+        required = ("texts",)
+
+        def documents(self, stats, *, on_decode_error, max_chars, cache_dir):
+            return ((f"echo:{i}", text) for i, text in enumerate(self.config["texts"]))
+
+    monkeypatch.setitem(sources.SOURCES, "echo", Echo)
+    (tmp_path / "a.txt").write_text("Local text.")
+    parsed = corpus.parse_sources(json.dumps([{"type": "echo", "texts": ["One.", " ", "Two."]},
+                                              *local([tmp_path / "a.txt"])]))
+    corpus.preflight(parsed)
+    stats: dict = {}
+    records = list(corpus.build_documents(parsed, stats))
+    assert [(r["id"], r["text"], r["source"]) for r in records] == [
+        ("echo:0", "One.", "echo"), ("echo:2", "Two.", "echo"), ("local:" + tmp_path.name + "/a.txt", "Local text.",
+                                                                 "local")]
+    assert (stats["echo"]["documents_in"], stats["echo"]["too_short"]) == (3, 1)
+    for bad, words in (({"type": "echo"}, "a echo source needs `texts`"),
+                       ({"type": "echo", "texts": ["x"], "paths": []}, "unknown key(s) ['paths'] for a echo source")):
+        with pytest.raises(UserError, match=re.escape(words)):
+            corpus.parse_sources([bad])
 
 
 def test_hf_source_fails_fast_when_offline(tmp_path, capsys, monkeypatch):

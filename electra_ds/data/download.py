@@ -31,17 +31,21 @@ def cached_path(url: str, sha256: str, cache_dir) -> Path:
     return Path(cache_dir) / f"{sha256.lower()[:12]}-{name}"
 
 
+def connect_error(host: str, port: int) -> str | None:
+    """Why a TCP connection to ``host:port`` cannot be opened now (within 3 s), or None when it can."""
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc})"
+    return None
+
+
 def unreachable_reason(url: str) -> str | None:
     """Why ``url``'s host cannot be reached now (offline variable, no connection), or None."""
     if os.environ.get("ELECTRA_DS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "ELECTRA_DS_OFFLINE is set"
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=3).close()
-    except OSError as exc:
-        return f"cannot connect to {parsed.hostname}:{port} ({exc})"
-    return None
+    return connect_error(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
 
 
 def check_url(url: str, sha256: str, cache_dir, field: str) -> None:

@@ -30,17 +30,18 @@ from electra_ds.common.hub import datasets_cache, offline_reason
 # -- what a config needs ----------------------------------------------------------------------------------
 
 def plan(config: dict) -> list[dict]:
-    """The Hub datasets a (validated, defaults filled) config reads: one item per corpus source of type ``hf``
-    and per GLUE task fine-tuned from the Hub (MNLI too when RTE/MRPC/STS-B start from it), each with the config
-    field it comes from."""
+    """The Hub datasets a (validated, defaults filled) config reads: one item per corpus source that reads the Hub
+    (its class's ``hub_dataset``: type ``hf``) and per GLUE task fine-tuned from the Hub (MNLI too when
+    RTE/MRPC/STS-B start from it), each with the config field it comes from."""
+    from electra_ds.data.sources import open_source
     from electra_ds.finetuning.glue import MNLI_INIT_TASKS, get_task
 
     items: list[dict] = []
     for i, src in enumerate(config.get("corpus", {}).get("sources") or []):
-        if src.get("type") == "hf":
-            items.append({"kind": "corpus", "id": src["name"], "config": src.get("config"),
-                          "split": src.get("split") or "train", "revision": src.get("revision"),
-                          "field": f"corpus.sources[{i}]"})
+        field = f"corpus.sources[{i}]"
+        dataset = open_source(src, field).hub_dataset()
+        if dataset:
+            items.append({"kind": "corpus", **dataset, "field": field})
     ft = config.get("finetune", {})
     if not ft.get("glue_dir"):
         tasks = [get_task(t) for t in ft.get("tasks") or []]
