@@ -1,7 +1,8 @@
 """``electra-ds <stage> ...``: one subcommand per pipeline stage.
 
 Each stage module provides ``add_arguments(parser)`` and ``run(args, tracker)``. The command line adds
-the options every stage shares (logging, MLflow tags), opens the stage's MLflow run and turns a
+the options every stage shares (logging, MLflow tags), opens the stage's tracker
+(:func:`electra_ds.tracking.open_tracker`: its MLflow run) and turns a
 :class:`~electra_ds.common.errors.UserError` into one clear line on stderr with exit status 2.
 """
 
@@ -16,7 +17,7 @@ from electra_ds.pipeline.constraints import check_stage_args
 from electra_ds.common.errors import UserError
 from electra_ds.common.settings import check_settings
 from electra_ds.stages import STAGES
-from electra_ds.tracking import StageRun
+from electra_ds.tracking import open_tracker
 
 def _wildcards(text: str) -> dict:
     out = {}
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
     try:
         check_settings(args, getattr(args._module, "SETTINGS", {}))  # ranges and choices, from the schema
         check_stage_args(stage, args)  # what holds between fields (heads | hidden size, seed range, ...)
-        with StageRun(args.rule or stage, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
-                      wildcards=args.wildcards, enabled=rank0) as tracker:
+        with open_tracker(args.rule or stage, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
+                          wildcards=args.wildcards, enabled=rank0) as tracker:
             args._module.run(args, tracker)
     except UserError as exc:
         if not getattr(exc, "quiet", False):  # quiet: another rank of the same run reports it (trainer.raise_together)

@@ -12,6 +12,7 @@ import pytest
 from electra_ds.finetuning import evaluate
 
 from electra_ds.finetuning import report
+from electra_ds.tracking import NullTracker
 from helpers import cli
 
 
@@ -45,10 +46,11 @@ def results(tmp_path):
     return paths
 
 
-class RecordingTracker:
-    run_id = None  # no MLflow run: the model runs are not logged
+class RecordingTracker(NullTracker):
+    """A tracker that keeps what the stage logs (the rest of the protocol logs nowhere)."""
 
     def __init__(self):
+        super().__init__()
         self.metrics, self.params, self.artifacts = {}, {}, []
 
     def log_params(self, params):

@@ -92,7 +92,7 @@ def _lifecycle(uri, results_dir, wildcards=None, steps=3):
         stats = Path(results_dir) / "stats.json"  # an artifact under the results directory, as a stage's are
         stats.write_text('{"documents": 3}')
         run.log_artifact(stats)
-        tracking.log_model_runs(run, {"small": ({"layers": 2}, {"glue": 0.5})})
+        run.log_model_runs({"small": ({"layers": 2}, {"glue": 0.5})})
     tracking.end_pipeline_run(uri, parent, ok=True)
     return parent, run
 

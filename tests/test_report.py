@@ -1,4 +1,4 @@
-"""The evaluation report: pretrain log parsing, plots, published numbers, earlier MLflow runs, HTML."""
+"""The evaluation report: pretrain log parsing, plots, published numbers, earlier runs in the table, HTML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from electra_ds.finetuning import report
 from electra_ds.finetuning import plots
-from electra_ds.finetuning.report import PUBLISHED, comparison_table, earlier_runs
+from electra_ds.finetuning.report import PUBLISHED, comparison_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -134,34 +134,6 @@ def assert_no_raw_markdown(page: str) -> None:
     for raw in ("![", "](", "|---", "**"):
         assert raw not in text, raw
     assert not any(line.lstrip().startswith("- ") for line in text.splitlines()), "a list left as text"
-
-
-def test_earlier_runs_never_fail(tmp_path, monkeypatch):
-    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "0")
-    assert earlier_runs(f"sqlite:///{tmp_path}/mlflow.db") == ([], "MLflow is off (ELECTRA_DS_MLFLOW=0)")
-    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "1")
-    runs, note = earlier_runs(f"sqlite:///{tmp_path}/absent.db")
-    assert runs == [] and "no MLflow store" in note and not (tmp_path / "absent.db").exists()
-    assert earlier_runs(None)[0] == []
-    runs, note = earlier_runs("unknown-scheme://nowhere")
-    assert runs == [] and "failed" in note
-
-
-def test_earlier_runs_from_a_real_store(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
-    from electra_ds.tracking import StageRun
-
-    monkeypatch.setenv("ELECTRA_DS_MLFLOW", "1")
-    monkeypatch.delenv("ELECTRA_DS_MLFLOW_PARENT_RUN_ID", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with StageRun("finetune", results_dir=tmp_path, tracking_uri=uri) as other:
-        other.log_metrics({"main": 0.9})
-    with StageRun("evaluate", results_dir=tmp_path, tracking_uri=uri) as old:
-        old.log_metrics({"cola.main": 0.25, "glue_score": 0.4})
-    with StageRun("evaluate", results_dir=tmp_path, tracking_uri=uri) as current:
-        runs, note = earlier_runs(uri, exclude_run_id=current.run_id)
-    assert [r["run_id"] for r in runs] == [old.run_id] and "1 earlier evaluate run" in note
-    assert runs[0]["metrics"] == {"cola.main": 0.25, "glue_score": 0.4}
 
 
 def test_second_axis_of_the_pretraining_plot():

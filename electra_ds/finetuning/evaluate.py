@@ -41,7 +41,6 @@ from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS, get_task
 from electra_ds.finetuning.report import render_markdown, render_models, render_report, score_lines
 from electra_ds.common.settings import add_settings
 from electra_ds.finetuning.submission import build_submission
-from electra_ds.tracking import log_model_runs
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +236,7 @@ def run(args, tracker) -> None:
         summary["submission"] = build_submission([r for r in results if r["model"] == primary],
                                                  args.submission_zip, args.submission_seed)
     earlier, earlier_note = ([], "not requested") if not args.compare_runs else (
-        ([], "MLflow did not answer (tracking is spooled)") if getattr(tracker, "offline", False) else
-        report.earlier_runs(getattr(tracker, "uri", None), getattr(tracker, "run_id", None), args.compare_runs))
+        tracker.earlier_runs("evaluate", args.compare_runs))
     summary["earlier_runs"] = earlier
     table = report.comparison_table(summary, earlier)
     summary["comparison"] = table
@@ -285,7 +283,7 @@ def run(args, tracker) -> None:
         if path:
             tracker.log_artifact(path)
 
-    log_model_runs(tracker, {name: (_model_params(m), _model_metrics(m)) for name, m in models.items()})
+    tracker.log_model_runs({name: (_model_params(m), _model_metrics(m)) for name, m in models.items()})
     for name, m in models.items():
         for line in score_lines(m["summary"]):
             line = f"{name}: {line}" if len(models) > 1 else line

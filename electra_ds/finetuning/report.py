@@ -1,28 +1,21 @@
 """The evaluation report: this run beside published ELECTRA numbers and earlier MLflow runs, plots.
 
 * :data:`PUBLISHED`: GLUE dev scores of ELECTRA-Small and -Base, in percent, with their source;
-* :func:`earlier_runs`: finished ``evaluate`` runs in the MLflow store (never raises: MLflow off,
-  unreachable or empty gives ``[]`` and a note);
-* :func:`comparison_table` -> :func:`table_markdown` / :func:`table_html`;
+* :func:`comparison_table` -> :func:`table_markdown` / :func:`table_html` (the earlier runs come from the
+  tracker: :meth:`electra_ds.tracking.base.Tracker.earlier_runs`);
 * :func:`model_table`: the models of one run side by side (scores, pretraining FLOPs, rtd_gain);
 * :func:`render_html`: the Markdown report as one self-contained page (markdown-it-py; images embedded).
 
-Heavy imports (matplotlib, mlflow) happen inside the functions that need them.
+Heavy imports (markdown-it-py) happen inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import logging
-import os
 from pathlib import Path
 
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS
 
-log = logging.getLogger(__name__)
-
-ELECTRA_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 TASK_LABELS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "mrpc": "MRPC (acc)", "stsb": "STS-B (Spearman)",
                "qqp": "QQP (acc)", "mnli": "MNLI-m (acc)", "qnli": "QNLI (acc)", "rte": "RTE (acc)",
                "wnli": "WNLI (acc)"}
@@ -64,48 +57,7 @@ def published_average(name: str) -> float:
     scores = PUBLISHED[name]["scores"]
     if not scores:
         return PUBLISHED[name]["reported_average"]
-    return sum(scores[t] for t in ELECTRA_TASKS) / len(ELECTRA_TASKS)
-
-
-# -- MLflow: earlier evaluate runs ---------------------------------------------------------------
-
-def earlier_runs(tracking_uri: str | None, exclude_run_id: str | None = None, limit: int = 5) -> tuple:
-    """Finished runs of the ``evaluate`` rule in the store, newest first: ``(runs, note)``.
-
-    Each run is ``{"run_id", "label", "experiment", "metrics"}`` with metrics as logged (fractions).
-    Never raises; an absent, disabled, unreachable or empty store gives ``([], reason)``.
-    """
-    if os.environ.get("ELECTRA_DS_MLFLOW", "1") == "0":
-        return [], "MLflow is off (ELECTRA_DS_MLFLOW=0)"
-    if not tracking_uri:
-        return [], "no MLflow tracking URI"
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        return [], f"no MLflow store at {tracking_uri}"
-    try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        experiments = {e.experiment_id: e.name for e in client.search_experiments()}
-        if not experiments:
-            return [], "the MLflow store has no experiments"
-        found = client.search_runs(list(experiments),
-                                   filter_string="tags.`electra_ds.rule` = 'evaluate' and attributes.status = 'FINISHED'",
-                                   order_by=["attributes.start_time DESC"], max_results=limit + 1)
-    except Exception as exc:  # the report must not fail because of tracking
-        log.warning("MLflow: could not search earlier evaluate runs (%s)", exc)
-        return [], f"MLflow search failed: {exc}"
-    runs = []
-    for r in found:
-        if r.info.run_id == exclude_run_id or not r.data.metrics:
-            continue
-
-        started = datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-        runs.append({"run_id": r.info.run_id, "experiment": experiments.get(r.info.experiment_id, "?"),
-                     "label": f"{experiments.get(r.info.experiment_id, '?')} {started} ({r.info.run_id[:8]})",
-                     "metrics": dict(r.data.metrics)})
-    runs = runs[:limit]
-    return runs, (f"{len(runs)} earlier evaluate run(s) from {tracking_uri}" if runs
-                  else f"no earlier evaluate runs in {tracking_uri}")
+    return sum(scores[t] for t in GLUE_SCORE_TASKS) / len(GLUE_SCORE_TASKS)
 
 
 # -- the comparison table ------------------------------------------------------------------------
@@ -125,7 +77,7 @@ def comparison_table(summary: dict, earlier: list) -> dict:
     probe_tasks = [n for n, t in tasks.items() if t["is_probe"]]
     published = list(PUBLISHED) if glue_tasks else []
     columns = ["task", "this run"] + published + [r["label"] for r in earlier]
-    order = ([t for t in ELECTRA_TASKS] + [n for n in glue_tasks if n not in ELECTRA_TASKS]) if glue_tasks else []
+    order = ([*GLUE_SCORE_TASKS] + [n for n in glue_tasks if n not in GLUE_SCORE_TASKS]) if glue_tasks else []
     rows = []
     for name in order + probe_tasks:
         t = tasks.get(name)
