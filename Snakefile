@@ -56,7 +56,7 @@ localrules:
 
 rule all:
     input:
-        f"{R}/evaluate/results.json",
-        f"{R}/evaluate/results.md",
+        LAYOUT.evaluate_json,
+        LAYOUT.evaluate_md,
         PUSH_FILES,  # export.push_to_hub: the exports uploaded to the Hub (none by default)
     default_target: True

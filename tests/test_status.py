@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 
+from electra_ds.common.layout import Layout
 from electra_ds.pipeline import status
 
 
 def write(path, data) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
 
@@ -23,26 +27,27 @@ def results(tmp_path):
     """Data stages done; `electra` pretraining at step 300 of 1000 (a checkpoint at 200), `mlm` not started;
     `scratch` exported; 3 of the 2 models x 2 tasks x 2 seeds fine-tuning jobs done; no evaluation."""
     r = tmp_path / "results"
-    write(r / "corpus" / "stats.json", {"sources": {"demo": {}}, "total": {"documents_out": 2107, "bytes_out": 1598212}})
-    write(r / "dedup" / "stats.json", {"documents_in": 2107, "documents_out": 2069, "exact_duplicates_removed": 20,
-                                       "near_duplicates_removed": 18})
-    write(r / "vocab" / "vocab_stats.json", {"vocab_size": 8000, "coverage": 0.9999, "pieces_per_word": 1.49})
-    write(r / "shards" / "index.json", {"splits": {"train": {"examples": 2708, "tokens": 246374},
-                                                   "valid": {"examples": 79, "tokens": 7100}}})
+    layout = Layout(r)
+    write(layout.corpus_stats, {"sources": {"demo": {}}, "total": {"documents_out": 2107, "bytes_out": 1598212}})
+    write(layout.dedup_stats, {"documents_in": 2107, "documents_out": 2069, "exact_duplicates_removed": 20,
+                               "near_duplicates_removed": 18})
+    write(layout.vocab_stats, {"vocab_size": 8000, "coverage": 0.9999, "pieces_per_word": 1.49})
+    write(layout.shards_index, {"splits": {"train": {"examples": 2708, "tokens": 246374},
+                                           "valid": {"examples": 79, "tokens": 7100}}})
     log = [{"split": "train", "step": s, "loss": 30 - s / 100, "gen_loss": 7.0, "gen_acc": 0.1, "disc_loss": 0.35,
             "base_entropy": 0.417, "rtd_gain": 0.16, "disc_auc": 0.8, "tokens_per_s": 8192.0, "samples_per_s": 64.0}
            for s in (100, 200, 300)]
     log.insert(2, {"split": "valid", "step": 200, "loss": 28.0, "gen_loss": 6.9, "disc_loss": 0.34,
                    "base_entropy": 0.417, "rtd_gain": 0.18, "disc_auc": 0.81})
-    write(r / "pretrain" / "electra" / "train_log.jsonl", "".join(json.dumps(x) + "\n" for x in log))
-    ckpt = r / "pretrain" / "electra" / "checkpoints"
+    write(layout.train_log("electra"), "".join(json.dumps(x) + "\n" for x in log))
+    ckpt = Path(layout.checkpoints("electra"))
     (ckpt / "step00000200").mkdir(parents=True)
     write(ckpt / "latest", "step00000200")
-    write(r / "logs" / "pretrain" / "electra.log", "12:00:00 pretrain INFO step 300/1000 [ 30%] loss 27\n")
-    write(r / "export" / "scratch" / "scratch.json", {"source": "scratch"})
-    write(r / "export" / "scratch" / "discriminator" / "config.json", {})
+    write(layout.log("pretrain", "electra"), "12:00:00 pretrain INFO step 300/1000 [ 30%] loss 27\n")
+    write(layout.export_scratch_record("scratch"), {"source": "scratch"})
+    write(Path(layout.export_discriminator("scratch")) / "config.json", {})
     for model, task, seed in (("scratch", "rte", 1), ("scratch", "rte", 2), ("scratch", "cola", 1)):
-        write(r / "finetune" / model / task / f"seed{seed}" / "metrics.json", {"task": task, "seed": seed})
+        write(layout.finetune_metrics(model, task, seed), {"task": task, "seed": seed})
     return r
 
 
@@ -95,8 +100,9 @@ def test_status_without_config_counts_what_exists(results):
 
 
 def test_status_command_is_fast_and_never_imports_torch(results, tmp_path):
-    write(results / "pretrain" / "electra" / "summary.json", {"steps": 1000, "seconds": 600, "global_batch_size": 32})
-    write(results / "evaluate" / "results.json", {"probe_score": {"value": 0.244}, "glue_score": {"value": None}})
+    layout = Layout(results)
+    write(layout.pretrain_summary("electra"), {"steps": 1000, "seconds": 600, "global_batch_size": 32})
+    write(layout.evaluate_json, {"probe_score": {"value": 0.244}, "glue_score": {"value": None}})
     code = ("import sys, runpy; sys.argv = ['electra-ds', 'status', sys.argv[1]]\n"
             "from electra_ds.cli import main\nrc = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, 'torch imported'\nsys.exit(rc)")
@@ -110,3 +116,27 @@ def test_status_command_is_fast_and_never_imports_torch(results, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "electra_ds.cli", "status", str(tmp_path / "absent")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no such results directory" in proc.stderr
+
+
+def test_status_reads_checkpoints_as_a_resume_does(results):
+    """Through electra_ds.pretraining.checkpoint: the tag directories a resume would consider; a `latest` that names
+    no checkpoint directory is passed over for the newest tag; the batch size from the manifest `latest` names."""
+    from electra_ds.pretraining import checkpoint
+
+    ckpt = Path(Layout(results).checkpoints("electra"))
+    (ckpt / "step00000250").mkdir()
+    (ckpt / "not-a-tag").mkdir()
+    write(ckpt / "step00000200" / checkpoint.MANIFEST, {"run_config": {"global_batch_size": 32}})
+    pre = status.collect(results)["pretrain"]["electra"]
+    assert pre["checkpoint"] == "step00000200" and pre["checkpoints"] == 2
+    assert pre["steps_per_s"] == pytest.approx(2.0)  # 64 samples/s over the manifest's batch of 32
+    write(ckpt / "latest", "step00000999")
+    pre = status.collect(results)["pretrain"]["electra"]
+    assert pre["checkpoint"] == "step00000250" and "steps_per_s" not in pre
+
+
+def test_status_of_a_results_dir_whose_name_holds_glob_characters(results):
+    moved = results.rename(results.parent / "run [1]*?")
+    st = status.collect(moved)
+    assert st["finetune"]["done"] == 3 and st["export"]["scratch"] == {"done": True, "scratch": True}
+    assert st["pretrain"]["electra"]["step"] == 300

@@ -87,6 +87,21 @@ def default(spec: dict):
     return value
 
 
+def fill_defaults(instance, spec: dict | None = None) -> None:
+    """Set the schema's ``default`` of every absent object property, at every depth, in place (what Snakemake's
+    validate fills in a config); ``spec`` is the whole schema unless given."""
+    spec = schema() if spec is None else spec
+    if not isinstance(instance, dict) or not isinstance(spec, dict):
+        return
+    for key, sub in (spec.get("properties") or {}).items():
+        if not isinstance(sub, dict):
+            continue
+        if key not in instance and "default" in sub:
+            instance[key] = json.loads(json.dumps(sub["default"]))  # a copy: the cached schema stays as it is
+        if key in instance:
+            fill_defaults(instance[key], sub)
+
+
 class _ObjectOption:
     """An object option: JSON (or a JSON file) merged over the field's defaults, like a config section."""
 

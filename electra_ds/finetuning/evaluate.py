@@ -37,6 +37,7 @@ from electra_ds.finetuning import plots
 from electra_ds.finetuning import report
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path
+from electra_ds.common.layout import PRETRAIN_SUMMARY, TRAIN_LOG
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS, get_task
 from electra_ds.finetuning.report import render_markdown, render_models, render_report, score_lines
 from electra_ds.common.settings import add_settings
@@ -184,14 +185,14 @@ def read_pretrain(pairs) -> dict:
         name, sep, folder = pair.partition("=")
         if not sep:
             raise UserError(f"{pair!r} is not NAME=DIR", field="--pretrain-dirs")
-        path = Path(folder) / "summary.json"
+        path = Path(folder) / PRETRAIN_SUMMARY
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read the pretraining summary ({exc})", path=path,
                             fix="run the pretrain stage first") from None
         out[name] = {**{k: data[k] for k in PRETRAIN_HEADLINE if k in data},
-                     "train_log": str(Path(folder) / "train_log.jsonl")}
+                     "train_log": str(Path(folder) / TRAIN_LOG)}
     return out
 
 

@@ -5,15 +5,18 @@ run's step, rate, ETA, latest checkpoint and last metrics (``train_log.jsonl``),
 fine-tuning jobs done of planned, and the evaluation's headline. With ``--configfile`` the plan (models,
 max steps, tasks x seeds) comes from the config; without it, what exists is counted.
 
-Read: ``corpus/stats.json``, ``dedup/stats.json``, ``vocab/vocab_stats.json``, ``shards/index.json``,
-``probes/probes.json``, ``pretrain/<model>/{summary.json,train_log.jsonl,checkpoints/}``, the tail of
-``logs/pretrain/<model>.log`` (``step N/M``, for the step budget when no config is given),
-``export/<model>/``, ``finetune/<model>/<task>/seed<N>/metrics.json``, ``evaluate/results.json`` and the
-pipeline lock ``.electra-ds.lock``.
+Read (paths from :mod:`electra_ds.common.layout`): ``corpus/stats.json``, ``dedup/stats.json``,
+``vocab/vocab_stats.json``, ``shards/index.json``, ``probes/probes.json``,
+``pretrain/<model>/{summary.json,train_log.jsonl}``, its checkpoints (through
+:mod:`electra_ds.pretraining.checkpoint`, as a resume sees them), the tail of ``logs/pretrain/<model>.log``
+(``step N/M``, for the step budget when no config is given), ``export/<model>/``,
+``finetune/<model>/<task>/seed<N>/metrics.json``, ``evaluate/results.json`` and the pipeline lock
+``.electra-ds.lock``.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -23,15 +26,18 @@ import time
 from pathlib import Path
 import yaml
 
+from electra_ds.common import settings
+from electra_ds.common.layout import Layout
 from electra_ds.common.progress import format_bytes, format_count, format_seconds
-from electra_ds.common.settings import SCHEMA_PATH
 from electra_ds.pipeline.study import plan_models
 from electra_ds.common.lock import pid_alive
+from electra_ds.pretraining import checkpoint
 
-TAG = re.compile(r"^step(\d+)$")
 LOG_STEP = re.compile(r"step (\d+)/(\d+)")
-HEADLINE = ("loss", "gen_loss", "gen_acc", "disc_loss", "base_entropy", "rtd_gain", "disc_auc")
-SCHEMA = SCHEMA_PATH
+# The pretraining metrics status shows (keys of a train_log.jsonl record) and their column names: base_rate is
+# the entropy disc_loss must beat.
+COLUMNS = {"loss": "loss", "gen_loss": "gen_loss", "gen_acc": "gen_acc", "disc_loss": "disc_loss",
+           "base_entropy": "base_rate", "rtd_gain": "rtd_gain", "disc_auc": "disc_auc"}
 
 
 def add_arguments(p) -> None:
@@ -45,18 +51,23 @@ def add_arguments(p) -> None:
 
 # -- reading -----------------------------------------------------------------------------------------
 
-def _json(path: Path):
+def _json(path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def _age(path: Path, now: float) -> float | None:
+def _age(path, now: float) -> float | None:
     try:
-        return max(0.0, now - path.stat().st_mtime)
+        return max(0.0, now - os.stat(path).st_mtime)
     except OSError:
         return None
+
+
+def _existing(pattern: str) -> list[Path]:
+    """The paths a glob pattern matches (hidden names too), sorted."""
+    return sorted(Path(p) for p in glob.glob(pattern, include_hidden=True))
 
 
 def load_plan(configfile) -> dict | None:
@@ -69,20 +80,17 @@ def load_plan(configfile) -> dict | None:
         config = yaml.safe_load(Path(configfile).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"electra-ds status: error: cannot read --configfile {configfile}: {exc}") from None
-    plans = None
-    if SCHEMA.is_file():
-        try:
-            import jsonschema
+    try:
+        import jsonschema
 
-
-            schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
-            _fill_defaults(config, schema)
-            jsonschema.validate(config, schema)
-            plans = {n: {"source": p["source"], "max_steps": p["pretrain"].get("max_steps"),
-                         "global_batch_size": p["pretrain"].get("global_batch_size")}
-                     for n, p in plan_models(config, schema).items()}
-        except Exception:  # a config the pipeline would reject: fall back to what it says literally
-            plans = None
+        schema = settings.schema()
+        settings.fill_defaults(config, schema)
+        jsonschema.validate(config, schema)
+        plans = {n: {"source": p["source"], "max_steps": p["pretrain"].get("max_steps"),
+                     "global_batch_size": p["pretrain"].get("global_batch_size")}
+                 for n, p in plan_models(config, schema).items()}
+    except Exception:  # a config the pipeline would reject: fall back to what it says literally
+        plans = None
     if plans is None:
         pre = config.get("pretrain") or {}
         plans = {}
@@ -96,20 +104,7 @@ def load_plan(configfile) -> dict | None:
             "seeds": list(ft.get("seeds") or [])}
 
 
-def _fill_defaults(instance, schema) -> None:
-    """The schema's ``default`` values for absent object properties (what Snakemake's validate fills)."""
-    if not isinstance(instance, dict) or not isinstance(schema, dict):
-        return
-    for key, sub in (schema.get("properties") or {}).items():
-        if not isinstance(sub, dict):
-            continue
-        if key not in instance and "default" in sub:
-            instance[key] = json.loads(json.dumps(sub["default"]))
-        if key in instance:
-            _fill_defaults(instance[key], sub)
-
-
-def _last_train_log(path: Path) -> tuple[dict | None, dict | None, int]:
+def _last_train_log(path) -> tuple[dict | None, dict | None, int]:
     """(last train record, last valid record, lines) of a train_log.jsonl; later lines win at equal steps."""
     train = valid = None
     lines = 0
@@ -132,7 +127,7 @@ def _last_train_log(path: Path) -> tuple[dict | None, dict | None, int]:
     return train, valid, lines
 
 
-def _log_budget(path: Path) -> int | None:
+def _log_budget(path) -> int | None:
     """``M`` of the last ``step N/M`` line in the tail of a pretraining log."""
     try:
         with open(path, "rb") as f:
@@ -144,38 +139,32 @@ def _log_budget(path: Path) -> int | None:
     return int(found[-1][1]) if found else None
 
 
-def _checkpoints(ckpt_dir: Path) -> dict:
-    latest = None
-    try:
-        latest = (ckpt_dir / "latest").read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        pass
-    tags = []
-    if ckpt_dir.is_dir():
-        tags = sorted((p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG.match(p.name)),
-                      key=lambda t: int(TAG.match(t).group(1)))
-    manifest = _json(ckpt_dir / latest / "electra_ds_manifest.json") if latest else None
-    return {"latest": latest if latest and (ckpt_dir / latest).is_dir() else None, "tags": tags,
-            "newest": tags[-1] if tags else None,
+def _checkpoints(ckpt_dir) -> dict:
+    """The checkpoints as a resume sees them (electra_ds.pretraining.checkpoint): the tag ``latest`` names, the
+    tag directories newest first, and the run config in the manifest of the one ``latest`` names."""
+    latest, _ = checkpoint.read_latest(ckpt_dir)
+    tags = checkpoint.candidates(ckpt_dir, latest)
+    manifest = _json(Path(ckpt_dir) / latest / checkpoint.MANIFEST) if latest else None
+    return {"latest": latest, "tags": tags, "newest": tags[0] if tags else None,
             "run_config": (manifest or {}).get("run_config") or {}}
 
 
-def pretrain_status(results: Path, name: str, plan: dict | None, now: float) -> dict:
-    out_dir = results / "pretrain" / name
-    summary = _json(out_dir / "summary.json")
-    train, valid, _ = _last_train_log(out_dir / "train_log.jsonl")
-    ckpt = _checkpoints(out_dir / "checkpoints")
+def pretrain_status(results, name: str, plan: dict | None, now: float) -> dict:
+    layout = Layout(results)
+    summary = _json(layout.pretrain_summary(name))
+    train, valid, _ = _last_train_log(layout.train_log(name))
+    ckpt = _checkpoints(layout.checkpoints(name))
     budget = (summary or {}).get("steps") if summary else None
-    budget = budget or (plan or {}).get("max_steps") or _log_budget(results / "logs" / "pretrain" / f"{name}.log")
+    budget = budget or (plan or {}).get("max_steps") or _log_budget(layout.log("pretrain", name))
     batch = ((summary or {}).get("global_batch_size") or (plan or {}).get("global_batch_size")
              or ckpt["run_config"].get("global_batch_size"))
     step = (train or {}).get("step", 0)
     state = "done" if summary else ("started" if train or ckpt["tags"] else "not started")
     out = {"state": state, "step": (summary or {}).get("steps", step), "max_steps": budget,
            "checkpoint": ckpt["latest"] or ckpt["newest"], "checkpoints": len(ckpt["tags"]),
-           "log_age_s": _age(out_dir / "train_log.jsonl", now),
-           "train": {k: train[k] for k in HEADLINE if k in (train or {})},
-           "valid": {k: valid[k] for k in HEADLINE if k in (valid or {})},
+           "log_age_s": _age(layout.train_log(name), now),
+           "train": {k: train[k] for k in COLUMNS if k in (train or {})},
+           "valid": {k: valid[k] for k in COLUMNS if k in (valid or {})},
            "valid_step": (valid or {}).get("step"),
            "tokens_per_s": (train or {}).get("tokens_per_s"), "samples_per_s": (train or {}).get("samples_per_s")}
     if out["samples_per_s"] and batch:
@@ -187,16 +176,15 @@ def pretrain_status(results: Path, name: str, plan: dict | None, now: float) -> 
     return out
 
 
-def _exported(results: Path, name: str) -> bool:
-    d = results / "export" / name
-    return (d / "discriminator" / "config.json").is_file()
+def _exported(results, name: str) -> bool:
+    return (Path(Layout(results).export_discriminator(name)) / "config.json").is_file()
 
 
-def finetune_status(results: Path, plan: dict | None, models: list[str]) -> dict:
+def finetune_status(results, plan: dict | None, models: list[str]) -> dict:
     """Jobs done per model; planned = models x tasks x seeds from the config, else what exists."""
-    root = results / "finetune"
+    stars = Layout(glob.escape(str(results)))  # the layout's paths as glob patterns
     done = {}
-    for path in sorted(root.glob("*/*/seed*/metrics.json")):
+    for path in _existing(stars.finetune_metrics("*", "*", "*")):  # .../<model>/<task>/seed<N>/metrics.json
         model, task, seed = path.parts[-4], path.parts[-3], path.parts[-2].removeprefix("seed")
         done[(model, task, seed)] = path
     if plan and plan["tasks"] and plan["seeds"]:
@@ -211,25 +199,26 @@ def finetune_status(results: Path, plan: dict | None, models: list[str]) -> dict
             "missing": [f"{m}/{t}/seed{s}" for m, t, s in missing], "known_plan": bool(plan and plan["tasks"])}
 
 
-def data_status(results: Path) -> dict:
+def data_status(results) -> dict:
     """One line per data stage: done or not, and its headline counts."""
+    layout = Layout(results)
     out = {}
-    corpus = _json(results / "corpus" / "stats.json")
+    corpus = _json(layout.corpus_stats)
     out["corpus"] = corpus and (f"{format_count(corpus['total']['documents_out'])} documents, "
                                 f"{format_bytes(corpus['total']['bytes_out'])} from {len(corpus['sources'])} "
                                 f"source(s)")
-    dedup = _json(results / "dedup" / "stats.json")
+    dedup = _json(layout.dedup_stats)
     out["dedup"] = dedup and (f"{format_count(dedup['documents_out'])} of {format_count(dedup['documents_in'])} "
                               f"documents kept ({dedup.get('exact_duplicates_removed', 0)} exact, "
                               f"{dedup.get('near_duplicates_removed', 0)} near duplicates removed)")
-    vocab = _json(results / "vocab" / "vocab_stats.json")
+    vocab = _json(layout.vocab_stats)
     out["vocab"] = vocab and (f"{vocab.get('vocab_size')} pieces, coverage {vocab.get('coverage', 0):.5f}, "
                               f"{vocab.get('pieces_per_word', 0):.2f} pieces/word")
-    index = _json(results / "shards" / "index.json")
+    index = _json(layout.shards_index)
     out["shards"] = index and ", ".join(
         f"{split} {format_count(s['examples'])} examples / {format_count(s['tokens'])} tokens"
         for split, s in index.get("splits", {}).items() if s.get("examples"))
-    probes = _json(results / "probes" / "probes.json")
+    probes = _json(layout.probes_stats)
     out["probes"] = probes and ", ".join(
         f"{t} {probes.get(f'{t}.train_examples', 0)} train / {probes.get(f'{t}.dev_examples', 0)} dev"
         for t in sorted({k.split('.')[0] for k in probes}))
@@ -238,31 +227,28 @@ def data_status(results: Path) -> dict:
 
 def collect(results, plan: dict | None = None, now: float | None = None) -> dict:
     results = Path(results)
+    layout, stars = Layout(results), Layout(glob.escape(str(results)))  # stars: the paths as glob patterns
     now = time.time() if now is None else now
     planned_models = dict((plan or {}).get("models") or {})
-    found = sorted({p.name for base in ("pretrain", "export", "finetune") for p in (results / base).glob("*")
-                    if p.is_dir()})
+    model_dirs = (stars.pretrain_dir("*"), stars.export_dir("*"), stars.finetune_model_dir("*"))
+    found = sorted({p.name for pattern in model_dirs for p in _existing(pattern) if p.is_dir()})
     models = list(planned_models) + [m for m in found if m not in planned_models]
     scratch = {m for m in models if planned_models.get(m, {}).get("source") == "scratch"
-               or (results / "export" / m / "scratch.json").is_file()}
+               or Path(layout.export_scratch_record(m)).is_file()}
     status = {"results_dir": str(results), "data": data_status(results), "pretrain": {}, "export": {},
-              "lock": _json(results / ".electra-ds.lock")}
+              "lock": _json(layout.lock)}
     for m in models:
         if m not in scratch:
             status["pretrain"][m] = pretrain_status(results, m, planned_models.get(m), now)
         status["export"][m] = {"done": _exported(results, m), "scratch": m in scratch}
     status["finetune"] = finetune_status(results, plan, models)
-    evaluate = _json(results / "evaluate" / "results.json")
+    evaluate = _json(layout.evaluate_json)
     status["evaluate"] = None if evaluate is None else {
         k: (evaluate.get(k) or {}).get("value") for k in ("glue_score", "glue_score_common", "probe_score")}
     return status
 
 
 # -- printing ----------------------------------------------------------------------------------------
-
-COLUMNS = {"loss": "loss", "gen_loss": "gen_loss", "gen_acc": "gen_acc", "disc_loss": "disc_loss",
-           "base_entropy": "base_rate", "rtd_gain": "rtd_gain", "disc_auc": "disc_auc"}
-
 
 def _metric_table(p: dict) -> list[str]:
     """The last training and validation metrics as a small table (base_rate: the entropy disc_loss must beat)."""
@@ -339,7 +325,7 @@ def render(status: dict) -> str:
     else:
         scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}" for k, v in ev.items() if v is not None)
         lines += ["", f"evaluate: done ({scores or 'no scores'}); report: "
-                  f"{Path(status['results_dir']) / 'evaluate' / 'results.html'}"]
+                  f"{Path(Layout(status['results_dir']).evaluate_html)}"]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-# Helpers shared by the rules: results paths, CLI argument rendering, MLflow parent run.
+# Helpers shared by the rules: results paths (LAYOUT: electra_ds/common/layout.py), CLI argument rendering,
+# MLflow parent run.
 
 import hashlib
 import importlib
@@ -13,11 +14,15 @@ from electra_ds import stages, tracking
 from electra_ds.common import settings
 from electra_ds.common.lock import ResultsLock
 from electra_ds.common.errors import UserError
+from electra_ds.common.layout import Layout
 from electra_ds.common.fileio import refuse_links_under
 from electra_ds.finetuning.glue import get_task
 from electra_ds.pipeline.study import plan_models
 
-R = config["results_dir"].rstrip("/")
+# Every path under results_dir (the rules' inputs, outputs, logs and benchmarks): LAYOUT.<name>(), with the
+# job's wildcards ({model}, {task}, {seed}, {part}) left in where no value is given.
+LAYOUT = Layout(config["results_dir"])
+R = LAYOUT.root  # the results directory itself (the stages' --results-dir, MLflow, the lock)
 
 # Software: the rules all declare conda "../envs/electra-ds.yaml" (--software-deployment-method conda); the image of
 # config `container` (built from containers/, README "Software environments") is every job's under
@@ -64,16 +69,16 @@ def track(wildcards):
 def finetune_data_args(wildcards):
     task = get_task(wildcards.task)
     if task.is_probe:
-        return f"--data-dir {shlex.quote(f'{R}/probes')}"
+        return f"--data-dir {shlex.quote(LAYOUT.probes)}"
     if config["finetune"]["glue_dir"]:
         return f"--data-dir {shlex.quote(repo_path(config['finetune']['glue_dir']))}"
     return f"--hub-id {shlex.quote(config['finetune']['hub_id'])}"
 
 
 def finetune_inputs(wildcards):
-    inputs = {"model": f"{R}/export/{wildcards.model}"}
+    inputs = {"model": LAYOUT.export_dir(wildcards.model)}
     if get_task(wildcards.task).is_probe:
-        inputs["probes"] = f"{R}/probes"
+        inputs["probes"] = LAYOUT.probes
     return inputs
 
 
@@ -105,8 +110,8 @@ onstart:
     slurm_preflight()  # with the SLURM profile: a clear error before anything is submitted
     # job logs and benchmarks are written by the shell's `> {log}` and by Snakemake, which follow a link: none
     # may be one (a link planted at a log's name would have the job overwrite what it points at)
-    for folder in ("logs", "benchmarks"):
-        _user_error(refuse_links_under, os.path.join(R, folder))
+    for folder in (LAYOUT.logs, LAYOUT.benchmarks):
+        _user_error(refuse_links_under, folder)
     # creates R: an unwritable results_dir, or one another pipeline is using, stops here, before any job
     _user_error(RESULTS_LOCK.acquire, warn=logger.warning)
     try:

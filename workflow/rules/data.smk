@@ -10,15 +10,15 @@ rule corpus:
     input:
         unpack(prefetched),  # Hub sources: fetched on the login node first (workflow/rules/hub.smk)
     output:
-        docs=f"{R}/corpus/documents.jsonl",
-        stats=f"{R}/corpus/stats.json",
+        docs=LAYOUT.corpus_docs,
+        stats=LAYOUT.corpus_stats,
     params:
         settings=stage_args("corpus"),
         track=track,
     log:
-        f"{R}/logs/corpus.log",
+        LAYOUT.log("corpus"),
     benchmark:
-        f"{R}/benchmarks/corpus.tsv"
+        LAYOUT.benchmark("corpus")
     resources:
         mem_mb=4000,
         runtime=120,
@@ -41,13 +41,13 @@ rule corpus_parts:
     input:
         rules.corpus.output.docs,
     output:
-        expand(f"{R}/dedup/parts/documents-{{part}}.jsonl", part=DEDUP_PARTS),
+        [LAYOUT.dedup_part_docs(part) for part in DEDUP_PARTS],
     params:
         track=track,
     log:
-        f"{R}/logs/corpus_parts.log",
+        LAYOUT.log("corpus_parts"),
     benchmark:
-        f"{R}/benchmarks/corpus_parts.tsv"
+        LAYOUT.benchmark("corpus_parts")
     resources:
         mem_mb=2000,
         runtime=60,
@@ -59,16 +59,16 @@ rule dedup_sign:
     conda:
         "../envs/electra-ds.yaml"
     input:
-        f"{R}/dedup/parts/documents-{{part}}.jsonl",
+        LAYOUT.dedup_part_docs(),
     output:
-        directory(f"{R}/dedup/parts/signatures-{{part}}"),
+        directory(LAYOUT.dedup_part_signatures()),
     params:
         track=track,
     threads: config["dedup"]["threads"]
     log:
-        f"{R}/logs/dedup_sign/{{part}}.log",
+        LAYOUT.log("dedup_sign", "{part}"),
     benchmark:
-        f"{R}/benchmarks/dedup_sign/{{part}}.tsv"
+        LAYOUT.benchmark("dedup_sign", "{part}")
     resources:
         mem_mb=4000,
         runtime=120,
@@ -81,8 +81,8 @@ rule dedup_sign:
 def dedup_inputs(wildcards):
     if len(DEDUP_PARTS) == 1:
         return {"docs": rules.corpus.output.docs}
-    return {"docs": expand(f"{R}/dedup/parts/documents-{{part}}.jsonl", part=DEDUP_PARTS),
-            "signatures": expand(f"{R}/dedup/parts/signatures-{{part}}", part=DEDUP_PARTS)}
+    return {"docs": [LAYOUT.dedup_part_docs(part) for part in DEDUP_PARTS],
+            "signatures": [LAYOUT.dedup_part_signatures(part) for part in DEDUP_PARTS]}
 
 
 rule dedup:
@@ -92,8 +92,8 @@ rule dedup:
     input:
         unpack(dedup_inputs),
     output:
-        docs=f"{R}/dedup/documents.jsonl",
-        stats=f"{R}/dedup/stats.json",
+        docs=LAYOUT.dedup_docs,
+        stats=LAYOUT.dedup_stats,
     params:
         signatures=lambda wildcards, input: (
             "--signatures " + " ".join(shlex.quote(path) for path in input.signatures)
@@ -101,9 +101,9 @@ rule dedup:
         track=track,
     threads: config["dedup"]["threads"]
     log:
-        f"{R}/logs/dedup.log",
+        LAYOUT.log("dedup"),
     benchmark:
-        f"{R}/benchmarks/dedup.tsv"
+        LAYOUT.benchmark("dedup")
     resources:
         mem_mb=4000,
         runtime=120,
@@ -121,15 +121,15 @@ rule vocab:
         docs=rules.dedup.output.docs,
         vocab_file=config["vocab"]["vocab_file"] or [],  # vocab.tokenizer wordpiece: a given vocab.txt
     output:
-        directory(f"{R}/vocab"),
+        directory(LAYOUT.vocab),
     params:
         settings=stage_args("vocab"),
         track=track,
     threads: config["vocab"]["threads"]
     log:
-        f"{R}/logs/vocab.log",
+        LAYOUT.log("vocab"),
     benchmark:
-        f"{R}/benchmarks/vocab.tsv"
+        LAYOUT.benchmark("vocab")
     resources:
         mem_mb=8000,
         runtime=120,
@@ -147,15 +147,15 @@ rule shards:
         docs=rules.dedup.output.docs,
         vocab=rules.vocab.output,
     output:
-        directory(f"{R}/shards"),
+        directory(LAYOUT.shards),
     params:
         settings=stage_args("shards", skip=("threads",)),  # threads: the job's {threads}
         track=track,
     threads: config["shards"]["threads"]
     log:
-        f"{R}/logs/shards.log",
+        LAYOUT.log("shards"),
     benchmark:
-        f"{R}/benchmarks/shards.tsv"
+        LAYOUT.benchmark("shards")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -170,14 +170,14 @@ rule probes:
     input:
         rules.dedup.output.docs,
     output:
-        directory(f"{R}/probes"),
+        directory(LAYOUT.probes),
     params:
         settings=stage_args("probes"),
         track=track,
     log:
-        f"{R}/logs/probes.log",
+        LAYOUT.log("probes"),
     benchmark:
-        f"{R}/benchmarks/probes.tsv"
+        LAYOUT.benchmark("probes")
     resources:
         mem_mb=2000,
         runtime=30,

@@ -14,10 +14,6 @@ def starts_from_mnli(task):
     return FT["init_from_mnli"] and get_task(task).name in MNLI_INIT_TASKS
 
 
-def mnli_dir(model, seed):
-    return f"{R}/finetune/{model}/mnli/seed{seed}"
-
-
 def finetune_job_inputs(wildcards):
     """The exported model (and probes); with init_from_mnli, RTE/MRPC/STS-B wait for MNLI of the same seed; GLUE
     from the Hub waits for its prefetch."""
@@ -25,7 +21,7 @@ def finetune_job_inputs(wildcards):
     if not get_task(wildcards.task).is_probe and not FT["glue_dir"]:
         inputs.update(prefetched())  # GLUE from the Hub: fetched on the login node first (workflow/rules/hub.smk)
     if starts_from_mnli(wildcards.task):
-        inputs["mnli"] = f"{mnli_dir(wildcards.model, wildcards.seed)}/metrics.json"
+        inputs["mnli"] = LAYOUT.finetune_metrics(wildcards.model, "mnli", wildcards.seed)
     return inputs
 
 
@@ -35,7 +31,7 @@ def finetune_model_args(wildcards):
     source = MODELS[wildcards.model]["source"]
     args = [f"--model-name {shlex.quote(wildcards.model)} --model-source {shlex.quote(source)}"]
     if starts_from_mnli(wildcards.task):
-        args.append(f"--init-from {shlex.quote(f'{mnli_dir(wildcards.model, wildcards.seed)}/model')}")
+        args.append(f"--init-from {shlex.quote(LAYOUT.finetune_kept_model(wildcards.model, 'mnli', wildcards.seed))}")
         rte_lr = FT["init_from_mnli_rte_learning_rate"]
         if get_task(wildcards.task).name == "rte" and rte_lr is not None:
             args.append(f"--learning-rate {shlex.quote(str(rte_lr))}")
@@ -51,21 +47,21 @@ rule finetune:
     input:
         unpack(finetune_job_inputs),
     output:
-        metrics=f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/metrics.json",
-        predictions=f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/test_predictions.tsv",
+        metrics=LAYOUT.finetune_metrics(),
+        predictions=LAYOUT.finetune_predictions(),
     params:
         data=finetune_data_args,
-        out=lambda wildcards: f"{R}/finetune/{wildcards.model}/{wildcards.task}/seed{wildcards.seed}",
+        out=lambda wildcards: LAYOUT.finetune_dir(wildcards.model, wildcards.task, wildcards.seed),
         model=finetune_model_args,
-        model_dir=lambda wildcards, input: f"{input.model}/discriminator",
+        model_dir=lambda wildcards: LAYOUT.export_discriminator(wildcards.model),
         device="cuda" if FT["gpus"] else "auto",
         settings=stage_args("finetune", skip=("keep_model", "threads")),  # both set per job
         track=track,
     threads: FT["threads"]
     log:
-        f"{R}/logs/finetune/{{model}}/{{task}}-seed{{seed}}.log",
+        LAYOUT.log("finetune", LAYOUT.finetune_job()),
     benchmark:
-        f"{R}/benchmarks/finetune/{{model}}/{{task}}-seed{{seed}}.tsv"
+        LAYOUT.benchmark("finetune", LAYOUT.finetune_job())
     resources:
         mem_mb=FT["mem_mb"],
         runtime=FT["runtime"],
@@ -79,37 +75,32 @@ rule finetune:
 
 
 EVALUATE_OUTPUTS = {
-    "json": f"{R}/evaluate/results.json",
-    "md": report(f"{R}/evaluate/results.md", caption="../report/results.rst", category="Evaluation"),
-    "html": report(f"{R}/evaluate/results.html", caption="../report/results_html.rst", category="Evaluation"),
-    "loss_plot": report(f"{R}/evaluate/pretrain_loss.png", caption="../report/pretrain_loss.rst",
-                        category="Pretraining"),
-    "scores_plot": report(f"{R}/evaluate/task_scores.png", caption="../report/task_scores.rst",
-                          category="Evaluation"),
-    "epochs_plot": report(f"{R}/evaluate/finetune_epochs.png", caption="../report/finetune_epochs.rst",
-                          category="Evaluation"),
+    "json": LAYOUT.evaluate_json,
+    "md": report(LAYOUT.evaluate_md, caption="../report/results.rst", category="Evaluation"),
+    "html": report(LAYOUT.evaluate_html, caption="../report/results_html.rst", category="Evaluation"),
+    "loss_plot": report(LAYOUT.loss_plot, caption="../report/pretrain_loss.rst", category="Pretraining"),
+    "scores_plot": report(LAYOUT.scores_plot, caption="../report/task_scores.rst", category="Evaluation"),
+    "epochs_plot": report(LAYOUT.epochs_plot, caption="../report/finetune_epochs.rst", category="Evaluation"),
 }
 if HAS_GLUE:  # the leaderboard zip only when GLUE tasks are fine-tuned (never for probes)
-    EVALUATE_OUTPUTS["submission"] = report(f"{R}/evaluate/glue_submission.zip",
-                                            caption="../report/submission.rst", category="Submission")
+    EVALUATE_OUTPUTS["submission"] = report(LAYOUT.submission_zip, caption="../report/submission.rst",
+                                            category="Submission")
 
 
 rule evaluate:
     conda:
         "../envs/electra-ds.yaml"
     input:
-        metrics=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/metrics.json", model=MODELS, task=FT["tasks"],
-                       seed=FT["seeds"]),
-        predictions=expand(f"{R}/finetune/{{model}}/{{task}}/seed{{seed}}/test_predictions.tsv", model=MODELS,
-                           task=FT["tasks"], seed=FT["seeds"]),
-        pretrain=expand(f"{R}/pretrain/{{model}}/summary.json", model=PRETRAINED),
-        train_logs=expand(f"{R}/pretrain/{{model}}/train_log.jsonl", model=PRETRAINED),  # the curves in the report
+        metrics=expand(LAYOUT.finetune_metrics(), model=MODELS, task=FT["tasks"], seed=FT["seeds"]),
+        predictions=expand(LAYOUT.finetune_predictions(), model=MODELS, task=FT["tasks"], seed=FT["seeds"]),
+        pretrain=[LAYOUT.pretrain_summary(model) for model in PRETRAINED],
+        train_logs=[LAYOUT.train_log(model) for model in PRETRAINED],  # the curves in the report
         linear_probe=LINEAR_PROBE_FILES,  # the frozen probe table (workflow/rules/linear_probe.smk); may be none
     output:
         **EVALUATE_OUTPUTS,
     params:
         models=" ".join(shlex.quote(name) for name in MODELS),
-        pretrain=" ".join(shlex.quote(f"{name}={R}/pretrain/{name}") for name in PRETRAINED),
+        pretrain=" ".join(shlex.quote(f"{name}={LAYOUT.pretrain_dir(name)}") for name in PRETRAINED),
         submission=lambda wildcards, output: (
             f"--submission-zip {shlex.quote(output.submission)}" if HAS_GLUE else ""),
         linear_probe=lambda wildcards, input: (
@@ -117,9 +108,9 @@ rule evaluate:
         settings=stage_args("evaluate"),
         track=track,
     log:
-        f"{R}/logs/evaluate.log",
+        LAYOUT.log("evaluate"),
     benchmark:
-        f"{R}/benchmarks/evaluate.tsv"
+        LAYOUT.benchmark("evaluate")
     resources:
         mem_mb=2000,
         runtime=10,

@@ -13,7 +13,7 @@ from electra_ds.pipeline import prefetch as hub_prefetch
 HUB = config["hub"]
 HUB_DATASETS = _user_error(hub_prefetch.plan, config)  # [{kind, id, config, split, revision, field}]
 PREFETCH = bool(HUB["prefetch"] and HUB_DATASETS)
-PREFETCH_MARKER = f"{R}/prefetch/datasets.json"
+PREFETCH_MARKER = LAYOUT.prefetch_marker
 HF_HOME = os.path.abspath(repo_path(HUB["hf_home"])) if HUB["hf_home"] else None
 
 
@@ -41,7 +41,7 @@ rule prefetch:
     params:
         datasets=json.dumps(HUB_DATASETS),
     log:
-        f"{R}/logs/prefetch.log",
+        LAYOUT.log("prefetch"),
     shell:
         # lint "Path composition with '+'": this joins shell text (the HF_HOME prefix), not a path
         HF_HOME_ENV + "electra-ds prefetch --datasets {params.datasets:q} --marker {output:q} > {log:q} 2>&1"
@@ -65,22 +65,22 @@ def _push_repos():
 
 
 PUSH_REPOS = _push_repos()
-PUSH_FILES = [f"{R}/export/{model}.hub.json" for model in PUSH_REPOS]
+PUSH_FILES = [LAYOUT.push_record(model) for model in PUSH_REPOS]
 
 
 rule push_to_hub:
     conda:
         "../envs/electra-ds.yaml"
     input:
-        f"{R}/export/{{model}}",
+        LAYOUT.export_dir(),
     output:
-        f"{R}/export/{{model}}.hub.json",
+        LAYOUT.push_record(),
     params:
         settings=lambda wildcards: stage_args("push", export={"push_to_hub": {**PUSH,
                                                                             "repo_id": PUSH_REPOS[wildcards.model]}}),
         track=track,
     log:
-        f"{R}/logs/push_to_hub/{{model}}.log",
+        LAYOUT.log("push_to_hub", "{model}"),
     shell:
         # no HF_HOME here: the login token (`hf auth login`) lives in the user's own HF_HOME (or HF_TOKEN is set)
         "electra-ds push --export-dir {input:q} --output {output:q} {params.settings} "

@@ -27,13 +27,13 @@ def _linear_probe_tasks():
 
 LINEAR_PROBE_TASKS = _linear_probe_tasks()
 LINEAR_PROBE_HAS_PROBES = any(get_task(t).is_probe for t in LINEAR_PROBE_TASKS)
-LINEAR_PROBE_FILES = [f"{R}/linear_probe/{model}.json" for model in MODELS] if LINEAR_PROBE_TASKS else []
+LINEAR_PROBE_FILES = [LAYOUT.linear_probe(model) for model in MODELS] if LINEAR_PROBE_TASKS else []
 
 
 def linear_probe_inputs(wildcards):
-    inputs = {"model": f"{R}/export/{wildcards.model}"}
+    inputs = {"model": LAYOUT.export_dir(wildcards.model)}
     if LINEAR_PROBE_HAS_PROBES:
-        inputs["probes"] = f"{R}/probes"
+        inputs["probes"] = LAYOUT.probes
     return inputs
 
 
@@ -42,7 +42,7 @@ def linear_probe_data_args():
     if any(not get_task(t).is_probe for t in LINEAR_PROBE_TASKS):
         args.append(f"--data-dir {shlex.quote(repo_path(config['finetune']['glue_dir']))}")
     if LINEAR_PROBE_HAS_PROBES:
-        args.append(f"--probes-dir {shlex.quote(f'{R}/probes')}")
+        args.append(f"--probes-dir {shlex.quote(LAYOUT.probes)}")
     return " ".join(args)
 
 
@@ -52,18 +52,18 @@ rule linear_probe:
     input:
         unpack(linear_probe_inputs),
     output:
-        f"{R}/linear_probe/{{model}}.json",
+        LAYOUT.linear_probe(),
     params:
-        model_dir=lambda wildcards, input: f"{input.model}/discriminator",
+        model_dir=lambda wildcards: LAYOUT.export_discriminator(wildcards.model),
         tasks=json.dumps(LINEAR_PROBE_TASKS),
         data=linear_probe_data_args(),
         settings=stage_args("linear-probe", skip=("tasks", "threads")),  # tasks resolved above; threads per job
         track=track,
     threads: LP["threads"]
     log:
-        f"{R}/logs/linear_probe/{{model}}.log",
+        LAYOUT.log("linear_probe", "{model}"),
     benchmark:
-        f"{R}/benchmarks/linear_probe/{{model}}.tsv"
+        LAYOUT.benchmark("linear_probe", "{model}")
     resources:
         mem_mb=4000,
         runtime=60,

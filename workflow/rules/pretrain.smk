@@ -1,7 +1,7 @@
 # Pretraining through DeepSpeed (torchrun locally, srun under SLURM) and export to Hugging Face format,
 # once per model of `models:` (the `model` wildcard; see electra_ds/pipeline/study.py).
-# Checkpoints live in {R}/pretrain/{model}/checkpoints, which is NOT a declared output: Snakemake never
-# deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
+# Checkpoints live in LAYOUT.checkpoints(model) ({R}/pretrain/{model}/checkpoints), which is NOT a declared output:
+# Snakemake never deletes it, so a rerun after a crash, time limit or preemption resumes from the latest one.
 # snakemake --lint (tests/test_conventions.py) reports here, and it stays: mixed rules and functions (each helper
 # sits beside the rules it serves), and shell lines using the variable rule ({rule} is the rule's name, which
 # Snakemake fills in; the linter does not list it).
@@ -34,19 +34,19 @@ rule pretrain:
         shards=rules.shards.output,
         ds_config=repo_path(PT["ds_config"]),
     output:
-        summary=f"{R}/pretrain/{{model}}/summary.json",
+        summary=LAYOUT.pretrain_summary(),
         # deleted by Snakemake before a rerun of an unfinished job; restored from the checkpoint it resumes from
-        train_log=f"{R}/pretrain/{{model}}/train_log.jsonl",
+        train_log=LAYOUT.train_log(),
     params:
         args=pretrain_args,
-        out=lambda wildcards: f"{R}/pretrain/{wildcards.model}",
+        out=lambda wildcards: LAYOUT.pretrain_dir(wildcards.model),
         track=track,
         starter=lambda wildcards, resources: resources.get("mpi") or "srun",  # a site's mpi (set-resources) wins
     threads: PT["threads"]
     log:
-        f"{R}/logs/pretrain/{{model}}.log",
+        LAYOUT.log("pretrain", "{model}"),
     benchmark:
-        f"{R}/benchmarks/pretrain/{{model}}.tsv"
+        LAYOUT.benchmark("pretrain", "{model}")
     wildcard_constraints:
         model="|".join(PRETRAINED) or "(?!)",
     resources:
@@ -77,7 +77,7 @@ rule pretrain:
 def export_inputs(wildcards):
     if MODELS[wildcards.model]["source"] == "scratch":
         return {"vocab": rules.vocab.output[0]}
-    return {"vocab": rules.vocab.output[0], "summary": f"{R}/pretrain/{wildcards.model}/summary.json"}
+    return {"vocab": rules.vocab.output[0], "summary": LAYOUT.pretrain_summary(wildcards.model)}
 
 
 def export_mlflow_args(wildcards):
@@ -102,14 +102,14 @@ rule export:
     input:
         unpack(export_inputs),
     output:
-        directory(f"{R}/export/{{model}}"),
+        directory(LAYOUT.export_dir()),
     params:
         args=export_args,
         track=track,
     log:
-        f"{R}/logs/export/{{model}}.log",
+        LAYOUT.log("export", "{model}"),
     benchmark:
-        f"{R}/benchmarks/export/{{model}}.tsv"
+        LAYOUT.benchmark("export", "{model}")
     resources:
         mem_mb=8000,
         runtime=30,
