@@ -65,19 +65,32 @@ def snakemake(configfile, *args, cores: int = 2, env_extra=None, timeout=600) ->
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def config_with(tmp_path, base, **overrides) -> Path:
+def set_field(cfg: dict, dotted: str, value) -> None:
+    """Set the config field ``dotted`` (``"pretrain.max_steps"``) to ``value``, making the sections on the way."""
+    node = cfg
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def config_with(tmp_path, base, name="config.yaml", **overrides) -> Path:
     """The config file ``base`` (a path, absolute or relative to the repository) with dotted-key ``overrides``
-    (``**{"pretrain.max_steps": 4}``), written as ``tmp_path/config.yaml``."""
+    (``**{"pretrain.max_steps": 4}``), written as ``tmp_path/name``."""
     import yaml
 
     cfg = yaml.safe_load((REPO / base).read_text())
     for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "config.yaml"
+        set_field(cfg, dotted, value)
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def micro_config(tmp_path, results=None, name="config.yaml", **overrides) -> Path:
+    """tests/configs/micro.yaml (the whole DAG in a few minutes on CPU) with ``results_dir`` set to ``results``
+    when given and dotted-key ``overrides``, written as ``tmp_path/name``."""
+    if results is not None:
+        overrides = {"results_dir": str(results), **overrides}
+    return config_with(tmp_path, "tests/configs/micro.yaml", name=name, **overrides)
 

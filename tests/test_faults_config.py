@@ -14,8 +14,8 @@ import yaml
 from electra_ds.pipeline.constraints import check_config, check_model
 from electra_ds.common.errors import UserError
 from electra_ds.common.settings import SCHEMA_PATH
-from helpers import REPO, cli_error
-from test_faults_workflow import snakemake, write_config
+from helpers import REPO, cli_error, micro_config
+from test_faults_workflow import snakemake
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_pretrain_and_finetune_by_hand_refuse_before_any_work(capsys, tmp_path):
 
 
 def test_dry_run_refuses_heads_that_do_not_divide_and_expands_a_tilde(tmp_path):
-    cfg = write_config(tmp_path, tmp_path / "r", **{"pretrain.model.num_heads": 3})
+    cfg = micro_config(tmp_path, tmp_path / "r", **{"pretrain.model.num_heads": 3})
     out = snakemake(cfg, "-n")
     assert out.returncode != 0
     text = out.stdout + out.stderr
@@ -150,7 +150,7 @@ def test_dry_run_refuses_heads_that_do_not_divide_and_expands_a_tilde(tmp_path):
 
     home = tmp_path / "home"
     home.mkdir()
-    cfg = write_config(tmp_path, "~/x", name="tilde.yaml")
+    cfg = micro_config(tmp_path, "~/x", name="tilde.yaml")
     env_home = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     try:

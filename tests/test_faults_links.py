@@ -247,13 +247,14 @@ def test_replay_sends_only_to_the_named_store_and_only_artifacts_under_the_resul
 def test_workflow_refuses_a_planted_job_log_link_before_any_job(tmp_path):
     """Job logs are written by the shell's ``> {log}``, which follows a link: the workflow refuses a link under
     logs/ (or benchmarks/) at its start, in one line naming it, and the target is untouched."""
-    from test_faults_workflow import small_source, snakemake, write_config
+    from helpers import micro_config
+    from test_faults_workflow import small_source, snakemake
 
     results = tmp_path / "results"
     target = _outside(tmp_path)
     link = results / "logs" / "corpus.log"
     _plant(link, target)
-    config = write_config(tmp_path, results, **{"corpus.sources": [{"type": "local", "paths": [
+    config = micro_config(tmp_path, results, **{"corpus.sources": [{"type": "local", "paths": [
         str(small_source(tmp_path / "src" / "docs.txt"))]}], "corpus.min_chars": 10})
     res = snakemake(config, f"{results}/corpus/stats.json")
     assert res.returncode != 0

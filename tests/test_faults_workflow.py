@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, micro_config, set_field
 from electra_ds.pipeline.config import config_error
 from electra_ds.common.errors import UserError
 from electra_ds.common.lock import LOCK_NAME, ResultsLock
@@ -35,21 +35,6 @@ def snakemake(configfile, *args, timeout=300):
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *map(str, args), "--configfile", str(configfile)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def write_config(tmp_path, results, name="config.yaml", **overrides):
-    """The micro config (tests/configs/micro.yaml) with results_dir and dotted overrides."""
-    cfg = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
-    cfg["results_dir"] = str(results)
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def small_source(path: Path) -> Path:
@@ -75,7 +60,7 @@ def test_hostile_paths_run_corpus_and_dedup_without_running_commands(tmp_path):
     markers.mkdir()
     results = tmp_path / "exp old" / hostile(markers, "r")
     source = small_source(tmp_path / "src dir" / (hostile(markers, "s") + ".txt"))
-    config = write_config(tmp_path, results, **{
+    config = micro_config(tmp_path, results, **{
         "corpus.sources": [{"type": "local", "paths": [str(source)], "documents": "line"}],
         "corpus.min_chars": 20})
     res = snakemake(config, f"{results}/dedup/stats.json")
@@ -102,7 +87,7 @@ def test_every_shell_line_quotes_every_path(tmp_path):
     glue_dir = tmp_path / "glue" / hostile(markers, "g")
     glue_dir.mkdir(parents=True)
     results = tmp_path / "res" / hostile(markers, "r")
-    config = write_config(tmp_path, results, **{
+    config = micro_config(tmp_path, results, **{
         "pretrain.ds_config": str(ds_config), "finetune.glue_dir": str(glue_dir),
         "finetune.tasks": ["probe-acceptability", "rte"], "finetune.init_from_mnli": True,
         "dedup.parts": 2, "models": {"electra": {}, "scratch": {"source": "scratch"}},
@@ -134,11 +119,7 @@ def test_every_shell_line_quotes_every_path(tmp_path):
 ])
 def test_control_characters_in_a_path_name_the_field(dotted, value):
     cfg = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
-    node = cfg
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
+    set_field(cfg, dotted, value)
     problem = config_error(cfg, SCHEMA_PATH)
     field = {"corpus.sources": "corpus.sources.0."}.get(dotted, dotted)
     assert problem and problem.startswith(f"config field '{field}") and "control character" in problem, problem
@@ -147,7 +128,7 @@ def test_control_characters_in_a_path_name_the_field(dotted, value):
 
 def test_newline_in_results_dir_stops_the_pipeline_naming_the_field(tmp_path):
     results = tmp_path / "res\nults"
-    res = snakemake(write_config(tmp_path, results), "-n")
+    res = snakemake(micro_config(tmp_path, results), "-n")
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "config field 'results_dir': " in out and "holds a control character" in out, out[-3000:]
@@ -172,7 +153,7 @@ def _unwritable_results(tmp_path, under_file):
 def test_unwritable_results_dir_stops_before_any_job_naming_the_field(tmp_path, under_file):
     results = _unwritable_results(tmp_path, under_file)
     try:
-        res = snakemake(write_config(tmp_path, results), f"{results}/corpus/stats.json")
+        res = snakemake(micro_config(tmp_path, results), f"{results}/corpus/stats.json")
     finally:
         if not under_file:
             results.parent.chmod(0o700)
@@ -190,7 +171,7 @@ def test_second_pipeline_on_a_locked_results_dir_stops_naming_the_holder(tmp_pat
     holder = ResultsLock(results, checkout="/elsewhere/electra-ds")
     holder.acquire()
     try:
-        config = write_config(tmp_path, results)
+        config = micro_config(tmp_path, results)
         dry = snakemake(config, "-n", f"{results}/corpus/stats.json")  # a dry run takes no lock
         assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
         res = snakemake(config, f"{results}/corpus/stats.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, config_with
+from helpers import REPO, micro_config
 
 STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
 
@@ -22,10 +22,6 @@ def snakemake(configfile, results, extra=(), env_extra=None, timeout=600):
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(configfile),
            "--config", f"results_dir={results}", *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def micro_config(tmp_path, **overrides):
-    return config_with(tmp_path, "tests/configs/micro.yaml", **overrides)
 
 
 @pytest.mark.slow
