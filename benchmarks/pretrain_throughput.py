@@ -168,6 +168,7 @@ def profile_pipeline_step(shards: Path, shape: dict, precision: str, threads: in
 
     from electra_ds.pretraining import distributed
     from electra_ds.cli import build_parser
+    from electra_ds.pretraining.config import PretrainConfig
     from electra_ds.pretraining.trainer import Trainer
 
     torch.set_num_threads(threads)
@@ -178,7 +179,7 @@ def profile_pipeline_step(shards: Path, shape: dict, precision: str, threads: in
         "--warmup-steps", "10", "--max-steps", "1000", "--precision", precision, "--device", "cpu"])
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(distributed._free_port())})
-    trainer = Trainer(args, distributed.setup_env())
+    trainer = Trainer(PretrainConfig.from_args(args), distributed.setup_env())
     torch.set_num_threads(threads)
     for _ in range(3):
         trainer.train_step()

@@ -65,3 +65,21 @@ def test_a_checkpoint_from_before_the_package_move_resumes_and_finishes_as_the_o
                for line in path.read_text().splitlines()]
     params = [r["params"] for r in spooled if r["op"] == "params"]
     assert params == [{**old["mlflow_params"], "start_step": "3"}]
+
+
+def test_the_resume_rules_are_the_ones_older_checkpoints_were_written_under():
+    """Derived from PretrainConfig now: the same fields, defaults-before and changeable fields as the tables that
+    checkpoint.py and trainer.py spelt out before."""
+    from electra_ds.pretraining.checkpoint import BEFORE_FIELD, UNRECORDED_BEFORE, config_differences
+    from electra_ds.pretraining.config import RESUME_CHANGEABLE
+
+    assert BEFORE_FIELD == {"masking": "token", "mask_count": "exact", "uniform_generator": False,
+                            "embedding_sharing": "es", "optimizer": "adamw", "schedule": "warmup_then_decay",
+                            "model.generator_layers": 1.0}
+    assert sorted(UNRECORDED_BEFORE) == ["learning_rate", "warmup_steps", "weight_decay"]
+    assert RESUME_CHANGEABLE == ("learning_rate", "warmup_steps", "weight_decay")
+    # a checkpoint without masking resumes with token masking (what it did), not with whole_word
+    old = {"objective": "electra", "model": {"num_layers": 1}}
+    assert config_differences(old, {**old, "masking": "token", "learning_rate": 1e-3}) == []
+    assert config_differences(old, {**old, "masking": "whole_word"}) == [
+        "masking: not in the checkpoint, this run 'whole_word'"]

@@ -65,7 +65,8 @@ def assert_clean_resume(res, out, at_step, final_steps=5):
 # ---- the manifest --------------------------------------------------------------------------------
 
 def test_every_checkpoint_has_a_manifest_and_latest_names_the_newest(base):
-    from electra_ds.pretraining.checkpoint import MANIFEST, checkpoint_files, sha256_file
+    from electra_ds.common.fileio import sha256_file
+    from electra_ds.pretraining.checkpoint import MANIFEST, checkpoint_files
 
     assert tags(base) == ["step00000002", "step00000004"]
     assert (base / CKPT / "latest").read_text() == "step00000004"

@@ -167,6 +167,71 @@ def test_token_ids_beyond_the_vocabulary_are_refused(prepared, tmp_path):
     assert res.returncode == 2 and "beyond the vocabulary size 100" in res.stderr, res.stderr[-2000:]
 
 
+# The stage's config options in their order before PretrainConfig declared them: the same `--` options, and the same
+# shell line for the pretrain rule (stage_args renders them in this order; another order would rerun finished jobs).
+SETTINGS_BEFORE = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct",
+                                "adversarial_mle_weight", "masking", "mask_count", "uniform_generator",
+                                "embedding_sharing", "output_bias_init", "optimizer", "schedule", "ds_config",
+                                "global_batch_size", "micro_batch_size", "learning_rate", "weight_decay",
+                                "warmup_steps", "max_steps", "precision", "device", "compile", "checkpoint_every",
+                                "checkpoint_minutes", "keep_checkpoints", "log_every", "eval_every", "eval_examples",
+                                "plateau_steps", "peak_tflops", "max_skipped_steps", "skip_window", "spike_factor",
+                                "allow_resume_change", "collective_timeout_minutes"),
+                   "": ("seed",)}
+
+
+def test_the_options_are_the_config_fields_in_the_same_order():
+    from electra_ds.pretraining import pretrain
+    from electra_ds.pretraining.config import PretrainConfig
+
+    assert list(pretrain.SETTINGS.items()) == list(SETTINGS_BEFORE.items())
+    # every option of the stage but the shared tracking ones is a field of the config, and nothing else is
+    from electra_ds.cli import build_parser
+
+    args = build_parser().parse_args(["pretrain", "--shards", "s", "--output-dir", "o"])
+    shared = {"stage", "_module", "results_dir", "tracking_uri", "rule", "wildcards", "log_level"}
+    assert set(vars(args)) - shared == set(PretrainConfig.__dataclass_fields__)
+
+
+def test_the_config_is_built_once_from_the_options_and_frozen():
+    import dataclasses
+
+    from electra_ds.cli import build_parser
+    from electra_ds.common.settings import default, node
+    from electra_ds.pretraining.config import PretrainConfig
+
+    args = build_parser().parse_args(["pretrain", "--shards", "s", "--output-dir", "o", "--mask-prob", "0.3",
+                                      "--disallow-correct", "--seed", "9", "--model", '{"num_layers": 2}'])
+    config = PretrainConfig.from_args(args)
+    assert (config.shards, config.mask_prob, config.disallow_correct, config.seed) == ("s", 0.3, True, 9)
+    assert config.model["num_layers"] == 2 and config.model["hidden_size"] == 256  # merged over the schema's
+    assert config.warmup_steps == default(node("pretrain", "warmup_steps"))  # the schema is the one source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+    # where the settings go: the checkpoint's run config (with the resolved shape and max_seq_len added by the
+    # Trainer), the model's arguments, summary.json and MLflow's params
+    assert set(config.select("recorded")) == {
+        "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct", "masking", "mask_count",
+        "uniform_generator", "embedding_sharing", "optimizer", "schedule", "global_batch_size", "seed",
+        "learning_rate", "warmup_steps", "weight_decay"}
+    assert config.select("summary") == {"objective": "electra", "mask_prob": 0.3, "temperature": 1.0,
+                                        "output_bias_init": "zero", "global_batch_size": 128}
+    assert set(config.select("param")) == {"global_batch_size", "learning_rate", "warmup_steps", "compile",
+                                           "max_steps", "mask_prob", "objective", "disc_weight", "seed"}
+    with pytest.raises(ValueError, match="not a use"):
+        config.select("summmary")
+
+
+def test_the_model_takes_every_setting_marked_for_it():
+    import inspect
+
+    from electra_ds.pretraining.config import PretrainConfig
+    from electra_ds.pretraining.model import ElectraPretrainer
+
+    marked = {name for name, f in PretrainConfig.__dataclass_fields__.items() if f.metadata["pretrainer"]}
+    assert marked and marked <= set(inspect.signature(ElectraPretrainer).parameters)
+
+
 def test_data_position_is_a_function_of_the_step():
     from electra_ds.pretraining.trainer import global_batch_indices, rank_micro_batches
 

@@ -13,7 +13,6 @@ the last intact checkpoint.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -21,7 +20,10 @@ import os
 import re
 import shutil
 from pathlib import Path
+
 from electra_ds.common.errors import UserError
+from electra_ds.common.fileio import sha256_file
+from electra_ds.pretraining import config
 
 # Data classes DeepSpeed 0.19 writes into model/optimizer state files (no behaviour on unpickling).
 DEEPSPEED_SAFE_GLOBALS = (
@@ -100,11 +102,6 @@ def checkpoint_files(tag_dir) -> list[str]:
     return sorted(out)
 
 
-def sha256_file(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def hash_share(tag_dir, names: list[str], rank: int, world: int) -> dict:
     """sha256 of this rank's share of ``names`` (every world-th file); an unreadable file maps to an error text."""
     out = {}
@@ -117,6 +114,13 @@ def hash_share(tag_dir, names: list[str], rank: int, world: int) -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """``text`` into ``path`` by a rename, durable before this returns (the file and then its directory are synced).
+
+    Not electra_ds.common.fileio.atomic_path, on purpose: (1) the manifest must be on disk before ``latest`` names
+    its checkpoint, and ``latest`` before older checkpoints are pruned, so a crash or power cut right after a save
+    never leaves ``latest`` naming a checkpoint without its manifest (atomic_path renames but does not sync);
+    (2) a failed write stays an OSError, which Trainer.save turns into one error on every rank together, where
+    atomic_path's UserError for a full disk would end rank 0 alone and leave the others waiting in a collective."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -164,13 +168,13 @@ def read_latest(ckpt_dir) -> tuple[str | None, str | None]:
 
 
 # What checkpoints written before a run-config field existed did: such a checkpoint resumes when this run asks
-# for that behaviour.
-BEFORE_FIELD = {"masking": "token", "mask_count": "exact", "uniform_generator": False, "embedding_sharing": "es",
-                "optimizer": "adamw", "schedule": "warmup_then_decay", "model.generator_layers": 1.0}
+# for that behaviour: the pretrain settings' from their declaration (``before`` in electra_ds.pretraining.config),
+# the model shape's listed here.
+BEFORE_FIELD = {**config.BEFORE_FIELD, "model.generator_layers": 1.0}
 
 
 # Fields checked only since checkpoints recorded them: an older checkpoint, without them, resumes with any value.
-UNRECORDED_BEFORE = ("learning_rate", "warmup_steps", "weight_decay")
+UNRECORDED_BEFORE = config.UNRECORDED_BEFORE
 
 
 # Fields that choose how a result is computed, not what is computed: a run may resume with another value.
@@ -330,7 +334,7 @@ def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1,
                             "nothing was loaded", path=ckpt_dir,
                             fix=f"use a new output/results directory for the new configuration, or delete {ckpt_dir} "
                                 "to start this configuration from step 0; to continue this run with another "
-                                "learning_rate, warmup_steps or weight_decay on purpose, name them in "
+                                f"{_either(config.RESUME_CHANGEABLE)} on purpose, name them in "
                                 "--allow-resume-change (pretrain.allow_resume_change)")
         if status == "sized":
             names = sorted(verdict["files"])
@@ -359,6 +363,11 @@ def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1,
                         fix=f"delete the damaged checkpoints (rm -r {paths}) to start again from step 0, "
                             "or restore them from a copy")
     return None, None
+
+
+def _either(names) -> str:
+    """``a, b or c``."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def intact_for_pruning(ckpt_dir, tag: str, latest_tag: str | None) -> bool:

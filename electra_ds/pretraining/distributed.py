@@ -12,6 +12,9 @@ SLURM_LOCALID, SLURM_NTASKS, the job's first node, a port derived from the job i
 torch.distributed ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and gives a single
 process started without a launcher a one-process world (DeepSpeed otherwise looks for MPI).
 
+The ranks' collectives on small Python objects (:func:`broadcast`, :func:`all_gather`, :func:`agree`) and the
+watchdog that ends a run whose ranks stopped answering (:class:`StallWatch`) are here too.
+
 The checks the workflow runs before it submits anything to SLURM are in :mod:`electra_ds.pipeline.slurm_preflight`.
 """
 
@@ -262,6 +265,38 @@ def _torchrun(torchrun_args: list[str]) -> int:
 
 def _has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+# -- collectives on small Python objects (the training loop's decisions) ----------------------------------------------
+def broadcast(obj, world: int):
+    """rank 0's ``obj`` on every rank."""
+    if world == 1:
+        return obj
+    import torch
+
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(obj, world: int) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if world == 1:
+        return [obj]
+    import torch
+
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def agree(flags: list, device) -> list[bool]:
+    """Every rank acts on a flag raised on any rank (one small all-reduce per step)."""
+    import torch
+
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 # -- a stalled rank ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Start it with ``electra-ds launch --nproc-per-node N -- pretrain ...`` (torchrun
 SLURM). :func:`run` is the loop; the model, the engine, one training step, validation and checkpoints are
 :class:`electra_ds.pretraining.trainer.Trainer`'s (where the data position and every random draw are pure functions of
 (seed, step), so a restart continues exactly and any world size gives the same run).
+The settings travel as one frozen :class:`electra_ds.pretraining.config.PretrainConfig`, built once in :func:`run`.
 
 Outputs under ``--output-dir``: ``checkpoints/<tag>/`` (DeepSpeed plus ``electra_ds_manifest.json``: run
 config, sizes and sha256 of every file; the last N intact ones kept; ``latest`` written only after the
@@ -25,18 +26,10 @@ from pathlib import Path
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import open_nofollow, write_json
 from electra_ds.common.settings import add_settings
+from electra_ds.pretraining.config import SETTINGS, PretrainConfig  # SETTINGS: the fields PretrainConfig declares
 from electra_ds.tracking import shards_dataset
 
 log = logging.getLogger(__name__)
-
-SETTINGS = {"pretrain": ("model", "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct",
-                         "adversarial_mle_weight", "masking", "mask_count", "uniform_generator", "embedding_sharing",
-                         "output_bias_init", "optimizer", "schedule", "ds_config", "global_batch_size", "micro_batch_size",
-                         "learning_rate", "weight_decay", "warmup_steps", "max_steps", "precision", "device",
-                         "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-                         "eval_every", "eval_examples", "plateau_steps", "peak_tflops", "max_skipped_steps",
-                         "skip_window", "spike_factor", "allow_resume_change", "collective_timeout_minutes"),
-            "": ("seed",)}
 
 
 def add_arguments(p) -> None:
@@ -53,54 +46,55 @@ def run(args, tracker) -> None:
 
     from electra_ds.common.lock import OutputLock
 
+    config = PretrainConfig.from_args(args)  # what travels from here on: the run's settings, typed and frozen
     distributed.exit_with_launcher()  # a rank never outlives the torchrun/srun that started it
     env = distributed.setup_env()
-    refuse_planted_links(args.output_dir, env["rank"])
-    lock = OutputLock(args.output_dir, "pretrain")  # one run per output directory, held by rank 0
+    refuse_planted_links(config.output_dir, env["rank"])
+    lock = OutputLock(config.output_dir, "pretrain")  # one run per output directory, held by rank 0
     if env["rank"] == 0:
         lock.acquire()
     try:
-        _train(args, tracker, Trainer(args, env))
+        _train(config, tracker, Trainer(config, env))
     finally:
         lock.release()
 
 
-def _train(args, tracker, trainer) -> None:
+def _train(config: PretrainConfig, tracker, trainer) -> None:
     from electra_ds.pretraining import distributed
     from electra_ds.pretraining.trainer import TRAIN_LOG
 
-    rank, out = trainer.rank, Path(args.output_dir)
+    rank, out = trainer.rank, Path(config.output_dir)
     train_log = TrainLog(out / TRAIN_LOG, trainer.start_step, trainer.ckpt_dir, trainer.resume_tag) if rank == 0 else None
     if rank == 0:
         _log_start(trainer, tracker)
     stall = distributed.StallWatch(out / ".heartbeats", trainer.rank, trainer.world,
-                                   args.collective_timeout_minutes * 60, what="pretrain",
+                                   config.collective_timeout_minutes * 60, what="pretrain",
                                    kept=lambda: _kept_checkpoint(trainer.ckpt_dir), on_exit=_release_lock_file(out))
     stall.progress(trainer.step, "training")
     try:
-        _loop(args, tracker, trainer, train_log, stall)
+        _loop(config, tracker, trainer, train_log, stall)
     finally:
         stall.stop()
 
 
-def _loop(args, tracker, trainer, train_log, stall) -> None:
+def _loop(config: PretrainConfig, tracker, trainer, train_log, stall) -> None:
     import torch
 
-    from electra_ds.pretraining.trainer import agree
+    from electra_ds.pretraining.distributed import agree
 
-    rank, out = trainer.rank, Path(args.output_dir)
+    rank, out = trainer.rank, Path(config.output_dir)
     stop_signal = StopSignal()  # SLURM's time limit / preemption: checkpoint at the end of this step, exit
-    plateau = PlateauWatch(args.warmup_steps, args.plateau_steps, args.objective)
-    spikes = SpikeWatch(args.spike_factor)
+    plateau = PlateauWatch(config.warmup_steps, config.plateau_steps, config.objective)
+    spikes = SpikeWatch(config.spike_factor)
     clock = Clock(trainer.start_step)
     last_train, last_ckpt_time = {}, time.time()
 
-    while trainer.step < args.max_steps:
+    while trainer.step < config.max_steps:
         trainer.train_step()
         step = trainer.step
         stall.progress(step, "training")
         failure = None  # a write that fails on rank 0 ends every rank together, not rank 0 alone
-        if step % args.log_every == 0 or step == args.max_steps:
+        if step % config.log_every == 0 or step == config.max_steps:
             metrics, tokens = trainer.collect()
             last_train = {**metrics, **clock.rates(step, tokens, trainer), "flops": step * trainer.step_flops}
             if rank == 0:
@@ -111,22 +105,23 @@ def _loop(args, tracker, trainer, train_log, stall) -> None:
                                                     f"{spike:.1f}x the recent mean"})
                 tracker.log_metrics({f"train/{k}": v for k, v in last_train.items()}, step=step)
                 failure = _write_log(train_log, "train", step, last_train)
-                log.info("step %d/%d [%3.0f%%] %s lr %.2e %.0f tok/s eta %s", step, args.max_steps,
-                         100 * step / args.max_steps, _fmt_metrics(last_train), last_train["lr"],
-                         last_train["tokens_per_s"], _fmt_seconds(clock.eta(step, args.max_steps)))
+                log.info("step %d/%d [%3.0f%%] %s lr %.2e %.0f tok/s eta %s", step, config.max_steps,
+                         100 * step / config.max_steps, _fmt_metrics(last_train), last_train["lr"],
+                         last_train["tokens_per_s"], _fmt_seconds(clock.eta(step, config.max_steps)))
                 plateau.check(step, last_train)
-        if trainer.valid is not None and args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+        if trainer.valid is not None and config.eval_every and step % config.eval_every == 0 \
+                and step < config.max_steps:
             failure = _validate(trainer, tracker, train_log) or failure
             stall.progress(step, "validation")
-        due_time = rank == 0 and 0 < args.checkpoint_minutes < (time.time() - last_ckpt_time) / 60
+        due_time = rank == 0 and 0 < config.checkpoint_minutes < (time.time() - last_ckpt_time) / 60
         due_time, stopping, failed = agree([due_time, stop_signal.received, failure is not None], trainer.device)
         if failed:
             trainer.raise_together(failure)
-        if step % args.checkpoint_every == 0 or step == args.max_steps or due_time or stopping:
+        if step % config.checkpoint_every == 0 or step == config.max_steps or due_time or stopping:
             trainer.save(train_log)
             stall.progress(step, "checkpoint saved")
             last_ckpt_time = time.time()
-        if stopping and step < args.max_steps:
+        if stopping and step < config.max_steps:
             raise SystemExit(f"pretrain: stopped by signal {stop_signal.received} at step {step}; checkpoint saved "
                              f"in {trainer.ckpt_dir} -- run the same command (or rule) again to resume")
 
@@ -137,13 +132,11 @@ def _loop(args, tracker, trainer, train_log, stall) -> None:
     if rank == 0:
         try:
             write_json(out / "summary.json", {
-                "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(), "tag": trainer.tag,
-                "steps": trainer.step, "world_size": trainer.world, "zero_stage": trainer.zero_stage,
-                "precision": trainer.precision, "model": trainer.shape.to_dict(), "objective": args.objective,
-                "optimizer": trainer.optimizer_name, "offload_optimizer": trainer.offload,
-                "temperature": args.temperature, "mask_prob": args.mask_prob,
-                "output_bias_init": args.output_bias_init,
-                "global_batch_size": args.global_batch_size, "flops_per_token": trainer.fpt,
+                **config.select("summary"), "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(),
+                "tag": trainer.tag, "steps": trainer.step, "world_size": trainer.world,
+                "zero_stage": trainer.zero_stage,
+                "precision": trainer.precision, "model": trainer.shape.to_dict(), "optimizer": trainer.optimizer_name,
+                "offload_optimizer": trainer.offload, "flops_per_token": trainer.fpt,
                 "flops": trainer.step * trainer.step_flops, "final_train": last_train, "final_valid": final_valid,
                 "skipped_steps": trainer.skips.total, "resume_changes": trainer.resume_changes,
                 "tokens_per_example": trainer.train.max_seq_len, "seconds": clock.seconds(),
@@ -198,7 +191,7 @@ def _validate(trainer, tracker, train_log, quiet: bool = True):
         log.info("valid at step %d: %s", trainer.step, _fmt_metrics(metrics))
     if quiet:
         return failure
-    from electra_ds.pretraining.trainer import agree
+    from electra_ds.pretraining.distributed import agree
 
     if agree([failure is not None], trainer.device)[0]:
         trainer.raise_together(failure)
@@ -206,20 +199,17 @@ def _validate(trainer, tracker, train_log, quiet: bool = True):
 
 
 def _log_start(trainer, tracker) -> None:
-    args = trainer.args
-    tracker.log_params({"model": trainer.shape.to_dict(), "global_batch_size": args.global_batch_size,
-                        "micro_batch_size": trainer.micro, "grad_accum": trainer.accum, "world_size": trainer.world,
-                        "zero_stage": trainer.zero_stage, "precision": trainer.precision,
-                        "optimizer": trainer.optimizer_name, "learning_rate": args.learning_rate,
-                        "warmup_steps": args.warmup_steps, "compile": args.compile, "max_steps": args.max_steps,
-                        "mask_prob": args.mask_prob, "objective": args.objective, "disc_weight": args.disc_weight,
-                        "seed": args.seed, "device": trainer.device_type, "parameters": trainer.parameters,
+    config = trainer.config
+    tracker.log_params({**config.select("param"), "model": trainer.shape.to_dict(), "micro_batch_size": trainer.micro,
+                        "grad_accum": trainer.accum, "world_size": trainer.world, "zero_stage": trainer.zero_stage,
+                        "precision": trainer.precision, "optimizer": trainer.optimizer_name,
+                        "device": trainer.device_type, "parameters": trainer.parameters,
                         "start_step": trainer.start_step})
     if trainer.resume_changes:  # resumed with changes the user allowed (--allow-resume-change)
         tracker.set_tags({"resume_changes": "; ".join(trainer.resume_changes)})
-    tracker.log_input(shards_dataset(args.shards))  # the shards, by the sha256 of their index
+    tracker.log_input(shards_dataset(config.shards))  # the shards, by the sha256 of their index
     log.info("world size %d, micro-batch %d x accumulation %d = global %d; ZeRO stage %d; %s on %s; %s%s",
-             trainer.world, trainer.micro, trainer.accum, args.global_batch_size, trainer.zero_stage,
+             trainer.world, trainer.micro, trainer.accum, config.global_batch_size, trainer.zero_stage,
              trainer.precision, trainer.device_type, trainer.optimizer_name,
              " with its state offloaded to the CPU" if trainer.offload else "")
 
@@ -235,10 +225,11 @@ class Clock:
         now = time.time()
         elapsed, steps = max(now - self.t_last, 1e-9), step - self.step_last
         self.t_last, self.step_last = now, step
-        out = {"tokens_per_s": tokens / elapsed, "samples_per_s": steps * trainer.args.global_batch_size / elapsed}
+        config = trainer.config
+        out = {"tokens_per_s": tokens / elapsed, "samples_per_s": steps * config.global_batch_size / elapsed}
         out["model_tflops"] = out["tokens_per_s"] * trainer.fpt / 1e12
-        if trainer.args.peak_tflops > 0:
-            out["mfu"] = out["model_tflops"] / (trainer.args.peak_tflops * trainer.world)
+        if config.peak_tflops > 0:
+            out["mfu"] = out["model_tflops"] / (config.peak_tflops * trainer.world)
         return out
 
     def eta(self, step: int, max_steps: int) -> float:

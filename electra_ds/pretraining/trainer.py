@@ -27,6 +27,8 @@ import numpy as np
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.hardware import resolve_device
+from electra_ds.pretraining.config import RESUME_CHANGEABLE, PretrainConfig
+from electra_ds.pretraining.distributed import agree, all_gather, broadcast, process_group_timeout
 
 log = logging.getLogger("electra_ds.pretrain")
 
@@ -59,18 +61,18 @@ def global_token_counts(global_ids: np.ndarray, mask_prob: float, masking: str =
     return float(n_pred), float((global_ids != 0).sum())
 
 
-def load_word_starts(args, shard_dir, vocab_size: int):
+def load_word_starts(config: PretrainConfig, vocab_size: int):
     """Whole-word masking's word-start table from ``--tokenizer-dir`` (checked against the shards' tokenizer),
     None for token masking; UserError for what a user can get wrong."""
     from electra_ds.pretraining.masking import check_masking
 
     try:
-        check_masking(args.masking, args.mask_count)
+        check_masking(config.masking, config.mask_count)
     except ValueError as exc:
         raise UserError(str(exc), field="pretrain.mask_count") from None
-    if args.masking != "whole_word":
+    if config.masking != "whole_word":
         return None
-    if not args.tokenizer_dir:
+    if not config.tokenizer_dir:
         raise UserError("pretrain.masking whole_word needs the vocabulary to find word starts",
                         field="pretrain.masking", fix="pass --tokenizer-dir (the vocab stage's directory)")
     from electra_ds.common.fileio import read_json, sha256_file
@@ -78,12 +80,12 @@ def load_word_starts(args, shard_dir, vocab_size: int):
 
     from electra_ds.data.shard_format import tokenizer_file
 
-    spm_model = tokenizer_file(args.tokenizer_dir)  # spm.model, or WordPiece's tokenizer.json
-    expected = read_json(Path(shard_dir) / "index.json").get("tokenizer_sha256")
+    spm_model = tokenizer_file(config.tokenizer_dir)  # spm.model, or WordPiece's tokenizer.json
+    expected = read_json(Path(config.shards) / "index.json").get("tokenizer_sha256")
     if expected and spm_model.is_file() and sha256_file(spm_model) != expected:
         raise UserError("this is not the vocabulary the shards were made with", path=spm_model,
                         fix="pass the vocab directory the shards stage used as --tokenizer-dir")
-    table = word_start_table(args.tokenizer_dir)
+    table = word_start_table(config.tokenizer_dir)
     if len(table) != vocab_size:
         raise UserError(f"the vocabulary has {len(table)} pieces, the shards {vocab_size}", path=spm_model)
     return table
@@ -95,64 +97,33 @@ def rank_micro_batches(indices: np.ndarray, rank: int, world: int, micro: int) -
     return [mine[i:i + micro] for i in range(0, per_rank, micro)]
 
 
-# -- collectives on small Python objects ------------------------------------------------------------------------
-def broadcast(obj, world: int):
-    """rank 0's ``obj`` on every rank."""
-    if world == 1:
-        return obj
-    import torch
-
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def all_gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch
-
-    out = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def agree(flags: list, device) -> list[bool]:
-    """Every rank acts on a flag raised on any rank (one small all-reduce per step)."""
-    import torch
-
-    t = torch.tensor([float(bool(f)) for f in flags], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
 def _local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")).split("(")[0] or 1)
 
 
 class Trainer:
-    """The model, its DeepSpeed engine, the data and where training stands (``step``)."""
+    """The model, its DeepSpeed engine, the data and where training stands (``step``), for the run ``config``."""
 
-    def __init__(self, args, env: dict):
+    def __init__(self, config: PretrainConfig, env: dict):
         from electra_ds.pretraining.ds_config import load_ds_config, offloads_optimizer, zero_stage
         from electra_ds.data.shard_format import open_split
 
-        self.args, self.rank, self.world = args, env["rank"], env["world_size"]
-        device_type = resolve_device(args.device, field="pretrain.device",
+        self.config, self.rank, self.world = config, env["rank"], env["world_size"]
+        device_type = resolve_device(config.device, field="pretrain.device",
                                      fix="run on a GPU node, or set pretrain.device: cpu")
         os.environ.setdefault("DS_ACCELERATOR", device_type)
 
         # Everything a user can get wrong is checked before any process group or model exists.
-        self.train = open_split(args.shards, "train", verify=True)
-        self.valid = open_optional_split(args.shards, "valid")
-        self.word_starts = load_word_starts(args, args.shards, self.train.vocab_size)  # whole_word masking, else None
-        ds_cfg = load_ds_config(args.ds_config, global_batch=args.global_batch_size,
-                                micro_batch=args.micro_batch_size, world_size=self.world, precision=args.precision,
-                                device_type=device_type)
+        self.train = open_split(config.shards, "train", verify=True)
+        self.valid = open_optional_split(config.shards, "valid")
+        self.word_starts = load_word_starts(config, self.train.vocab_size)  # whole_word masking, else None
+        ds_cfg = load_ds_config(config.ds_config, global_batch=config.global_batch_size,
+                                micro_batch=config.micro_batch_size, world_size=self.world,
+                                precision=config.precision, device_type=device_type)
         self.micro, self.accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
         self.precision = "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
         self.zero_stage, self.offload = zero_stage(ds_cfg), offloads_optimizer(ds_cfg)
-        self.out = Path(args.output_dir)
+        self.out = Path(config.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
 
         import deepspeed
@@ -163,32 +134,25 @@ class Trainer:
         from electra_ds.pretraining.step_metrics import MetricSums, TokenPrior
 
         try:
-            self.shape = ModelShape(vocab_size=self.train.vocab_size, **args.model)
+            self.shape = ModelShape(vocab_size=self.train.vocab_size, **config.model)
         except TypeError as exc:
             raise UserError(f"not a model shape: {exc}", field="pretrain.model") from None
         self.shape.max_position_embeddings = max(self.shape.max_position_embeddings, self.train.max_seq_len)
         _check_token_ids(self.train, self.shape.vocab_size)
         try:
-            check_uniform_generator(args.uniform_generator, args.objective, args.embedding_sharing)
+            check_uniform_generator(config.uniform_generator, config.objective, config.embedding_sharing)
         except ValueError as exc:
             raise UserError(str(exc), field="pretrain.uniform_generator") from None
-        self.run_config = {"model": self.shape.to_dict(), "objective": args.objective, "mask_prob": args.mask_prob,
-                           "disc_weight": args.disc_weight, "temperature": args.temperature,
-                           "disallow_correct": args.disallow_correct, "masking": args.masking,
-                           "mask_count": args.mask_count, "uniform_generator": args.uniform_generator,
-                           "embedding_sharing": args.embedding_sharing, "optimizer": args.optimizer,
-                           "schedule": args.schedule, "global_batch_size": args.global_batch_size,
-                           "max_seq_len": self.train.max_seq_len, "seed": args.seed,
-                           "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
-                           "weight_decay": args.weight_decay}
-        self.allowed_changes = resume_changes_allowed(args.allow_resume_change)
+        # What every checkpoint records and a resume must match: the recorded settings, the resolved shape and the
+        # shards' sequence length.
+        self.run_config = {**config.select("recorded"), "model": self.shape.to_dict(),
+                           "max_seq_len": self.train.max_seq_len}
+        self.allowed_changes = resume_changes_allowed(config.allow_resume_change)
         self.resume_changes: list[str] = []  # the allowed differences this run resumed with
 
         # Which checkpoint to resume from is settled before any model exists: another run's checkpoints, or only
         # damaged ones, stop here with a UserError (on every rank: rank 0 decides and broadcasts).
-        from electra_ds.pretraining.distributed import process_group_timeout
-
-        deepspeed.init_distributed(timeout=process_group_timeout(args.collective_timeout_minutes))
+        deepspeed.init_distributed(timeout=process_group_timeout(config.collective_timeout_minutes))
         if device_type == "cuda":
             torch.cuda.set_device(env["local_rank"])  # object collectives on NCCL use the current device
         from electra_ds.pretraining.checkpoint import choose_checkpoint
@@ -198,16 +162,11 @@ class Trainer:
                                           all_gather=lambda o: all_gather(o, self.world), log=log,
                                           allow_changes=self.allowed_changes)
 
-        torch.manual_seed(args.seed)
-        model = ElectraPretrainer(self.shape, mask_prob=args.mask_prob, disc_weight=args.disc_weight,
-                                  objective=args.objective, adversarial_mle_weight=args.adversarial_mle_weight,
-                                  temperature=args.temperature, disallow_correct=args.disallow_correct,
-                                  masking=args.masking, mask_count=args.mask_count,
-                                  uniform_generator=args.uniform_generator, embedding_sharing=args.embedding_sharing,
-                                  device_type=device_type)
+        torch.manual_seed(config.seed)
+        model = ElectraPretrainer(self.shape, **config.select("pretrainer"), device_type=device_type)
         if self.word_starts is not None:
             model.use_word_starts(self.word_starts)
-        if args.output_bias_init == "prior" and resume_tag is None:  # a resume takes the checkpoint's biases
+        if config.output_bias_init == "prior" and resume_tag is None:  # a resume takes the checkpoint's biases
             # one pass over the training split, on rank 0 only (on a real corpus every rank reading it all is minutes)
             counts = broadcast(self.train.token_counts() if self.rank == 0 else None, self.world)
             biases = model.init_output_biases(counts)
@@ -216,12 +175,12 @@ class Trainer:
         self.parameters = sum(p.numel() for p in model.parameters())
         from electra_ds.common.optim import build_optimizer, lr_lambda
 
-        optimizer = build_optimizer(args.optimizer, model.param_groups(args.weight_decay), args.learning_rate,
+        optimizer = build_optimizer(config.optimizer, model.param_groups(config.weight_decay), config.learning_rate,
                                     offload=self.offload, fused=device_type == "cuda")
         self.optimizer_name = type(optimizer).__name__
         self._group_decay = [group["weight_decay"] for group in optimizer.param_groups]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps,
-                                                                            args.schedule))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps,
+                                                                            config.schedule))
         if device_type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, _local_world())))
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -230,14 +189,14 @@ class Trainer:
         self.device, self.device_type = self.engine.device, device_type
         if not hasattr(self.engine.optimizer, "overflow"):  # stage 0 in fp32: DeepSpeed calls the torch optimizer
             skip_nonfinite_updates(self.engine.optimizer)
-        self.skips = SkipWatch(args.max_skipped_steps, args.skip_window)
+        self.skips = SkipWatch(config.max_skipped_steps, config.skip_window)
         self._nan = torch.tensor(float("nan"), device=self.device)
-        if args.compile:
+        if config.compile:
             self.engine.compile()
 
-        self.fpt = flops_per_token(self.shape, self.train.max_seq_len, args.objective, args.mask_prob,
-                                   args.uniform_generator)
-        self.step_flops = self.fpt * args.global_batch_size * self.train.max_seq_len
+        self.fpt = flops_per_token(self.shape, self.train.max_seq_len, config.objective, config.mask_prob,
+                                   config.uniform_generator)
+        self.step_flops = self.fpt * config.global_batch_size * self.train.max_seq_len
         self.sums = MetricSums()
         self.prior = TokenPrior(self.shape.vocab_size, self.device)  # context-free baseline of the discriminator
         self._one = torch.ones((), dtype=torch.float64, device=self.device)
@@ -273,12 +232,12 @@ class Trainer:
     def _apply_changed_hyperparameters(self) -> None:
         """The checkpoint restored the optimizer's groups (their rate, weight decay) and the schedule's base rate
         as they were; this run's values replace them (the schedule's shape, a function, is this run's anyway)."""
-        sched, args = self.scheduler, self.args
+        sched, rate = self.scheduler, self.config.learning_rate
         groups = self.engine.optimizer.param_groups
-        sched.base_lrs = [args.learning_rate for _ in groups]
+        sched.base_lrs = [rate for _ in groups]
         for group, decay, factor in zip(groups, self._group_decay, sched.lr_lambdas):
-            group["initial_lr"] = args.learning_rate
-            group["lr"] = args.learning_rate * factor(sched.last_epoch)
+            group["initial_lr"] = rate
+            group["lr"] = rate * factor(sched.last_epoch)
             group["weight_decay"] = decay
         sched._last_lr = [group["lr"] for group in groups]
 
@@ -287,18 +246,18 @@ class Trainer:
         """One optimizer step over the global batch of ``step``; its statistics are added to ``sums``."""
         import torch
 
-        args, engine = self.args, self.engine
+        config, engine = self.config, self.engine
         engine.train()
-        indices = global_batch_indices(len(self.train), args.global_batch_size, self.step, args.seed)
-        row_seeds = [step_seed(args.seed, self.step, 0, i) for i in range(len(indices))]  # per global-batch position
-        n_masked, n_real = global_token_counts(self.train.batch(indices), args.mask_prob, args.masking, args.mask_count,
-                                               row_seeds, self.word_starts, self.device)
+        indices = global_batch_indices(len(self.train), config.global_batch_size, self.step, config.seed)
+        row_seeds = [step_seed(config.seed, self.step, 0, i) for i in range(len(indices))]  # per global-batch position
+        n_masked, n_real = global_token_counts(self.train.batch(indices), config.mask_prob, config.masking,
+                                               config.mask_count, row_seeds, self.word_starts, self.device)
         parts = self.world * self.accum  # each micro-batch's loss sum is divided by the global count / parts
         skipped_before, finite = engine.skipped_steps, []
         micro_batches = rank_micro_batches(indices, self.rank, self.world, self.micro)
         for m, rows in enumerate(micro_batches):
             first_row = self.rank * (len(indices) // self.world) + m * self.micro  # position in the global batch
-            torch.manual_seed(step_seed(args.seed, self.step, self.rank, m))  # dropout
+            torch.manual_seed(step_seed(config.seed, self.step, self.rank, m))  # dropout
             seeds = row_seeds[first_row:first_row + len(rows)]
             batch = torch.from_numpy(self.train.batch(rows)).to(self.device)
             outputs = engine(batch, seeds=seeds, gen_denominator=n_masked / parts, disc_denominator=n_real / parts)
@@ -349,7 +308,7 @@ class Trainer:
         from electra_ds.common.fileio import read_json
 
         if not hasattr(self, "_shard_starts"):
-            shards = [s for s in read_json(Path(self.args.shards) / "index.json")["splits"]["train"]["shards"]
+            shards = [s for s in read_json(Path(self.config.shards) / "index.json")["splits"]["train"]["shards"]
                       if s["examples"] > 0]
             self._shard_starts = (np.cumsum([0] + [s["examples"] for s in shards]), [s["file"] for s in shards])
         starts, files = self._shard_starts
@@ -399,15 +358,15 @@ class Trainer:
 
         from electra_ds.pretraining.step_metrics import MetricSums
 
-        args, engine = self.args, self.engine
+        config, engine = self.config, self.engine
         engine.eval()
-        per_rank = min(len(self.valid), args.eval_examples) // self.world  # equal work per rank (ZeRO-3 collectives)
+        per_rank = min(len(self.valid), config.eval_examples) // self.world  # equal work per rank (ZeRO-3 collectives)
         rows = np.arange(self.rank * per_rank, (self.rank + 1) * per_rank)
         sums = MetricSums()
         with torch.no_grad():
             for i in range(0, len(rows), self.micro):
                 part = rows[i:i + self.micro]
-                seeds = [step_seed(args.seed, EVAL_STREAM, 0, int(r)) for r in part]  # the same draws at every eval
+                seeds = [step_seed(config.seed, EVAL_STREAM, 0, int(r)) for r in part]  # the same draws at every eval
                 out = engine(torch.from_numpy(self.valid.batch(part)).to(self.device), seeds=seeds)
                 sums.add({**out["stats"], "loss_sum": out["loss"], "micro_batches": self._one})
         sums.all_reduce()
@@ -487,7 +446,7 @@ class Trainer:
                 failure = exc
         self._save_failed(failure, tag, previous_latest)
         if rank == 0:
-            removed = ck.prune(ckpt_dir, tag, self.args.keep_checkpoints, previous_latest)
+            removed = ck.prune(ckpt_dir, tag, self.config.keep_checkpoints, previous_latest)
             size = sum(m["size"] for m in manifest["files"].values())
             log.info("checkpoint %s saved (%d files, %.1f MB; manifest with sha256 in %.2f s)%s", tag, len(names),
                      size / 1e6, time.time() - t0, f"; removed {', '.join(removed)}" if removed else "")
@@ -562,11 +521,6 @@ def open_optional_split(shard_dir, split: str):
         return None
     ds = open_split(shard_dir, split, verify=True)
     return ds if len(ds) > 0 else None
-
-
-# What --allow-resume-change may name: a rerun may resume with another value of these (e.g. a lower learning rate
-# after a spike); every other field of the run config must match the checkpoint's.
-RESUME_CHANGEABLE = ("learning_rate", "warmup_steps", "weight_decay")
 
 
 def resume_changes_allowed(text: str | None) -> frozenset:
