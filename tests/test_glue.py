@@ -276,3 +276,25 @@ def test_hub_rows_are_mapped_like_local_files(monkeypatch):
     assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched"), ("nyu-mll/glue", "mnli", "test_matched")]
     assert dev == [{"text_a": "P.", "text_b": "H.", "label": 2, "idx": 3}]
     assert test[0]["label"] is None
+
+
+def test_what_a_task_shows_is_declared_on_the_task():
+    """A GLUE task's report label, GLUE-score membership, common-convention entries and leaderboard files live on its
+    Task (adding a task is one entry); the tables the report, evaluate and the submission use are derived from them
+    and still say what the GLUE server and the published numbers expect."""
+    from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, SCORE_ENTRIES, TASKS
+    from electra_ds.finetuning.submission import OFFICIAL_TEST_ROWS, SUBMISSION_FILES
+
+    assert GLUE_SCORE_TASKS == ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
+    assert [e for e, _, _ in SCORE_ENTRIES] == ["CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm", "QNLI",
+                                                "RTE", "WNLI"]
+    assert dict(((e, m) for e, _, m in SCORE_ENTRIES))["STS-B"] == ("pearson", "spearman")
+    assert list(SUBMISSION_FILES.values()) == ["CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv",
+                                               "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"]
+    assert SUBMISSION_FILES[("mnli", "ax")] == "AX.tsv" and OFFICIAL_TEST_ROWS["QQP.tsv"] == 390965
+    assert sum(OFFICIAL_TEST_ROWS.values()) == 426309
+    for task in TASKS.values():
+        assert task.report_label == (task.label or f"{task.name} ({task.main_metric})")
+        assert set(task.submission) <= set(task.test_files) | {"ax"}, task.name  # only splits the job predicts
+    assert TASKS["cola"].report_label == "CoLA (MCC)" and TASKS["probe-adjacency"].report_label == \
+        "probe-adjacency (accuracy)"

@@ -38,18 +38,13 @@ from electra_ds.finetuning import report
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path
 from electra_ds.common.layout import PRETRAIN_SUMMARY, TRAIN_LOG
-from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS, get_task
+from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, SCORE_ENTRIES, TASKS, get_task
 from electra_ds.finetuning.report import render_markdown, render_models, render_report, score_lines
 from electra_ds.common.settings import add_settings
 from electra_ds.finetuning.submission import build_submission
 
 log = logging.getLogger(__name__)
 
-# The common convention: (entry, task, metrics averaged for the entry).
-COMMON_ENTRIES = (("CoLA", "cola", ("mcc",)), ("SST-2", "sst2", ("accuracy",)), ("MRPC", "mrpc", ("accuracy", "f1")),
-                  ("STS-B", "stsb", ("pearson", "spearman")), ("QQP", "qqp", ("accuracy", "f1")),
-                  ("MNLI-m", "mnli", ("dev_matched.accuracy",)), ("MNLI-mm", "mnli", ("dev_mismatched.accuracy",)),
-                  ("QNLI", "qnli", ("accuracy",)), ("RTE", "rte", ("accuracy",)), ("WNLI", "wnli", ("accuracy",)))
 _REQUIRED = ("task", "seed", "dev", "main_metric", "main")
 DEFAULT_MODEL = "model"  # metrics.json files written before models had names
 # What the report and MLflow show of each pretrained model (from its pretrain summary.json).
@@ -155,7 +150,7 @@ def summarize(results: list) -> dict:
     glue = [n for n in GLUE_SCORE_TASKS if n in tasks]
     probes = [n for n, t in tasks.items() if t["is_probe"]]
     common = {}
-    for entry, name, metric_names in COMMON_ENTRIES:
+    for entry, name, metric_names in SCORE_ENTRIES:
         if name in tasks and all(m in tasks[name]["metrics"] for m in metric_names):
             common[entry] = statistics.fmean(tasks[name]["metrics"][m]["median"] for m in metric_names)
     return {
@@ -168,7 +163,7 @@ def summarize(results: list) -> dict:
                                      "accuracy elsewhere (MNLI matched); median over seeds"},
         "glue_score_common": {"value": statistics.fmean(common.values()) if common else None,
                               "entries": common,
-                              "missing": [e for e, _, _ in COMMON_ENTRIES if e not in common],
+                              "missing": [e for e, _, _ in SCORE_ENTRIES if e not in common],
                               "convention": "each task's metrics averaged (MRPC/QQP (acc+F1)/2, STS-B "
                                             "(Pearson+Spearman)/2), MNLI-m and MNLI-mm counted separately, "
                                             "WNLI included; median over seeds"},

@@ -37,8 +37,6 @@ _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 _BINARY = ("0", "1")
 REGRESSION_RANGE = (0.0, 5.0)  # STS-B similarity scores
-# the GLUE score: the 8 tasks without WNLI, in the order the report and the published numbers show them
-GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 # finetune.init_from_mnli: the tasks the ELECTRA paper (appendix, GLUE test-set recipe) starts from the MNLI model:
 # RTE and STS-B, RTE with a lower learning rate (2e-5). RoBERTa's recipe also starts MRPC from MNLI; ELECTRA's does not.
 MNLI_INIT_TASKS = ("rte", "stsb")
@@ -68,6 +66,17 @@ class Task:
     skip_short_rows: bool = False              # QQP's train file has a few truncated rows; skip them
     escapechar: str | None = None              # probes: the probes stage escapes '"' and '\\' as csv does
     unordered_pair: bool = False               # the pair's order means nothing (official double_unordered)
+    # How results show: the report's column label (default "<name> (<main metric>)"); whether the task counts in
+    # the GLUE score (the 8 tasks without WNLI); its entries in the common convention's average, each (entry,
+    # metrics averaged for it); the files of the GLUE server's zip, test split -> (file name, official rows).
+    label: str | None = None
+    in_glue_score: bool = False
+    score_entries: tuple = ()
+    submission: dict = field(default_factory=dict)
+
+    @property
+    def report_label(self) -> str:
+        return self.label or f"{self.name} ({self.main_metric})"
 
     @property
     def is_regression(self) -> bool:
@@ -97,26 +106,46 @@ class Task:
 _PAIR = ("sentence1", "sentence2")
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("cola", "CoLA", "headerless", (3,), 1, _BINARY, ("mcc",), "mcc", hub_config="cola",
-         test_text_columns=("sentence",), hub_text_columns=("sentence",)),
+         test_text_columns=("sentence",), hub_text_columns=("sentence",),
+         label="CoLA (MCC)", in_glue_score=True, score_entries=(("CoLA", ("mcc",)),),
+         submission={"test": ("CoLA.tsv", 1063)}),
     Task("sst2", "SST-2", "header", ("sentence",), "label", _BINARY, ("accuracy",), "accuracy",
-         hub_config="sst2", hub_text_columns=("sentence",)),
+         hub_config="sst2", hub_text_columns=("sentence",),
+         label="SST-2 (acc)", in_glue_score=True, score_entries=(("SST-2", ("accuracy",)),),
+         submission={"test": ("SST-2.tsv", 1821)}),
     Task("mrpc", "MRPC", "header", ("#1 String", "#2 String"), "Quality", _BINARY, ("accuracy", "f1"),
-         "accuracy", hub_config="mrpc", hub_text_columns=_PAIR, unordered_pair=True),
+         "accuracy", hub_config="mrpc", hub_text_columns=_PAIR, unordered_pair=True,
+         label="MRPC (acc)", in_glue_score=True, score_entries=(("MRPC", ("accuracy", "f1")),),
+         submission={"test": ("MRPC.tsv", 1725)}),
     Task("stsb", "STS-B", "header", _PAIR, "score", None, ("pearson", "spearman"), "spearman", epochs=10,
-         hub_config="stsb", hub_text_columns=_PAIR, unordered_pair=True),
+         hub_config="stsb", hub_text_columns=_PAIR, unordered_pair=True,
+         label="STS-B (Spearman)", in_glue_score=True, score_entries=(("STS-B", ("pearson", "spearman")),),
+         submission={"test": ("STS-B.tsv", 1379)}),
     Task("qqp", "QQP", "header", ("question1", "question2"), "is_duplicate", _BINARY, ("accuracy", "f1"),
          "accuracy", hub_config="qqp", index_column="id", hub_text_columns=("question1", "question2"),
-         skip_short_rows=True),
+         skip_short_rows=True,
+         label="QQP (acc)", in_glue_score=True, score_entries=(("QQP", ("accuracy", "f1")),),
+         submission={"test": ("QQP.tsv", 390965)}),
     Task("mnli", "MNLI", "header", _PAIR, "gold_label", _NLI3, ("accuracy",), "accuracy",
          dev_splits={"dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"},
          test_files={"test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"},
-         hub_config="mnli", hub_text_columns=("premise", "hypothesis")),
+         hub_config="mnli", hub_text_columns=("premise", "hypothesis"),
+         label="MNLI-m (acc)", in_glue_score=True,
+         score_entries=(("MNLI-m", ("dev_matched.accuracy",)), ("MNLI-mm", ("dev_mismatched.accuracy",))),
+         # the diagnostic set (AX) is predicted by the MNLI job
+         submission={"test_matched": ("MNLI-m.tsv", 9796), "test_mismatched": ("MNLI-mm.tsv", 9847),
+                     "ax": ("AX.tsv", 1104)}),
     Task("qnli", "QNLI", "header", ("question", "sentence"), "label", _NLI2, ("accuracy",), "accuracy",
-         hub_config="qnli", hub_text_columns=("question", "sentence")),
+         hub_config="qnli", hub_text_columns=("question", "sentence"),
+         label="QNLI (acc)", in_glue_score=True, score_entries=(("QNLI", ("accuracy",)),),
+         submission={"test": ("QNLI.tsv", 5463)}),
     Task("rte", "RTE", "header", _PAIR, "label", _NLI2, ("accuracy",), "accuracy", epochs=10,
-         hub_config="rte", hub_text_columns=_PAIR),
+         hub_config="rte", hub_text_columns=_PAIR,
+         label="RTE (acc)", in_glue_score=True, score_entries=(("RTE", ("accuracy",)),),
+         submission={"test": ("RTE.tsv", 3000)}),
     Task("wnli", "WNLI", "header", _PAIR, "label", _BINARY, ("accuracy",), "accuracy",
-         hub_config="wnli", hub_text_columns=_PAIR),
+         hub_config="wnli", hub_text_columns=_PAIR,
+         label="WNLI (acc)", score_entries=(("WNLI", ("accuracy",)),), submission={"test": ("WNLI.tsv", 146)}),
     # The diagnostic set: test only, predicted with an MNLI model (scored by the GLUE server with MCC).
     Task("ax", "diagnostic", "header", _PAIR, None, _NLI3, ("mcc",), "mcc", dev_splits={},
          test_files={"test": "diagnostic.tsv"}, hub_config="ax", hub_text_columns=("premise", "hypothesis"),
@@ -127,6 +156,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("probe-adjacency", "probe-adjacency", "header", ("#1 String", "#2 String"), "Quality", _BINARY,
          ("accuracy", "f1"), "accuracy", is_probe=True, escapechar="\\"),
 ]}
+
+# the GLUE score: the 8 tasks without WNLI, in the order the report and the published numbers show them
+GLUE_SCORE_TASKS = tuple(t.name for t in TASKS.values() if t.in_glue_score)
+# the common convention's average: (entry, task, metrics averaged for the entry), MNLI-m and MNLI-mm apart
+SCORE_ENTRIES = tuple((entry, t.name, metrics) for t in TASKS.values() for entry, metrics in t.score_entries)
 
 
 def task_names() -> list:

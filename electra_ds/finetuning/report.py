@@ -14,11 +14,14 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from electra_ds.finetuning.glue import GLUE_SCORE_TASKS
+from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS
 
-TASK_LABELS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "mrpc": "MRPC (acc)", "stsb": "STS-B (Spearman)",
-               "qqp": "QQP (acc)", "mnli": "MNLI-m (acc)", "qnli": "QNLI (acc)", "rte": "RTE (acc)",
-               "wnli": "WNLI (acc)"}
+def _task_label(name: str, main_metric: str | None) -> str:
+    """A task's column label: the registered task's (``CoLA (MCC)``), else ``<name> (<main metric>)``."""
+    if name in TASKS and TASKS[name].label:
+        return TASKS[name].label
+    return f"{name} ({main_metric})" if main_metric else name
+
 
 # GLUE dev, percent, the ELECTRA convention's metric per task (CoLA MCC, STS-B Spearman, else accuracy).
 # "paper": Clark et al. 2020 (ICLR): only the headline dev averages (79.9 Small, 85.1 Base) are used;
@@ -82,7 +85,7 @@ def comparison_table(summary: dict, earlier: list) -> dict:
     for name in order + probe_tasks:
         t = tasks.get(name)
         this = (f"{_pct(100 * t['main']['median'])} ± {_pct(100 * t['main']['std'])}" if t else "-")
-        label = TASK_LABELS.get(name, f"{name} ({t['main_metric']})" if t else name)
+        label = _task_label(name, t["main_metric"] if t else None)
         cells = [label, this] + [_pct(PUBLISHED[p]["scores"].get(name)) or "-" for p in published]
         cells += [_pct(100 * r["metrics"][f"{name}.main"]) if f"{name}.main" in r["metrics"] else "-" for r in earlier]
         rows.append(cells)
@@ -152,7 +155,7 @@ def model_table(models: dict) -> dict:
     for m in models.values():
         tasks += [t for t in m["summary"]["tasks"] if t not in tasks]
     columns = ["model", "pretraining", "FLOPs", "valid rtd_gain", "valid context_auc"] + [
-        TASK_LABELS.get(t, f"{t} ({next(m['summary']['tasks'][t]['main_metric'] for m in models.values() if t in m['summary']['tasks'])})")
+        _task_label(t, next(m["summary"]["tasks"][t]["main_metric"] for m in models.values() if t in m["summary"]["tasks"]))
         for t in tasks] + ["score"]
     rows = []
     for name, m in models.items():

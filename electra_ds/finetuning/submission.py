@@ -27,26 +27,15 @@ from pathlib import Path
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path
-from electra_ds.finetuning.glue import get_task
+from electra_ds.finetuning.glue import TASKS, get_task
 
-# (task, test split) -> file name the GLUE server expects; AX comes from the MNLI job.
-SUBMISSION_FILES = {
-    ("cola", "test"): "CoLA.tsv",
-    ("sst2", "test"): "SST-2.tsv",
-    ("mrpc", "test"): "MRPC.tsv",
-    ("stsb", "test"): "STS-B.tsv",
-    ("qqp", "test"): "QQP.tsv",
-    ("mnli", "test_matched"): "MNLI-m.tsv",
-    ("mnli", "test_mismatched"): "MNLI-mm.tsv",
-    ("qnli", "test"): "QNLI.tsv",
-    ("rte", "test"): "RTE.tsv",
-    ("wnli", "test"): "WNLI.tsv",
-    ("mnli", "ax"): "AX.tsv",
-}
-# Rows of the official test sets, to flag partial predictions (e.g. a header-only file).
-OFFICIAL_TEST_ROWS = {"CoLA.tsv": 1063, "SST-2.tsv": 1821, "MRPC.tsv": 1725, "STS-B.tsv": 1379,
-                      "QQP.tsv": 390965, "MNLI-m.tsv": 9796, "MNLI-mm.tsv": 9847, "QNLI.tsv": 5463,
-                      "RTE.tsv": 3000, "WNLI.tsv": 146, "AX.tsv": 1104}
+# (task, test split) -> file name the GLUE server expects (AX comes from the MNLI job), and the rows of the official
+# test sets, to flag partial predictions (e.g. a header-only file): both from the tasks' `submission` (glue.py), in
+# task order with AX last, as the GLUE server's sample submission lists it
+_FILES = sorted(((t.name, split, fname, rows) for t in TASKS.values() for split, (fname, rows) in t.submission.items()),
+                key=lambda item: item[1] == "ax")
+SUBMISSION_FILES = {(task, split): fname for task, split, fname, _ in _FILES}
+OFFICIAL_TEST_ROWS = {fname: rows for _, _, fname, rows in _FILES}
 SEED_CHOICES = ("median", "best")
 
 
