@@ -209,6 +209,20 @@ def test_pruning_never_deletes_the_last_intact_checkpoint(copy):
     assert tags(copy) == ["step00000002", "step00000006"]
 
 
+def test_a_folder_that_only_starts_like_a_tag_is_not_a_checkpoint(copy):
+    """A user's copy beside the checkpoints (``step00000002.bak``, ``step2-before-lr-change``) is neither resumed
+    from nor pruned: only ``step<digits>`` is a tag."""
+    from electra_ds.pretraining.checkpoint import candidates, prune
+
+    ckpt = copy / CKPT
+    for name in ("step00000002.bak", "step2-before-lr-change"):
+        shutil.copytree(ckpt / "step00000002", ckpt / name)
+    shutil.copytree(ckpt / "step00000004", ckpt / "step00000006")
+    assert candidates(ckpt, None) == ["step00000006", "step00000004", "step00000002"]
+    assert prune(ckpt, "step00000006", keep=1) == ["step00000004", "step00000002"]
+    assert (ckpt / "step00000002.bak").is_dir() and (ckpt / "step2-before-lr-change").is_dir()
+
+
 # ---- a killed launcher leaves no rank behind -----------------------------------------------------
 
 def _alive_with(marker: str) -> list[int]:

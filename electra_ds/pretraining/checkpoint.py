@@ -83,7 +83,7 @@ def weights_only_loading():
 
 MANIFEST = "electra_ds_manifest.json"
 MANIFEST_FORMAT = 1
-_TAG = re.compile(r"^step(\d+)")
+_TAG = re.compile(r"^step(\d+)$")  # step<digits> only: a user's step00000020.bak is neither resumed nor pruned
 
 
 def tag_step(name: str) -> int | None:
