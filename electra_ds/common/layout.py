@@ -32,8 +32,7 @@ from electra_ds.common.lock import LOCK_NAME
 PRETRAIN_SUMMARY = "summary.json"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
-# The default MLflow store and the spool of records MLflow did not take (electra_ds.tracking keeps its own copies
-# of these two names; tests/test_layout_paths.py holds them equal).
+# The default MLflow store and the spool of records MLflow did not take (electra_ds.tracking uses these names).
 MLFLOW_DB = "mlflow.db"
 SPOOL_DIRNAME = "mlflow-spool"
 

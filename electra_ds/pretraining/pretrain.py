@@ -25,6 +25,7 @@ from pathlib import Path
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import open_nofollow, write_json
+from electra_ds.common.layout import CHECKPOINTS, PRETRAIN_SUMMARY, TRAIN_LOG
 from electra_ds.common.settings import add_settings
 from electra_ds.pretraining.config import SETTINGS, PretrainConfig  # SETTINGS: the fields PretrainConfig declares
 from electra_ds.tracking import shards_dataset
@@ -61,7 +62,6 @@ def run(args, tracker) -> None:
 
 def _train(config: PretrainConfig, tracker, trainer) -> None:
     from electra_ds.pretraining import distributed
-    from electra_ds.pretraining.trainer import TRAIN_LOG
 
     rank, out = trainer.rank, Path(config.output_dir)
     train_log = TrainLog(out / TRAIN_LOG, trainer.start_step, trainer.ckpt_dir, trainer.resume_tag) if rank == 0 else None
@@ -131,7 +131,7 @@ def _loop(config: PretrainConfig, tracker, trainer, train_log, stall) -> None:
     failure = None
     if rank == 0:
         try:
-            write_json(out / "summary.json", {
+            write_json(out / PRETRAIN_SUMMARY, {
                 **config.select("summary"), "checkpoint_dir": trainer.ckpt_dir.relative_to(out).as_posix(),
                 "tag": trainer.tag, "steps": trainer.step, "world_size": trainer.world,
                 "zero_stage": trainer.zero_stage,
@@ -246,12 +246,11 @@ def refuse_planted_links(output_dir, rank: int) -> None:
     (the same files); rank 0 reports. The output directory itself, and its parents, may be links."""
     from electra_ds.common.errors import UserError
     from electra_ds.common.fileio import refuse_links
-    from electra_ds.pretraining.trainer import TRAIN_LOG
 
     out = Path(output_dir)
     try:
-        refuse_links(out, (TRAIN_LOG, "summary.json", "checkpoints", ".heartbeats"))
-        refuse_links(out / "checkpoints", ("latest", f".{TRAIN_LOG}.snapshot"), glob_pattern="*")
+        refuse_links(out, (TRAIN_LOG, PRETRAIN_SUMMARY, CHECKPOINTS, ".heartbeats"))
+        refuse_links(out / CHECKPOINTS, ("latest", f".{TRAIN_LOG}.snapshot"), glob_pattern="*")
         refuse_links(out / ".heartbeats", glob_pattern="*")
     except UserError as exc:
         exc.quiet = rank != 0  # read by electra_ds.cli

@@ -27,6 +27,7 @@ import numpy as np
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.hardware import resolve_device
+from electra_ds.common.layout import CHECKPOINTS, TRAIN_LOG
 from electra_ds.pretraining.config import RESUME_CHANGEABLE, PretrainConfig
 from electra_ds.pretraining.distributed import agree, all_gather, broadcast, process_group_timeout
 
@@ -124,7 +125,7 @@ class Trainer:
         self.precision = "bf16" if ds_cfg["bf16"]["enabled"] else "fp16" if ds_cfg["fp16"]["enabled"] else "fp32"
         self.zero_stage, self.offload = zero_stage(ds_cfg), offloads_optimizer(ds_cfg)
         self.out = Path(config.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
+        self.ckpt_dir = self.out / CHECKPOINTS
 
         import deepspeed
         import torch
@@ -507,7 +508,6 @@ class Trainer:
         raise error
 
 
-TRAIN_LOG = "train_log.jsonl"
 
 
 def open_optional_split(shard_dir, split: str):

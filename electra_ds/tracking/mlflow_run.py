@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from electra_ds.common.layout import MLFLOW_DB
 from electra_ds.tracking.replay import LOCAL_PREFIX, SPOOL_DIRNAME, Spool, is_local
 from electra_ds.tracking.store import (
     DEFAULT_EXPERIMENT,
@@ -181,7 +182,7 @@ class _Sink:
     @property
     def note(self) -> str:
         results = self.spool.path.parent.parent
-        store = "" if self.uri == f"sqlite:///{results.resolve() / 'mlflow.db'}" else f" --tracking-uri {self.uri}"
+        store = "" if self.uri == f"sqlite:///{results.resolve() / MLFLOW_DB}" else f" --tracking-uri {self.uri}"
         return (f"; unsent records go to {self.spool.path.parent}/ (send them later: "
                 f"electra-ds tracking-replay {results}{store})")  # replay never takes the store from the files
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import write_json
+from electra_ds.common.layout import SPOOL_DIRNAME
 from electra_ds.tracking.store import (
     DEFAULT_EXPERIMENT,
     artifact_root_for,
@@ -47,7 +48,6 @@ from electra_ds.tracking.store import (
 
 log = logging.getLogger("electra_ds.tracking")  # one logger for all of tracking
 
-SPOOL_DIRNAME = "mlflow-spool"
 LOCAL_PREFIX = "spool-"  # run ids given to runs that exist only in a spool so far
 REPLAY_IDS = "replay-ids.json"  # in the spool folder: spooled run id -> run id in the store
 

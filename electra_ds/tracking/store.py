@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from electra_ds.common.layout import MLFLOW_DB
+
 # One logger for all of tracking (store, API, replay): filters and levels set on it keep working.
 log = logging.getLogger("electra_ds.tracking")
 
@@ -57,7 +59,7 @@ def tracking_uri_for(results_dir, configured: str | None = None) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     if configured:
         return configured
-    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(results_dir).resolve() / MLFLOW_DB}"
 
 
 def is_server(uri: str | None) -> bool:
