@@ -337,3 +337,20 @@ def test_whole_word_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prep
 
     reference = assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after="step00000004")
     assert json.loads((reference / "summary.json").read_text())["steps"] == 10
+
+
+def test_the_masking_table_and_the_schema_name_the_same_strategies():
+    """A masking strategy is one entry of masking.MASKINGS plus its name in the schema's enum; the workflow gives
+    the vocabulary to exactly the strategies that read word starts."""
+    import yaml
+
+    from electra_ds.common.settings import SCHEMA_PATH
+    from electra_ds.pretraining.masking import MASKINGS
+    from helpers import REPO
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert schema["properties"]["pretrain"]["properties"]["masking"]["enum"] == list(MASKINGS)
+    rules = (REPO / "workflow/rules/pretrain.smk").read_text()
+    needs = [name for name, m in MASKINGS.items() if m.needs_word_starts]
+    assert needs == ["whole_word"] and '["masking"] == "whole_word"' in rules, \
+        "a new strategy that reads word starts must be given the vocabulary in pretrain_vocab (pretrain.smk)"

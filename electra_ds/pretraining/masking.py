@@ -14,6 +14,9 @@ example is masked the same way on any rank, micro-batch or world size, and after
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +46,8 @@ def mask_positions(input_ids: torch.Tensor, mask_prob: float, scores: torch.Tens
 
 
 # -- masking options (pretrain.masking, pretrain.mask_count) ----------------------------------------------------
-MASKINGS = ("token", "whole_word")
+# The strategies are the table MASKINGS at the end of this section: a new one is its positions function, its
+# entry there and its name in the schema's pretrain.masking enum (tests/test_masking.py checks the two agree).
 MASK_COUNTS = ("exact", "official")
 WORD_MARKER = "\u2581"  # sentencepiece's word-boundary marker
 WORDPIECE_PREFIX = "##"  # WordPiece's continuation prefix (electra_ds.data.vocab)
@@ -53,10 +57,10 @@ MASK_DRAWS = 3  # uniform draws per position the masking uses, the first draws o
 def check_masking(masking: str, mask_count: str) -> None:
     """ValueError for an unknown or unsupported combination of the two masking options."""
     if masking not in MASKINGS:
-        raise ValueError(f"masking must be one of {MASKINGS}, not {masking!r}")
+        raise ValueError(f"masking must be one of {tuple(MASKINGS)}, not {masking!r}")
     if mask_count not in MASK_COUNTS:
         raise ValueError(f"mask_count must be one of {MASK_COUNTS}, not {mask_count!r}")
-    if masking == "whole_word" and mask_count == "official":
+    if MASKINGS[masking].needs_word_starts and mask_count == "official":
         raise ValueError("mask_count official is google-research/electra's token-level masking, which has no "
                          "whole-word variant: use mask_count exact with masking whole_word")
 
@@ -112,6 +116,35 @@ def whole_word_positions(input_ids: torch.Tensor, mask_prob: float, scores: torc
     return candidates & taken.gather(1, start_of), start_of
 
 
+def _token(input_ids, mask_prob, draws, word_starts):
+    return mask_positions(input_ids, mask_prob, draws[:, 0]), draws[:, 1]
+
+
+def _whole_word(input_ids, mask_prob, draws, word_starts):
+    masked, start_of = whole_word_positions(input_ids, mask_prob, draws[:, 0], word_starts)
+    return masked, draws[:, 1].gather(1, start_of)  # one decision per word: its first piece's draw
+
+
+@dataclass(frozen=True)
+class Masking:
+    """One ``pretrain.masking`` strategy. ``positions(input_ids, mask_prob, draws, word_starts)`` gives (masked,
+    decide): the positions to predict and per position the uniform deciding [MASK] / random / unchanged, from
+    ``draws`` (B, MASK_DRAWS, L); ``count_from_ids``: it masks masks_per_row positions per row, so the count is
+    known from the ids alone (otherwise the trainer replays the draws to count); ``needs_word_starts``: it reads
+    which pieces start a word, so pretraining needs the vocabulary (``--tokenizer-dir``; the workflow's
+    pretrain_vocab gives it as an input)."""
+
+    positions: Callable
+    count_from_ids: bool = False
+    needs_word_starts: bool = False
+
+
+MASKINGS = {
+    "token": Masking(_token, count_from_ids=True),  # the paper's: mask_prob of the pieces, independently
+    "whole_word": Masking(_whole_word, needs_word_starts=True),  # whole words until mask_prob of the pieces
+}
+
+
 def max_predictions(mask_prob: float, seq_len: int) -> int:
     """google-research/electra's max_predictions_per_seq: int((mask_prob + 0.005) x max_seq_length), 19 at 128
     (here at most seq_len, at least 1)."""
@@ -161,12 +194,11 @@ def choose_masked(input_ids: torch.Tensor, draws: torch.Tensor, mask_prob: float
     per position (None: one per masked position). token/exact is the paper's masking, unchanged."""
     if mask_count == "official":
         return official_positions(input_ids, mask_prob, draws[:, 0], draws[:, 1])
-    if masking == "whole_word":
-        if word_starts is None:
-            raise ValueError("whole_word masking needs the vocabulary's word starts (ElectraPretrainer.use_word_starts)")
-        masked, start_of = whole_word_positions(input_ids, mask_prob, draws[:, 0], word_starts)
-        return masked, draws[:, 1].gather(1, start_of), None
-    return mask_positions(input_ids, mask_prob, draws[:, 0]), draws[:, 1], None
+    strategy = MASKINGS[masking]
+    if strategy.needs_word_starts and word_starts is None:
+        raise ValueError(f"{masking} masking needs the vocabulary's word starts (ElectraPretrainer.use_word_starts)")
+    masked, decide = strategy.positions(input_ids, mask_prob, draws, word_starts)
+    return masked, decide, None
 
 
 def prediction_count(input_ids, mask_prob: float, masking: str = "token", mask_count: str = "exact", seeds=None,
@@ -176,7 +208,7 @@ def prediction_count(input_ids, mask_prob: float, masking: str = "token", mask_c
     draws) by replaying each row's masking draws from its seed on ``device`` (the device the model draws on)."""
     if mask_count == "official":
         return int(official_counts(input_ids, mask_prob)[1].sum())
-    if masking == "token":
+    if MASKINGS[masking].count_from_ids:
         return int(masks_per_row(input_ids, mask_prob)[1].sum())
     ids = torch.as_tensor(input_ids, device=device)
     draws = RowRandom(seeds, ids.shape[0], device).rows(MASK_DRAWS, ids.shape[1])

@@ -65,16 +65,16 @@ def global_token_counts(global_ids: np.ndarray, mask_prob: float, masking: str =
 def load_word_starts(config: PretrainConfig, vocab_size: int):
     """Whole-word masking's word-start table from ``--tokenizer-dir`` (checked against the shards' tokenizer),
     None for token masking; UserError for what a user can get wrong."""
-    from electra_ds.pretraining.masking import check_masking
+    from electra_ds.pretraining.masking import MASKINGS, check_masking
 
     try:
         check_masking(config.masking, config.mask_count)
     except ValueError as exc:
         raise UserError(str(exc), field="pretrain.mask_count") from None
-    if config.masking != "whole_word":
+    if not MASKINGS[config.masking].needs_word_starts:
         return None
     if not config.tokenizer_dir:
-        raise UserError("pretrain.masking whole_word needs the vocabulary to find word starts",
+        raise UserError(f"pretrain.masking {config.masking} needs the vocabulary to find word starts",
                         field="pretrain.masking", fix="pass --tokenizer-dir (the vocab stage's directory)")
     from electra_ds.common.fileio import read_json, sha256_file
     from electra_ds.pretraining.masking import word_start_table

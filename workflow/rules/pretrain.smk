@@ -12,7 +12,8 @@ PT_TASKS = PT["nodes"] * PT["processes_per_node"]  # processes (one per GPU): th
 
 def pretrain_vocab(wildcards):
     """The vocabulary, an input only with whole-word masking (which pieces start a word): token masking reads
-    the shards alone, so its runs do not depend on (or rerun for) the vocab directory."""
+    the shards alone, so its runs do not depend on (or rerun for) the vocab directory. (The strategies that read
+    word starts: masking.MASKINGS[...].needs_word_starts; not imported here, which would load torch to plan.)"""
     if MODELS[wildcards.model]["pretrain"]["masking"] == "whole_word":
         return {"vocab": rules.vocab.output[0]}
     return {}
