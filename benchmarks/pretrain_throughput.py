@@ -84,7 +84,7 @@ def matmul_tflops(m: int, k: int, n: int, dtype, device, seconds: float = 0.3) -
 def bf16_supported(device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from electra_ds.pretraining.ds_config import cpu_has_bf16_matmul
+    from electra_ds.common.hardware import cpu_has_bf16_matmul
 
     return cpu_has_bf16_matmul()
 

@@ -219,6 +219,9 @@ def test_a_folder_that_only_starts_like_a_tag_is_not_a_checkpoint(copy):
         shutil.copytree(ckpt / "step00000002", ckpt / name)
     shutil.copytree(ckpt / "step00000004", ckpt / "step00000006")
     assert candidates(ckpt, None) == ["step00000006", "step00000004", "step00000002"]
+    (ckpt / "step00000004_universal").mkdir()  # what ds_to_universal writes is a tag (another world size)
+    assert "step00000004_universal" in candidates(ckpt, "step00000004_universal")
+    shutil.rmtree(ckpt / "step00000004_universal")
     assert prune(ckpt, "step00000006", keep=1) == ["step00000004", "step00000002"]
     assert (ckpt / "step00000002.bak").is_dir() and (ckpt / "step2-before-lr-change").is_dir()
 

@@ -83,7 +83,9 @@ def weights_only_loading():
 
 MANIFEST = "electra_ds_manifest.json"
 MANIFEST_FORMAT = 1
-_TAG = re.compile(r"^step(\d+)$")  # step<digits> only: a user's step00000020.bak is neither resumed nor pruned
+# step<digits>, or DeepSpeed's ds_to_universal output for it (README: resuming on another world size); a user's
+# copy beside them (step00000020.bak) is neither resumed from nor pruned
+_TAG = re.compile(r"^step(\d+)(_universal)?$")
 
 
 def tag_step(name: str) -> int | None:
