@@ -244,15 +244,18 @@ def test_replay_sends_only_to_the_named_store_and_only_artifacts_under_the_resul
     assert main(["tracking-replay", str(results), "--tracking-uri", store]) == 0  # done: nothing pending
 
 
-def test_workflow_refuses_a_planted_job_log_link_before_any_job(tmp_path):
-    """Job logs are written by the shell's ``> {log}``, which follows a link: the workflow refuses a link under
-    logs/ (or benchmarks/) at its start, in one line naming it, and the target is untouched."""
+@pytest.mark.parametrize("planted", ["logs/corpus.log", "benchmarks/corpus.tsv", "mlflow.db", "mlflow.db-journal",
+                                     "mlartifacts/1/run/artifacts/stats.json", "mlflow-spool/x.json"])
+def test_workflow_refuses_a_planted_job_log_link_before_any_job(tmp_path, planted):
+    """Job logs are written by the shell's ``> {log}``, the local MLflow store by SQLite and MLflow, all of which
+    follow a link: the workflow refuses a link under logs/, benchmarks/, mlartifacts/ or mlflow-spool/, and at
+    mlflow.db and SQLite's files beside it, at its start, in one line naming it, and the target is untouched."""
     from helpers import micro_config
     from test_faults_workflow import small_source, snakemake
 
     results = tmp_path / "results"
     target = _outside(tmp_path)
-    link = results / "logs" / "corpus.log"
+    link = results / planted
     _plant(link, target)
     config = micro_config(tmp_path, results, **{"corpus.sources": [{"type": "local", "paths": [
         str(small_source(tmp_path / "src" / "docs.txt"))]}], "corpus.min_chars": 10})

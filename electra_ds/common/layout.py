@@ -35,6 +35,7 @@ CHECKPOINTS = "checkpoints"
 # The default MLflow store and the spool of records MLflow did not take (electra_ds.tracking uses these names).
 MLFLOW_DB = "mlflow.db"
 SPOOL_DIRNAME = "mlflow-spool"
+MLARTIFACTS = "mlartifacts"  # the local store's artifacts (a tracking server keeps its own)
 
 
 class Layout:
@@ -206,6 +207,10 @@ class Layout:
     @property
     def spool(self) -> str:
         return self._path(SPOOL_DIRNAME)
+
+    @property
+    def mlartifacts(self) -> str:
+        return self._path(MLARTIFACTS)
 
     @property
     def lock(self) -> str:

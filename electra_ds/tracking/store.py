@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from electra_ds.common.layout import MLFLOW_DB
+from electra_ds.common.layout import MLARTIFACTS, MLFLOW_DB
 
 # One logger for all of tracking (store, API, replay): filters and levels set on it keep working.
 log = logging.getLogger("electra_ds.tracking")
@@ -73,7 +73,7 @@ def artifact_root_for(results_dir, tracking_uri: str | None = None) -> str | Non
     (``mlflow server --artifacts-destination``; artifacts travel through the server)."""
     if is_server(tracking_uri):
         return None
-    return (Path(results_dir).resolve() / "mlartifacts").as_uri()
+    return (Path(results_dir).resolve() / MLARTIFACTS).as_uri()
 
 
 def now_ms() -> int:

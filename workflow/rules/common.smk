@@ -15,7 +15,7 @@ from electra_ds.common import settings
 from electra_ds.common.lock import ResultsLock
 from electra_ds.common.errors import UserError
 from electra_ds.common.layout import Layout
-from electra_ds.common.fileio import refuse_links_under
+from electra_ds.common.fileio import refuse_link, refuse_links_under
 from electra_ds.finetuning.glue import get_task
 from electra_ds.pipeline.study import plan_models
 
@@ -109,9 +109,12 @@ RESULTS_LOCK = ResultsLock(R, checkout=workflow.basedir)
 onstart:
     slurm_preflight()  # with the SLURM profile: a clear error before anything is submitted
     # job logs and benchmarks are written by the shell's `> {log}` and by Snakemake, which follow a link: none
-    # may be one (a link planted at a log's name would have the job overwrite what it points at)
-    for folder in (LAYOUT.logs, LAYOUT.benchmarks):
+    # may be one (a link planted at a log's name would have the job overwrite what it points at); nor may the
+    # local MLflow store, its artifacts and spool, which MLflow and SQLite write through links
+    for folder in (LAYOUT.logs, LAYOUT.benchmarks, LAYOUT.mlartifacts, LAYOUT.spool):
         _user_error(refuse_links_under, folder)
+    for name in ("", "-journal", "-wal", "-shm"):  # SQLite's database and the files it keeps beside it
+        _user_error(refuse_link, LAYOUT.mlflow_db + name)
     # creates R: an unwritable results_dir, or one another pipeline is using, stops here, before any job
     _user_error(RESULTS_LOCK.acquire, warn=logger.warning)
     try:
