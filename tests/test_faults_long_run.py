@@ -188,10 +188,11 @@ def test_exact_resume_with_a_skipped_step(planted, tmp_path):
     assert all(torch.equal(w_ref[k], w_resumed[k]) for k in w_ref)
 
 
-def test_a_learning_rate_of_1e4_stops_the_run_with_the_last_good_checkpoint(prepared, tmp_path):
+@pytest.mark.parametrize("precision,ds_config", [("fp32", "zero2"), ("bf16", "zero2"), ("bf16", "zero3")])
+def test_a_learning_rate_of_1e4_stops_the_run_with_the_last_good_checkpoint(prepared, tmp_path, precision, ds_config):
     """Learning rate 1e4: once the loss is NaN every update is skipped; at 2 skipped steps in 10 the run stops with
     one error naming the field and the steps; no summary (so nothing downstream exports it); `latest` names an
-    intact checkpoint with finite weights."""
+    intact checkpoint with finite weights. In fp32 and bf16 (DeepSpeed's optimizer paths differ), ZeRO-2 and -3."""
     import torch
 
     from electra_ds.pretraining.checkpoint import choose_checkpoint
@@ -199,6 +200,8 @@ def test_a_learning_rate_of_1e4_stops_the_run_with_the_last_good_checkpoint(prep
     out = tmp_path / "run"
     a = args_for(prepared, out, steps=30, extra=["--max-skipped-steps", "2", "--skip-window", "10"])
     a[a.index("--learning-rate") + 1] = "1e4"
+    a[a.index("--precision") + 1] = precision
+    a[a.index("--ds-config") + 1] = str(REPO / f"ds_configs/{ds_config}.json")
     res = electra_ds(a)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
