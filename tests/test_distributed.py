@@ -118,3 +118,23 @@ def test_the_stall_watchdog_thread_is_gone_after_stop(tmp_path):
     watch.stop()
     assert not any(t.name == "stall-watchdog" for t in threading.enumerate())
     assert '"rank": 0' in (tmp_path / "beats" / "rank-0.json").read_text()  # the heartbeat it wrote at the start
+
+
+def test_heartbeats_are_never_written_through_a_planted_link(tmp_path):
+    """The stall watchdog's heartbeat files (<output>/.heartbeats) are written beside the run: a link planted at a
+    heartbeat's temporary or final name is replaced, and what it points at is untouched."""
+    import os
+
+    from electra_ds.pretraining.distributed import StallWatch
+
+    beats = tmp_path / "beats"
+    beats.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("precious\n")
+    os.symlink(outside, beats / ".rank-0.json.tmp")
+    os.symlink(outside, beats / "rank-1.json")
+    for rank in (0, 1):
+        StallWatch(beats, rank, 2, timeout_s=60).stop()
+        assert f'"rank": {rank}' in (beats / f"rank-{rank}.json").read_text()
+        assert not (beats / f"rank-{rank}.json").is_symlink()
+    assert outside.read_text() == "precious\n"

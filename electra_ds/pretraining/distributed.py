@@ -349,8 +349,11 @@ class StallWatch:
         path = self.dir / f"rank-{self.rank}.json"
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)  # a leftover, or a link planted there: removed, never written through
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(json.dumps(record))
+            os.replace(tmp, path)  # replaces a link at the name itself; never follows it
         except OSError:
             pass  # a heartbeat that cannot be written only makes this rank look stalled to the others
 
