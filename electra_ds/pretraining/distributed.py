@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from electra_ds.common.errors import UserError
+from electra_ds.common.fileio import open_nofollow
 
 
 def _free_port() -> int:
@@ -350,11 +351,10 @@ class StallWatch:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             tmp.unlink(missing_ok=True)  # a leftover, or a link planted there: removed, never written through
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
+            with open_nofollow(tmp, "w") as out:  # (and a link planted again since is refused, not followed)
                 out.write(json.dumps(record))
             os.replace(tmp, path)  # replaces a link at the name itself; never follows it
-        except OSError:
+        except (OSError, UserError):
             pass  # a heartbeat that cannot be written only makes this rank look stalled to the others
 
     def _run(self) -> None:
