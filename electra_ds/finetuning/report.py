@@ -17,9 +17,10 @@ from pathlib import Path
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS
 
 def _task_label(name: str, main_metric: str | None) -> str:
-    """A task's column label: the registered task's (``CoLA (MCC)``), else ``<name> (<main metric>)``."""
-    if name in TASKS and TASKS[name].label:
-        return TASKS[name].label
+    """A task's column label: a registered task's own (glue.Task.report_label: ``CoLA (MCC)``), else
+    ``<name> (<main metric>)``."""
+    if name in TASKS:
+        return TASKS[name].report_label
     return f"{name} ({main_metric})" if main_metric else name
 
 
