@@ -9,15 +9,15 @@ the options every stage shares (logging, MLflow tags), opens the stage's tracker
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from electra_ds.pipeline.constraints import check_stage_args
 from electra_ds.common.errors import UserError
 from electra_ds.common.settings import check_settings
-from electra_ds.stages import STAGES
+from electra_ds.stages import STAGES, module as stage_module
 from electra_ds.tracking import open_tracker
+
 
 def _wildcards(text: str) -> dict:
     out = {}
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
     for stage, spec in STAGES.items():
-        module = importlib.import_module(spec.module)
+        module = stage_module(stage)
         p = sub.add_parser(stage, help=spec.help, description=spec.help,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
