@@ -84,11 +84,12 @@ def test_results_dir_is_joined_as_given(results_dir, corpus):
 
 
 def test_the_names_other_modules_write_agree_with_the_layout(tmp_path, monkeypatch):
-    """The MLflow store, the spool and the lock are written by tracking and common/lock: same places."""
+    """The MLflow store, its artifacts, the spool and the lock are found by tracking and common/lock: same places."""
     from electra_ds import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     layout = Layout(tmp_path)
     assert tracking.tracking_uri_for(tmp_path) == f"sqlite:///{Path(layout.mlflow_db).resolve()}"
-    assert Path(layout.spool).name == tracking.SPOOL_DIRNAME
+    assert tracking.spool_dir_for(tmp_path) == Path(layout.spool)  # where tracking-replay looks by default
+    assert tracking.artifact_root_for(tmp_path) == Path(layout.mlartifacts).resolve().as_uri()
     assert ResultsLock(tmp_path).path == Path(layout.lock)
