@@ -32,15 +32,16 @@ demo: setup
 study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml
 
-# The quick tests on two pytest workers (pytest-xdist: 3 min instead of 6 on 2 cores), then the slow ones (whole DAG,
-# multi-process DeepSpeed) one at a time: each already uses both cores, and several time what they watch.
+# The quick tests on two pytest workers (pytest-xdist: 3-4 min instead of 6-8 on 2 cores; the tests that run Snakemake
+# in the checkout share one worker, --dist loadgroup), then the slow ones (whole DAG, multi-process DeepSpeed) one at a
+# time: each already uses both cores, and several time what they watch.
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" -n 2
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup
 	$(BIN)/python -m pytest -q -m slow --durations=15
 
 # The tests not marked slow (leaves out the whole-DAG and multi-process runs): a first check before `make test`.
 test-quick: setup
-	$(BIN)/python -m pytest -q -m "not slow" -n 2
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup
 
 report: setup
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html

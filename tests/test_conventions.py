@@ -17,6 +17,9 @@ import yaml
 import checkout_guard
 from helpers import REPO
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--configfile", "config/config.yaml"]
 ENV_FILE = REPO / "workflow/envs/electra-ds.yaml"
 

@@ -17,6 +17,9 @@ from electra_ds.common.settings import SCHEMA_PATH
 from helpers import REPO, cli_error, micro_config
 from test_faults_workflow import snakemake
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 
 @pytest.fixture(scope="module")
 def micro() -> dict:

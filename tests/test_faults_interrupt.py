@@ -24,6 +24,9 @@ import pytest
 
 from helpers import REPO, config_with
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 # The micro config with a pretraining long enough to interrupt (a few seconds) and checkpoints to resume from.
 OVERRIDES = {"pretrain.max_steps": 100, "pretrain.checkpoint_every": 20, "pretrain.eval_every": 50,
              "pretrain.log_every": 2}

@@ -16,6 +16,9 @@ from electra_ds.common.fileio import atomic_path, open_nofollow, write_json
 from helpers import electra_ds
 from test_faults_pretrain import args_for
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 PRECIOUS = "precious: must not change\n"
 
 

@@ -20,6 +20,9 @@ from electra_ds.common.errors import UserError
 from electra_ds.common.lock import LOCK_NAME, ResultsLock
 from electra_ds.common.settings import SCHEMA_PATH
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 # Each is a shell command if a value reaching a shell line is not quoted; {m} is the marker folder.
 HOSTILE = ["$(touch {m}/{tag}1)", "`touch {m}/{tag}2`", "; touch {m}/{tag}3", "|| touch {m}/{tag}4 #"]
 

@@ -14,6 +14,9 @@ from electra_ds.finetuning import linear_probe
 from helpers import REPO, cli, cli_error
 from helpers_models import build_tiny_model_dir, write_tsv
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 WORDS = ["alder", "birch", "cedar", "daisy", "ember", "fjord", "grove", "heron", "inlet", "juniper", "kestrel",
          "larch", "maple", "nettle", "otter", "poplar", "quartz", "raven", "sorrel", "thistle"]
 MARK = "zebra"  # the planted signal: a sentence is positive iff it holds this word

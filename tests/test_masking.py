@@ -346,7 +346,6 @@ def test_the_masking_table_and_the_schema_name_the_same_strategies():
 
     from electra_ds.common.settings import SCHEMA_PATH
     from electra_ds.pretraining.masking import MASKINGS
-    from helpers import REPO
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     assert schema["properties"]["pretrain"]["properties"]["masking"]["enum"] == list(MASKINGS)

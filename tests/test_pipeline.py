@@ -12,6 +12,9 @@ import pytest
 
 from helpers import REPO, micro_config
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
 
 

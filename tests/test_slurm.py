@@ -21,6 +21,9 @@ from helpers import REPO, config_with
 from helpers_slurm import slurm_jobs
 from test_pipeline import micro_config, snakemake
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 SLURM_PROFILES = ["--profile", "profiles/slurm", "--profile", "profiles/slurm_ci"]
 
 

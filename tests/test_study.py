@@ -13,6 +13,9 @@ from electra_ds.common.settings import SCHEMA_PATH
 from electra_ds.pretraining.shape import ModelShape, flops_per_token, pretraining_flops
 from electra_ds.pipeline.study import plan_models
 
+# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
+pytestmark = pytest.mark.xdist_group("workflow")
+
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 
