@@ -94,8 +94,8 @@ def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypa
 
     from electra_ds.pretraining import distributed
 
-    for exitcode, status, said in [(2, 2, ""), (1, 1, "rank 1 failed with exit status 1 (its output is above)"),
-                                   (-9, 137, "rank 1 failed with exit status -9 (SIGKILL)")]:
+    for exitcode, status, said in [(2, 2, ""), (1, 1, "rank 1 (pid 123) failed with exit status 1 (its output is above)"),
+                                   (-9, 137, "rank 1 (pid 123) failed with exit status -9 (SIGKILL)")]:
         def fail(args, exitcode=exitcode):
             raise ChildFailedError("electra_ds", {1: ProcessFailure(1, 123, exitcode, "<N/A>")})
 
@@ -103,6 +103,38 @@ def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypa
         assert distributed._torchrun(["--standalone", "--nproc_per_node=2", "-m", "electra_ds", "pretrain"]) == status
         err = capsys.readouterr().err
         assert (said in err if said else err == "") and "Traceback" not in err
+
+
+def test_a_stall_report_is_the_only_line_when_torchrun_saw_the_killed_rank_first(monkeypatch, capsys):
+    """A stalled rank's watchdog SIGKILLs the stalled rank and exits 3 after its one line. torchrun may see the killed
+    rank first: the launch still ends with 3, prints nothing more, and torchrun's own "failed (exitcode: -9)" record
+    (it names the first rank it saw end) is filtered out of its log, as are its "Sending process" lines."""
+    import logging
+
+    from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from electra_ds.pretraining import distributed
+
+    killed, reporter = ProcessFailure(1, 22950, -9, "<N/A>"), ProcessFailure(0, 22949, 3, "<N/A>")
+    killed.timestamp, reporter.timestamp = 100, 101
+
+    def fail(args):
+        raise ChildFailedError("electra_ds", {1: killed, 0: reporter})
+
+    monkeypatch.setattr(torch_run, "run", fail)
+    assert distributed._torchrun(["--standalone", "--nproc_per_node=2", "-m", "electra_ds", "pretrain"]) == 3
+    assert capsys.readouterr().err == ""
+
+    def record(msg, *args):
+        return logging.LogRecord("torch.distributed.elastic.multiprocessing.api", logging.ERROR, "api.py", 1002, msg,
+                                 args, None)
+
+    drop = distributed._drop_user_error_report
+    assert not drop(record("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", -9, 1, 22950, "python"))
+    assert not drop(record("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", 1, 0, 22949, "python"))
+    assert not drop(record("Sending process %s closing signal %s", 22949, "SIGTERM"))
+    assert drop(record("Starting elastic_operator with launch configs: %s", "..."))
 
 
 def test_the_stall_watchdog_thread_is_gone_after_stop(tmp_path):

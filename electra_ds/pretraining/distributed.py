@@ -227,12 +227,13 @@ REPORTED = (USER_ERROR_STATUS, STALL_STATUS)  # a rank that ended with these has
 
 
 def _drop_user_error_report(record) -> bool:
-    """torchrun's "failed (exitcode: 2) local_rank: ..." line: left out for a rank that ended with a UserError (or
-    a stall report), which has already said what is wrong in one line; and its "Sending process N closing signal
-    SIGTERM" lines, which follow any rank's end (the launcher names the rank that failed and how)."""
-    if str(record.msg).startswith("Sending process"):
-        return False
-    return not (str(record.msg).startswith("failed (exitcode:") and record.args and record.args[0] in REPORTED)
+    """torchrun's "failed (exitcode: N) local_rank: ..." line and its "Sending process N closing signal SIGTERM"
+    lines: left out, because ``_torchrun`` says itself which rank failed and how (or leaves the word to a rank that
+    ended with a UserError or a stall report, which has said what is wrong in one line). torchrun names the rank that
+    ended *first*, which is not always the cause: a stalled rank's watchdog kills the stalled rank (exit -9) and then
+    exits 3, and torchrun may see the killed one first."""
+    msg = str(record.msg)
+    return not (msg.startswith("Sending process") or msg.startswith("failed (exitcode:"))
 
 
 def _torchrun(torchrun_args: list[str]) -> int:
@@ -258,8 +259,9 @@ def _torchrun(torchrun_args: list[str]) -> int:
             rank, failure = min(reported, key=lambda item: item[1].timestamp)
         status = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by signal N
         if status not in REPORTED:
-            print(f"electra-ds launch: error: rank {rank} failed with exit status {failure.exitcode} "
-                  f"({failure.signal_name() if failure.exitcode < 0 else 'its output is above'})", file=sys.stderr)
+            print(f"electra-ds launch: error: rank {rank} (pid {failure.pid}) failed with exit status "
+                  f"{failure.exitcode} ({failure.signal_name() if failure.exitcode < 0 else 'its output is above'})",
+                  file=sys.stderr)
         return status
     return 0
 
