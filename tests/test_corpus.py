@@ -288,13 +288,37 @@ def test_hf_source_fails_fast_without_a_connection(tmp_path, capsys, monkeypatch
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
 
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     msg = cli_error(capsys, "corpus", "--sources", json.dumps([{"type": "hf", "name": "some/dataset"}]),
                     "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
-    assert "unreachable" in msg and "cannot connect to huggingface.co:443" in msg
+    assert "unreachable" in msg and "cannot reach huggingface.co:443" in msg
+    assert_no_output(tmp_path)
+
+
+def test_hf_source_checks_the_mirror_hf_endpoint_names(tmp_path, capsys, monkeypatch):
+    """With HF_ENDPOINT (a mirror or a private Hub) the check asks that host, as huggingface_hub will, not
+    huggingface.co."""
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://hf-mirror.internal:8080")
+    asked = []
+
+    def refuse(address, timeout=None):
+        asked.append(address)
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    msg = cli_error(capsys, "corpus", "--sources", json.dumps([{"type": "hf", "name": "some/dataset"}]),
+                    "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
+    assert asked == [("hf-mirror.internal", 8080)]
+    assert "cannot reach hf-mirror.internal:8080" in msg
     assert_no_output(tmp_path)
 
 

@@ -243,9 +243,27 @@ def test_hub_fails_fast_when_unreachable(monkeypatch):
         assert address == ("huggingface.co", 443) and timeout == 3.0
         raise OSError("network is unreachable")
 
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(UserError, match="cannot reach huggingface.co:443"):
         load_split("cola", "dev", hub_id="nyu-mll/glue")
+
+
+def test_hub_check_follows_hf_endpoint(monkeypatch):
+    """GLUE from the Hub asks the host HF_ENDPOINT names (a mirror), as the corpus's Hub source does."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
+    asked = []
+
+    def refuse(address, timeout=None):
+        asked.append(address)
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(UserError, match="cannot reach hf-mirror.example.org:443 .* to download 'nyu-mll/glue'"):
+        load_split("cola", "dev", hub_id="nyu-mll/glue")
+    assert asked == [("hf-mirror.example.org", 443)]
 
 
 def test_probe_tasks_are_local_only():

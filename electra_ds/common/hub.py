@@ -4,6 +4,8 @@ of the stages that read Hub datasets (corpus, GLUE). ``electra-ds prefetch`` (pi
 from __future__ import annotations
 
 import os
+import socket
+from urllib.parse import urlparse
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # What a job that found nothing in the cache tells the user (corpus.py, glue.py).
@@ -25,3 +27,22 @@ def datasets_cache() -> str:
         return os.environ["HF_DATASETS_CACHE"]
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
     return os.path.join(home, "datasets")
+
+
+def hub_address() -> tuple[str, int]:
+    """The Hub's host and port as ``huggingface_hub`` and ``datasets`` reach it: ``HF_ENDPOINT`` (a mirror or a
+    private Hub) when set, else huggingface.co:443."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached now ("cannot reach huggingface.co:443 (<error>)"), within ``timeout`` seconds, or
+    None when a TCP connection opens. Every stage that downloads from the Hub asks this first, so that no stage waits
+    on a network that is not there (the corpus's Hub source, GLUE from the Hub)."""
+    host, port = hub_address()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot reach {host}:{port} ({exc})"
+    return None

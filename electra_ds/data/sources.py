@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.progress import file_bytes
-from electra_ds.data.download import check_url, connect_error, fetch
+from electra_ds.data.download import check_url, fetch
 from electra_ds.data.readers import expand_paths, format_of, iter_local
 
 DECODE_POLICIES = ("fail", "replace", "skip")
@@ -175,12 +175,11 @@ class HubSource(Source):
         """Fail at once, before any download is tried, when the Hub cannot be reached. Offline (HF_HUB_OFFLINE /
         HF_DATASETS_OFFLINE: a compute node after the prefetch, electra_ds/pipeline/prefetch.py) the dataset must be
         in the local Hugging Face cache instead."""
-        from electra_ds.common.hub import offline_reason
+        from electra_ds.common.hub import hub_unreachable, offline_reason
 
         if offline_reason():
             return self._check_cached()
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-        reason = connect_error(host, 443)
+        reason = hub_unreachable()
         if reason:
             raise UserError(f"source {self.config['name']}: the Hugging Face Hub is unreachable (offline: {reason})",
                             field=self.field, fix="run online, or pre-download the data and use a local source "

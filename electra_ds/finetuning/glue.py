@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from electra_ds.common.userfiles import decode_error
 
 log = logging.getLogger(__name__)
 
-HUB_HOST = ("huggingface.co", 443)
 _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 _BINARY = ("0", "1")
@@ -298,18 +296,18 @@ def _hub_split(split: str) -> str:
 
 
 def check_hub_reachable(hub_id: str, timeout: float = 3.0) -> None:
-    """Fail fast (UserError) when the Hub cannot be reached. In offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE:
-    a compute node after the prefetch, electra_ds/pipeline/prefetch.py) nothing is checked: the datasets are read from the
-    local cache, and :func:`_load_hub` says what to do when they are not there."""
-    from electra_ds.common.hub import offline_reason
+    """Fail fast (UserError) when the Hub (``HF_ENDPOINT`` when set) cannot be reached. In offline mode
+    (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: a compute node after the prefetch, electra_ds/pipeline/prefetch.py) nothing
+    is checked: the datasets are read from the local cache, and :func:`_load_hub` says what to do when they are not
+    there."""
+    from electra_ds.common.hub import hub_unreachable, offline_reason
 
     if offline_reason():
         return
-    try:
-        socket.create_connection(HUB_HOST, timeout=timeout).close()
-    except OSError as exc:
-        raise UserError(f"cannot reach {HUB_HOST[0]}:{HUB_HOST[1]} to download '{hub_id}' ({exc})",
-                        field="hub_id", fix="use --data-dir with a local GLUE folder") from None
+    reason = hub_unreachable(timeout)
+    if reason:
+        raise UserError(f"{reason} to download '{hub_id}'", field="hub_id",
+                        fix="use --data-dir with a local GLUE folder") from None
 
 
 def _load_hub(task: Task, split: str, hub_id: str) -> list:
