@@ -106,6 +106,7 @@ def fake_load(monkeypatch):
         return {"train": FakeSplit([{}] * 5), "validation": FakeSplit([{}] * 2)}
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(prefetch, "hub_unreachable", lambda: None)  # never touch the network
     for var in OFFLINE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("HF_HOME", raising=False)  # restored after the test (the command sets it)
@@ -141,6 +142,23 @@ def test_a_failed_download_is_one_line_naming_the_source_and_the_fix(tmp_path, f
     assert msg.startswith("electra-ds prefetch: error: field 'corpus.sources[0]': prefetch of Skylion007/openwebtext")
     assert "ConnectionError" in msg and "Fix: run prefetch where huggingface.co is reachable" in msg
     assert not (tmp_path / "marker.json").exists()
+
+
+def test_prefetch_without_a_connection_stops_at_once_naming_the_host(tmp_path, fake_load, monkeypatch, capsys):
+    """No network on the node: one line naming the host (HF_ENDPOINT's when set) within the connect timeout, before
+    any download is tried, and no marker."""
+    import socket
+
+    from electra_ds.common import hub
+
+    monkeypatch.setattr(prefetch, "hub_unreachable", hub.hub_unreachable)  # the real check, on a socket that refuses
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: (_ for _ in ()).throw(
+        OSError(f"no route to {address[0]}")))
+    msg = cli_error(capsys, "prefetch", "--configfile", SMALL, "--marker", tmp_path / "marker.json")
+    assert "cannot reach hf-mirror.example.org:443 (no route to hf-mirror.example.org), and prefetch downloads " \
+           "Skylion007/openwebtext split train and 9 more" in msg and "Fix: run prefetch where the Hub is reachable" in msg
+    assert fake_load == [] and not (tmp_path / "marker.json").exists()
 
 
 def test_prefetch_refuses_to_run_offline(tmp_path, fake_load, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from electra_ds.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
-from electra_ds.common.hub import datasets_cache, offline_reason
+from electra_ds.common.hub import datasets_cache, hub_unreachable, offline_reason
 
 
 # -- what a config needs ----------------------------------------------------------------------------------
@@ -113,6 +113,12 @@ def prefetch(items: list[dict]) -> list[dict]:
                         + (f" and {len(items) - 1} more" if len(items) > 1 else ""),
                         field=items[0]["field"],
                         fix="run prefetch without HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, on a machine with internet")
+    unreachable = hub_unreachable() if items else None  # a few seconds, not datasets' retries on a dead network
+    if unreachable:
+        raise UserError(f"{unreachable}, and prefetch downloads {describe(items[0])}"
+                        + (f" and {len(items) - 1} more" if len(items) > 1 else ""),
+                        field=items[0]["field"],
+                        fix="run prefetch where the Hub is reachable (the login node; HF_ENDPOINT names a mirror)")
     done = []
     for i, item in enumerate(items, 1):
         start = time.time()
