@@ -16,7 +16,6 @@ import os
 import random
 
 import numpy as np
-
 from common import Timer, documents
 
 
@@ -32,8 +31,8 @@ def planted(docs, fraction, seed=0):
 
 
 def ours(texts, cfg, workers):
-    from electra_ds.data.parallel import ordered_map
     from electra_ds.data.minhash import Signer, near_duplicate_pairs
+    from electra_ds.data.parallel import ordered_map
 
     signer = Signer(cfg)
     b, _ = cfg.lsh_params

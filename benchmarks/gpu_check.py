@@ -27,8 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-from pretrain_throughput import SHAPES, bf16_supported, gemm_shapes, matmul_tflops, pipeline_rate, \
-    synthetic_shards  # noqa: E402
+from pretrain_throughput import (
+    SHAPES,
+    bf16_supported,
+    gemm_shapes,
+    matmul_tflops,
+    pipeline_rate,
+    synthetic_shards,  # noqa: E402
+)
 
 
 def electra_ds(*args, log: Path) -> float:

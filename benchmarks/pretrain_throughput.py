@@ -166,8 +166,8 @@ def profile_pipeline_step(shards: Path, shape: dict, precision: str, threads: in
     Also the ops themselves, (name, share), most first."""
     from torch.profiler import ProfilerActivity, profile
 
-    from electra_ds.pretraining import distributed
     from electra_ds.cli import build_parser
+    from electra_ds.pretraining import distributed
     from electra_ds.pretraining.config import PretrainConfig
     from electra_ds.pretraining.trainer import Trainer
 

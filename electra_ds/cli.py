@@ -12,9 +12,10 @@ import argparse
 import logging
 import os
 import sys
-from electra_ds.pipeline.constraints import check_stage_args
+
 from electra_ds.common.errors import UserError
 from electra_ds.common.settings import check_settings
+from electra_ds.pipeline.constraints import check_stage_args
 from electra_ds.stages import STAGES, module as stage_module
 from electra_ds.tracking import open_tracker
 

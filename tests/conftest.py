@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import checkout_guard
 import helpers
+import pytest
 
 # Tests never reach the Hub or the web; DeepSpeed uses its CPU accelerator; MLflow is off unless a
 # test turns it on with its own store.

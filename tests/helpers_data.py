@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import cli, shared_data
 
 _CACHE: dict = {}

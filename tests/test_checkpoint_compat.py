@@ -13,7 +13,6 @@ import json
 import tarfile
 
 import pytest
-
 from helpers import REPO, electra_ds
 
 DATA = REPO / "tests" / "data"

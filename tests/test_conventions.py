@@ -11,10 +11,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+import checkout_guard
 import pytest
 import yaml
-
-import checkout_guard
 from helpers import REPO
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
@@ -71,6 +70,14 @@ def test_snakemake_lint_reports_only_the_explained_lints():
     new = {lint for lint in found if lint not in ACCEPTED_LINTS and lint[2] != ANY_RULE}
     assert not new, f"new snakemake --lint findings (fix them, or explain each where it fires): {sorted(new)}"
     assert not any("Specify a conda environment" in title for _, _, title in found)
+
+
+def test_imports_are_sorted():
+    """stdlib, third party, then electra_ds, each block sorted (pyproject.toml's [tool.ruff]; ruff is a dev extra).
+    Fix with `ruff check --select I --fix electra_ds benchmarks tests`."""
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "I", "--no-cache", "electra_ds",
+                          "benchmarks", "tests"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
 
 
 def test_every_rule_declares_the_shared_conda_environment():

@@ -9,12 +9,12 @@ import re
 import time
 
 import pytest
+from helpers import cli, cli_error
+from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 
 from electra_ds.common.errors import UserError
 from electra_ds.data import corpus, readers, sources
 from electra_ds.data.text import normalise_text, split_sentences
-from helpers import cli, cli_error
-from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 
 
 def run_corpus(tmp_path, sources, *extra):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-from electra_ds.data.dedup import exact_dedup, normalise_for_hash
-from electra_ds.common.fileio import write_jsonl
 from helpers import cli, cli_error
 from helpers_data import demo_documents, leftovers, read_records
+
+from electra_ds.common.fileio import write_jsonl
+from electra_ds.data.dedup import exact_dedup, normalise_for_hash
 
 
 def test_normalise_for_hash_ignores_case_and_whitespace_only():
@@ -178,8 +179,8 @@ def test_tracker_gets_the_report(tmp_path):
         def log_metrics(self, m, step=None): logged.update(m)
         def log_artifact(self, path): logged["artifact"] = str(path)
 
-    from electra_ds.data import dedup as stage
     from electra_ds.cli import build_parser
+    from electra_ds.data import dedup as stage
 
     write_jsonl(tmp_path / "in.jsonl", _near_docs())
     args = build_parser().parse_args(["dedup", "--input", str(tmp_path / "in.jsonl"), "--output",

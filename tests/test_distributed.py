@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from electra_ds.pretraining.distributed import launch_command, setup_env, slurm_first_node, slurm_port
 from electra_ds.common.errors import UserError
+from electra_ds.pretraining.distributed import launch_command, setup_env, slurm_first_node, slurm_port
 
 
 def test_srun_variables_map_to_torch_distributed(monkeypatch):

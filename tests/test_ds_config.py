@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
-from electra_ds.pretraining.ds_config import derive_batch, load_ds_config, zero_stage
-from electra_ds.common.errors import UserError
 from helpers import REPO
+
+from electra_ds.common.errors import UserError
+from electra_ds.pretraining.ds_config import derive_batch, load_ds_config, zero_stage
 
 
 def test_accumulation_is_derived_from_world_size():

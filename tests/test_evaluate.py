@@ -8,12 +8,10 @@ import json
 import statistics
 
 import pytest
-
-from electra_ds.finetuning import evaluate
-
-from electra_ds.finetuning import report
-from electra_ds.tracking import NullTracker
 from helpers import cli
+
+from electra_ds.finetuning import evaluate, report
+from electra_ds.tracking import NullTracker
 
 
 @pytest.fixture(autouse=True)

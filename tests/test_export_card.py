@@ -9,12 +9,12 @@ import stat
 
 import pytest
 import yaml
-
-from electra_ds.pretraining.export import checkpoint_dir_of
-from electra_ds.common.fileio import atomic_path
-from electra_ds.pretraining.model_card import render
 from helpers import cli, cli_error
 from helpers_models import build_tiny_model_dir
+
+from electra_ds.common.fileio import atomic_path
+from electra_ds.pretraining.export import checkpoint_dir_of
+from electra_ds.pretraining.model_card import render
 
 TINY = {"embedding_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 TEXT = ["The cat sat on the mat.", "A dog barked at the moon.", "Prices rose sharply in the third quarter."] * 30

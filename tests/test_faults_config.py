@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from electra_ds.pipeline.constraints import check_config, check_model
-from electra_ds.common.errors import UserError
-from electra_ds.common.settings import SCHEMA_PATH
 from helpers import REPO, cli_error, micro_config
 from test_faults_workflow import snakemake
+
+from electra_ds.common.errors import UserError
+from electra_ds.common.settings import SCHEMA_PATH
+from electra_ds.pipeline.constraints import check_config, check_model
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")
@@ -105,9 +105,9 @@ def test_accepted_model_shapes_build_and_train_and_refused_ones_would_not():
     """For every shape in the grid: check_model accepts it exactly when the model builds, runs a forward and a
     backward, and refuses it exactly when the model would fail (the crash the check is there to prevent)."""
     import torch
+    from helpers_models import tiny_batch
 
     from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
-    from helpers_models import tiny_batch
 
     ids = tiny_batch(rows=2, length=16, pad_from=12)
     for hidden, heads, fraction in SHAPES:

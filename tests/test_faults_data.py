@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from electra_ds.common.errors import UserError
 from helpers import REPO, cli, cli_error, electra_ds
 from test_pretrain import pretrain_args
+
+from electra_ds.common.errors import UserError
 
 
 def copy_shards(prepared, tmp_path) -> Path:
@@ -241,8 +241,8 @@ def test_a_shards_index_of_the_wrong_shape_names_the_field(tmp_path, index, fiel
 
 @pytest.mark.parametrize("file", ["tokenizer.json", "spm.model"])
 def test_a_garbled_tokenizer_file_names_the_folder(prepared, tmp_path, file):
-    from electra_ds.data.vocab_format import load_sentencepiece
     from electra_ds.common.userfiles import load_hf_tokenizer
+    from electra_ds.data.vocab_format import load_sentencepiece
 
     vocab = tmp_path / "vocab"
     shutil.copytree(prepared["vocab"], vocab)

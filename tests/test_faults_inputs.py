@@ -8,12 +8,12 @@ import json
 import os
 
 import pytest
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, read_records
 
 from electra_ds.common import fileio
 from electra_ds.common.errors import UserError
 from electra_ds.finetuning.glue import load_split
-from helpers import cli, cli_error
-from helpers_data import demo_documents, demo_vocab, read_records
 
 TEXT = "".join(f"Sentence number {i} of a document long enough to keep. " for i in range(400))
 

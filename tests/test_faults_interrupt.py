@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, config_with
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn

@@ -10,11 +10,11 @@ import json
 import os
 
 import pytest
+from helpers import electra_ds
+from test_faults_pretrain import args_for
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path, open_nofollow, write_json
-from helpers import electra_ds
-from test_faults_pretrain import args_for
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO, cli, electra_ds
 from test_faults_pretrain import args_for
 from test_pretrain import final_weights, train_log
@@ -252,8 +251,8 @@ def test_a_loss_spike_is_a_warning(caplog):
 def test_another_learning_rate_on_resume_is_refused_unless_named(planted, tmp_path, caplog):
     """learning_rate, warmup_steps and weight_decay are part of the checked run config; --allow-resume-change names
     the ones a rerun may change on purpose (anything else stays refused)."""
-    from electra_ds.pretraining.checkpoint import choose_checkpoint
     from electra_ds.common.errors import UserError
+    from electra_ds.pretraining.checkpoint import choose_checkpoint
 
     ckpt = planted["out"] / CKPT
     saved = json.loads((ckpt / "step00000005" / "electra_ds_manifest.json").read_text())["run_config"]

@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import REPO, electra_ds
 from test_pretrain import TINY
 
@@ -176,8 +175,8 @@ def test_interrupted_save_without_manifest_is_skipped(copy, caplog):
 def test_legacy_checkpoint_named_by_latest_is_accepted_with_a_warning(copy, caplog):
     """Checkpoints from before manifests: the one DeepSpeed's `latest` names is used (its run config is read
     from the client state, memory-mapped); a different config is still refused."""
-    from electra_ds.pretraining.checkpoint import MANIFEST, choose_checkpoint
     from electra_ds.common.errors import UserError
+    from electra_ds.pretraining.checkpoint import MANIFEST, choose_checkpoint
 
     for tag in tags(copy):
         (copy / CKPT / tag / MANIFEST).unlink()

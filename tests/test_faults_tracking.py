@@ -308,10 +308,11 @@ def test_server_killed_mid_pretraining_and_mid_finetuning_then_replay_loses_and_
     import hashlib
     import shutil
 
-    from electra_ds.cli import main
     from helpers_models import build_tiny_model_dir
     from test_faults_pretrain import args_for
     from test_finetune import _write_probes
+
+    from electra_ds.cli import main
 
     server, client = mlflow_server, mlflow_server.client()
     results = tmp_path / "results"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO, micro_config, set_field
-from electra_ds.pipeline.config import config_error
+
 from electra_ds.common.errors import UserError
 from electra_ds.common.lock import LOCK_NAME, ResultsLock
 from electra_ds.common.settings import SCHEMA_PATH
+from electra_ds.pipeline.config import config_error
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-
-from electra_ds.finetuning import finetune
-from electra_ds.finetuning.classifier import OfficialHead
-from electra_ds.cli import build_parser
-from electra_ds.finetuning.glue import get_task
 from helpers import cli
 from helpers_models import build_tiny_model_dir, write_tsv
+
+from electra_ds.cli import build_parser
+from electra_ds.finetuning import finetune
+from electra_ds.finetuning.classifier import OfficialHead
+from electra_ds.finetuning.glue import get_task
 
 TEXT = ["The cat sat on the mat.", "A dog barked at the moon.", "Prices rose sharply in the third quarter."] * 20
 
@@ -222,7 +222,6 @@ def test_official_head_initialisation_is_glorot_uniform_with_zero_bias():
 
 def test_paper_presets_choose_the_official_finetuning_recipe():
     import yaml
-
     from helpers import REPO
 
     for name in ("electra-small", "electra-base"):

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from helpers_models import tiny_batch as batch
 
 from electra_ds import PAD_ID
 from electra_ds.pretraining.masking import RowRandom
 from electra_ds.pretraining.model import ElectraPretrainer, GradientDisentangledEmbedding, electra_configs
 from electra_ds.pretraining.shape import ModelShape, encoder_flops, flops_per_token, generator_dims
-from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=4, num_heads=4,
                    intermediate_size=256, max_position_embeddings=64, dropout=0.0)

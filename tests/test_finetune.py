@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-
-from electra_ds.finetuning.glue import get_task, load_split
 from helpers import REPO, cli, shared_data_dir
 from helpers_models import build_tiny_model_dir, glue_texts, write_tsv
+
+from electra_ds.finetuning.glue import get_task, load_split
 
 GLUE_DIR = (shared_data_dir() or REPO.parent / "shared-data-absent") / "glue"  # skipped below when absent
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data absent ({GLUE_DIR}); "

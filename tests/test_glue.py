@@ -6,12 +6,12 @@ from __future__ import annotations
 import socket
 
 import pytest
-
-from electra_ds.finetuning import glue
-from electra_ds.common.errors import UserError
-from electra_ds.finetuning.glue import get_task, load_split, prediction_to_string
 from helpers import REPO, shared_data_dir
 from helpers_models import write_tsv
+
+from electra_ds.common.errors import UserError
+from electra_ds.finetuning import glue
+from electra_ds.finetuning.glue import get_task, load_split, prediction_to_string
 
 GLUE_DIR = (shared_data_dir() or REPO.parent / "shared-data-absent") / "glue"  # skipped below when absent
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data absent ({GLUE_DIR}); "

@@ -12,11 +12,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from helpers import REPO, cli, cli_error, config_with
+from helpers_slurm import slurm_jobs
 
 from electra_ds.common.hub import OFFLINE_VARS
 from electra_ds.pipeline import prefetch
-from helpers import REPO, cli, cli_error, config_with
-from helpers_slurm import slurm_jobs
 
 SMALL = REPO / "config/presets/electra-small.yaml"
 GLUE_CONFIGS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]

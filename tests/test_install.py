@@ -12,7 +12,6 @@ import sys
 import sysconfig
 import zipfile
 
-
 from helpers import REPO
 
 SCHEMA_IN_WHEEL = "electra_ds/schemas/config.schema.yaml"

@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from electra_ds.stages import STAGES, module
-from helpers import REPO
 
 PACKAGE = REPO / "electra_ds"
 # wing -> the wings its modules may import (itself always). Only cli, stages and pipeline see everything.

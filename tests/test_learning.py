@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from electra_ds.common.optim import lr_lambda
 from electra_ds.pretraining.masking import inverse_cdf_sample
 from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
 from electra_ds.pretraining.pretrain import PlateauWatch
-from electra_ds.common.optim import lr_lambda
+from electra_ds.pretraining.step_metrics import (
+    MetricSums,
+    auc_from_histograms,
+    binary_entropy,
+    logit_histogram,
+    summarise,
+)
 from electra_ds.pretraining.trainer import global_batch_indices, step_seed
-from electra_ds.pretraining.step_metrics import (MetricSums, auc_from_histograms, binary_entropy, logit_histogram,
-                                     summarise)
-
 
 # -- the metrics -------------------------------------------------------------------------------------
 

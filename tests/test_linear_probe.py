@@ -9,10 +9,10 @@ import random
 import shutil
 
 import pytest
-
-from electra_ds.finetuning import linear_probe
 from helpers import REPO, cli, cli_error
 from helpers_models import build_tiny_model_dir, write_tsv
+
+from electra_ds.finetuning import linear_probe
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")
@@ -257,7 +257,6 @@ def test_evaluate_rejects_a_file_that_is_not_a_probe_result(tmp_path, capsys):
 
 def _plan(tmp_path, config, **overrides):
     import yaml
-
     from test_pipeline import snakemake
 
     cfg = yaml.safe_load((REPO / config).read_text())

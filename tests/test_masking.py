@@ -13,14 +13,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.pretraining.masking import (MASK_DRAWS, RowRandom, check_masking, choose_masked, max_predictions, official_counts,
-                                prediction_count, word_start_table)
-from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
-from electra_ds.common.settings import SCHEMA_PATH
 from helpers import REPO, electra_ds
 from helpers_models import tiny_batch as batch
+
+from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from electra_ds.common.settings import SCHEMA_PATH
+from electra_ds.pretraining.masking import (
+    MASK_DRAWS,
+    RowRandom,
+    check_masking,
+    choose_masked,
+    max_predictions,
+    official_counts,
+    prediction_count,
+    word_start_table,
+)
+from electra_ds.pretraining.model import ElectraPretrainer, ModelShape
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
                    intermediate_size=128, max_position_embeddings=128, dropout=0.0)

@@ -8,13 +8,21 @@ import random
 
 import numpy as np
 import pytest
-
-from electra_ds.common.errors import UserError
-from electra_ds.data.minhash import (MinHashConfig, Signer, candidate_pairs, clusters, edited_copy, near_duplicate_pairs,
-                                optimal_bands, shingle_hashes)
-from electra_ds.data.text import strip_gutenberg
 from helpers import cli
 from helpers_data import gutenberg_files, read_records
+
+from electra_ds.common.errors import UserError
+from electra_ds.data.minhash import (
+    MinHashConfig,
+    Signer,
+    candidate_pairs,
+    clusters,
+    edited_copy,
+    near_duplicate_pairs,
+    optimal_bands,
+    shingle_hashes,
+)
+from electra_ds.data.text import strip_gutenberg
 
 
 def test_word_shingles_ignore_case_and_spacing_but_not_order():

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from helpers_models import tiny_batch as batch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 from electra_ds.pretraining.masking import SAMPLE_BLOCK, RowRandom, inverse_cdf_sample, mask_positions
 from electra_ds.pretraining.model import ElectraPretrainer, ModelShape, electra_configs, token_type_ids_for
 from electra_ds.pretraining.step_metrics import summarise
-from helpers_models import tiny_batch as batch
 
 SHAPE = ModelShape(vocab_size=300, embedding_size=32, hidden_size=64, num_layers=2, num_heads=4,
                    intermediate_size=128, max_position_embeddings=64, dropout=0.0)

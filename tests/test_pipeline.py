@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, micro_config
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn

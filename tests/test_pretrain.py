@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import REPO, electra_ds
 
 TINY = json.dumps({"embedding_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2,

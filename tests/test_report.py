@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from electra_ds.finetuning import report
-from electra_ds.finetuning import plots
+from electra_ds.finetuning import plots, report
 from electra_ds.finetuning.report import PUBLISHED, comparison_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,12 +8,12 @@ import re
 
 import jsonschema
 import pytest
+from helpers import REPO
 
-from electra_ds.common import settings
 from electra_ds import stages
 from electra_ds.cli import build_parser, main
+from electra_ds.common import settings
 from electra_ds.stages import STAGES
-from helpers import REPO
 
 STAGE_MODULES = {}
 for _stage in STAGES:

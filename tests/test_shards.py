@@ -9,6 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, leftovers, scratch
 
 from electra_ds import CLS_ID, PAD_ID, SEP_ID
 from electra_ds.common.errors import UserError
@@ -16,11 +18,9 @@ from electra_ds.common.fileio import read_jsonl
 from electra_ds.data import shards as shards_module
 from electra_ds.data.shard_format import open_split, token_type_ids
 from electra_ds.data.shards import write_shards
-from electra_ds.data.vocab_format import load_sentencepiece
 from electra_ds.data.splits import document_split
 from electra_ds.data.text import split_sentences
-from helpers import cli, cli_error
-from helpers_data import demo_documents, demo_vocab, leftovers, scratch
+from electra_ds.data.vocab_format import load_sentencepiece
 
 L = 64
 SETTINGS = dict(max_seq_len=L, valid_fraction=0.1, heldout_fraction=0.05, short_seq_prob=0.1, seed=3)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from electra_ds.pipeline.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
-from electra_ds.common.errors import UserError
 from helpers import REPO, config_with
 from helpers_slurm import slurm_jobs
 from test_pipeline import micro_config, snakemake
+
+from electra_ds.common.errors import UserError
+from electra_ds.pipeline.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import yaml
-
 from helpers import REPO
+
 from electra_ds.common.errors import UserError
 from electra_ds.common.settings import SCHEMA_PATH
-from electra_ds.pretraining.shape import ModelShape, flops_per_token, pretraining_flops
 from electra_ds.pipeline.study import plan_models
+from electra_ds.pretraining.shape import ModelShape, flops_per_token, pretraining_flops
 
 # these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
 pytestmark = pytest.mark.xdist_group("workflow")

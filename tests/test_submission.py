@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from electra_ds.finetuning import submission
 from electra_ds.common.errors import UserError
+from electra_ds.finetuning import submission
 from electra_ds.finetuning.evaluate import read_results
 from electra_ds.finetuning.glue import get_task
 from electra_ds.finetuning.submission import SUBMISSION_FILES, build_submission, choose_seed

@@ -9,10 +9,10 @@ import inspect
 import re
 
 import pytest
+from helpers import REPO
 
 from electra_ds import tracking
 from electra_ds.tracking import NullTracker, StageRun, Tracker, open_tracker
-from helpers import REPO
 
 # the methods written in the protocol's body (typing adds __subclasshook__ and __init__ of its own)
 PROTOCOL = {name: inspect.signature(fn) for name, fn in vars(Tracker).items()
@@ -65,8 +65,9 @@ def test_open_tracker_picks_mlflow_or_the_null_tracker(tmp_path, monkeypatch):
 def test_a_stage_runs_end_to_end_on_the_null_tracker(tmp_path, monkeypatch, capsys):
     """evaluate from the command line with tracking off: the job gets a NullTracker, writes every output, the
     report says why no earlier runs are shown, and no store or spool appears."""
-    from electra_ds import cli
     from test_evaluate import write_metrics
+
+    from electra_ds import cli
 
     opened = []
 

@@ -155,13 +155,12 @@ def test_export_logs_a_transformers_model_registers_it_and_replay_never_doubles_
 
     import mlflow
     import torch
-    from mlflow.entities import LoggedModelStatus
-    from transformers import AutoModelForPreTraining
-
     from helpers import cli
     from helpers_mlflow import free_port
     from helpers_models import build_tiny_model_dir
+    from mlflow.entities import LoggedModelStatus
     from test_pretrain import TINY
+    from transformers import AutoModelForPreTraining
 
     server, client = to_server, to_server.client()
     vocab = build_tiny_model_dir(tmp_path / "tiny", ["The cat sat on the mat.", "A dog barked at the moon."] * 20,

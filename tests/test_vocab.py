@@ -6,11 +6,11 @@ import json
 import random
 
 import pytest
+from helpers import cli, cli_error
+from helpers_data import demo_documents, demo_vocab, gutenberg_files, leftovers, scratch
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 from electra_ds.data.text import split_sentences
-from helpers import cli, cli_error
-from helpers_data import demo_documents, demo_vocab, gutenberg_files, leftovers, scratch
 
 VOCAB = 2000
 
@@ -228,9 +228,9 @@ def test_wordpiece_shards_and_whole_word_starts(wordpiece_vocab, tmp_path):
     from transformers import AutoTokenizer
 
     from electra_ds.common.fileio import sha256_file
-    from electra_ds.pretraining.masking import whole_word_positions, word_start_table
     from electra_ds.data.shard_format import open_split
     from electra_ds.data.vocab_format import load_encoder
+    from electra_ds.pretraining.masking import whole_word_positions, word_start_table
 
     out = tmp_path / "shards"
     assert cli("shards", "--input", demo_documents(), "--tokenizer-dir", wordpiece_vocab, "--output-dir", out,

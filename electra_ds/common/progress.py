@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+
 from electra_ds.common.fileio import open_text
 from electra_ds.common.userfiles import decode_error, parse_json_line
 

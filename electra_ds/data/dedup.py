@@ -20,27 +20,33 @@ and writes the kept documents of every part, in order, to one output.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import json
 import logging
 import random
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
-import io
-import collections
 
 import numpy as np
 
 from electra_ds.common.errors import UserError
-from electra_ds.common.fileio import open_text, atomic_path, write_json
-from electra_ds.data.minhash import MinHashConfig, Signer, clusters, near_duplicate_pairs, true_jaccard
-from electra_ds.data.parallel import batched, ordered_map
+from electra_ds.common.fileio import atomic_path, open_text, write_json
 from electra_ds.common.progress import Progress, file_bytes
-from electra_ds.data.rows import StackedRows
 from electra_ds.common.settings import add_settings
+from electra_ds.data.minhash import (
+    MinHashConfig,
+    Signer,
+    clusters,
+    estimated_jaccard,
+    near_duplicate_pairs,
+    true_jaccard,
+)
+from electra_ds.data.parallel import batched, ordered_map
 from electra_ds.data.readers import open_binary
-from electra_ds.data.minhash import estimated_jaccard
+from electra_ds.data.rows import StackedRows
 
 log = logging.getLogger(__name__)
 

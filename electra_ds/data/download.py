@@ -12,10 +12,10 @@ import hashlib
 import logging
 import os
 import socket
-from pathlib import Path
-from urllib.parse import urlparse
 import urllib.error
 import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import refuse_link, sha256_file

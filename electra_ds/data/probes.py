@@ -20,12 +20,12 @@ import random
 import re
 from pathlib import Path
 
+from electra_ds.common import progress
 from electra_ds.common.errors import UserError
-from electra_ds.common.settings import add_settings
 from electra_ds.common.fileio import atomic_path, write_json
+from electra_ds.common.settings import add_settings
 from electra_ds.data.splits import document_split
 from electra_ds.data.text import SENTENCE_END
-from electra_ds.common import progress
 
 log = logging.getLogger(__name__)
 

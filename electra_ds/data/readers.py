@@ -12,7 +12,9 @@ by line (:func:`electra_ds.data.text.gutenberg_body`). Document ids name the fil
 
 from __future__ import annotations
 
+import codecs
 import glob
+import gzip
 import io
 import itertools
 import json
@@ -20,8 +22,6 @@ import logging
 import re
 from pathlib import Path
 from typing import Iterator
-import gzip
-import codecs
 
 from electra_ds.common.errors import UserError
 from electra_ds.data.text import gutenberg_body

@@ -33,15 +33,15 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
-from electra_ds.data.text import split_sentences
+from electra_ds.common import progress
 from electra_ds.common.errors import UserError
-from electra_ds.common.settings import add_settings
 from electra_ds.common.fileio import atomic_path, sha256_file, write_json
+from electra_ds.common.settings import add_settings
 from electra_ds.data.parallel import batched, ordered_map
 from electra_ds.data.shard_format import FORMAT, SPLITS, tokenizer_file
-from electra_ds.data.vocab_format import load_encoder
 from electra_ds.data.splits import document_split
-from electra_ds.common import progress
+from electra_ds.data.text import split_sentences
+from electra_ds.data.vocab_format import load_encoder
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ import re
 from pathlib import Path
 
 from electra_ds import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
-from electra_ds.data.text import split_sentences
+from electra_ds.common import progress
 from electra_ds.common.errors import UserError
-from electra_ds.common.settings import add_settings
 from electra_ds.common.fileio import atomic_path
 from electra_ds.common.progress import Progress
-from electra_ds.common import progress
+from electra_ds.common.settings import add_settings
+from electra_ds.data.text import split_sentences
 
 log = logging.getLogger(__name__)
 

@@ -24,23 +24,19 @@ tables show percentages with one decimal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
 from pathlib import Path
-import contextlib
 
-from electra_ds.finetuning import linear_probe
-
-from electra_ds.finetuning import plots
-
-from electra_ds.finetuning import report
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path
 from electra_ds.common.layout import PRETRAIN_SUMMARY, TRAIN_LOG
+from electra_ds.common.settings import add_settings
+from electra_ds.finetuning import linear_probe, plots, report
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, SCORE_ENTRIES, TASKS, get_task
 from electra_ds.finetuning.report import render_markdown, render_models, render_report, score_lines
-from electra_ds.common.settings import add_settings
 from electra_ds.finetuning.submission import build_submission
 
 log = logging.getLogger(__name__)

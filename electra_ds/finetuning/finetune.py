@@ -32,23 +32,30 @@ and Snakemake set per job) and the CPU when there is none; one job uses one devi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import random
 import re
-import json
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
-from electra_ds.finetuning.classifier import OfficialHead, layer_lr_groups, load_classifier
 from electra_ds.common.errors import UserError
-from electra_ds.common.settings import add_settings
 from electra_ds.common.fileio import atomic_path
-from electra_ds.finetuning.glue import REGRESSION_RANGE, get_task, load_split, prediction_to_string, split_path, task_names
 from electra_ds.common.progress import Progress
+from electra_ds.common.settings import add_settings
+from electra_ds.finetuning.classifier import OfficialHead, layer_lr_groups, load_classifier
+from electra_ds.finetuning.glue import (
+    REGRESSION_RANGE,
+    get_task,
+    load_split,
+    prediction_to_string,
+    split_path,
+    task_names,
+)
 from electra_ds.finetuning.metrics import compute_metrics
 
 log = logging.getLogger(__name__)

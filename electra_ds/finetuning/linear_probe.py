@@ -38,9 +38,9 @@ from pathlib import Path
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import read_json, write_json
-from electra_ds.finetuning.glue import get_task, load_split, task_names
 from electra_ds.common.settings import add_settings
 from electra_ds.common.userfiles import load_hf_tokenizer
+from electra_ds.finetuning.glue import get_task, load_split, task_names
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ so that metrics files stay valid JSON.
 from __future__ import annotations
 
 import math
+
 from electra_ds.finetuning.glue import get_task
 
 METRICS = ("mcc", "accuracy", "f1", "pearson", "spearman")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, TASKS
 
+
 def _task_label(name: str, main_metric: str | None) -> str:
     """A task's column label: a registered task's own (glue.Task.report_label: ``CoLA (MCC)``), else
     ``<name> (<main metric>)``."""

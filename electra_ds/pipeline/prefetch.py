@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 from electra_ds.common.hub import datasets_cache, hub_unreachable, offline_reason
 
-
 # -- what a config needs ----------------------------------------------------------------------------------
 
 def plan(config: dict) -> list[dict]:

@@ -24,13 +24,14 @@ import socket
 import sys
 import time
 from pathlib import Path
+
 import yaml
 
 from electra_ds.common import settings
 from electra_ds.common.layout import Layout
+from electra_ds.common.lock import pid_alive
 from electra_ds.common.progress import format_bytes, format_count, format_seconds
 from electra_ds.pipeline.study import plan_models
-from electra_ds.common.lock import pid_alive
 from electra_ds.pretraining import checkpoint
 
 LOG_STEP = re.compile(r"step (\d+)/(\d+)")

@@ -21,16 +21,16 @@ The checks the workflow runs before it submits anything to SLURM are in :mod:`el
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import ctypes
-import signal
 import threading
 import time
 from pathlib import Path

@@ -14,6 +14,7 @@ from pathlib import Path
 from electra_ds.common.errors import UserError
 from electra_ds.common.hardware import PRECISIONS, resolve_precision
 
+
 def derive_batch(global_batch: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
     """Return (micro_batch, grad_accum) such that micro x accum x world == global."""
     if micro_batch in (None, 0):

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path, read_json
-from electra_ds.data.shard_format import check_tokenizer
-from electra_ds.common.userfiles import load_hf_tokenizer
 from electra_ds.common.progress import Progress
 from electra_ds.common.settings import add_settings
+from electra_ds.common.userfiles import load_hf_tokenizer
+from electra_ds.data.shard_format import check_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -42,10 +42,9 @@ def add_arguments(p) -> None:
 
 
 def run(args, tracker) -> None:
+    from electra_ds.common.lock import OutputLock
     from electra_ds.pretraining import distributed
     from electra_ds.pretraining.trainer import Trainer
-
-    from electra_ds.common.lock import OutputLock
 
     config = PretrainConfig.from_args(args)  # what travels from here on: the run's settings, typed and frozen
     distributed.exit_with_launcher()  # a rank never outlives the torchrun/srun that started it

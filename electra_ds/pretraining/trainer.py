@@ -77,9 +77,8 @@ def load_word_starts(config: PretrainConfig, vocab_size: int):
         raise UserError(f"pretrain.masking {config.masking} needs the vocabulary to find word starts",
                         field="pretrain.masking", fix="pass --tokenizer-dir (the vocab stage's directory)")
     from electra_ds.common.fileio import read_json, sha256_file
-    from electra_ds.pretraining.masking import word_start_table
-
     from electra_ds.data.shard_format import tokenizer_file
+    from electra_ds.pretraining.masking import word_start_table
 
     spm_model = tokenizer_file(config.tokenizer_dir)  # spm.model, or WordPiece's tokenizer.json
     expected = read_json(Path(config.shards) / "index.json").get("tokenizer_sha256")
@@ -106,8 +105,8 @@ class Trainer:
     """The model, its DeepSpeed engine, the data and where training stands (``step``), for the run ``config``."""
 
     def __init__(self, config: PretrainConfig, env: dict):
-        from electra_ds.pretraining.ds_config import load_ds_config, offloads_optimizer, zero_stage
         from electra_ds.data.shard_format import open_split
+        from electra_ds.pretraining.ds_config import load_ds_config, offloads_optimizer, zero_stage
 
         self.config, self.rank, self.world = config, env["rank"], env["world_size"]
         device_type = resolve_device(config.device, field="pretrain.device",
@@ -289,8 +288,8 @@ class Trainer:
             return
         message = None
         if self.rank == 0:
-            from electra_ds.pretraining import checkpoint as ck
             from electra_ds.common.errors import UserError
+            from electra_ds.pretraining import checkpoint as ck
 
             latest, _ = ck.read_latest(self.ckpt_dir)
             recent = self.skips.recent(step)
@@ -386,8 +385,8 @@ class Trainer:
         in a collective the others never reach."""
         import torch
 
-        from electra_ds.pretraining import checkpoint as ck
         from electra_ds.common.diskspace import write_failure
+        from electra_ds.pretraining import checkpoint as ck
 
         rank, world, ckpt_dir = self.rank, self.world, self.ckpt_dir
         tag = f"step{self.step:08d}"
@@ -408,8 +407,11 @@ class Trainer:
             except OSError as exc:
                 failure = exc
         self._save_failed(failure, tag, previous_latest)
-        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, \
-            UNIVERSAL_CHECKPOINT_VERSION_VALUE
+        from deepspeed.checkpoint.constants import (
+            UNIVERSAL_CHECKPOINT_INFO,
+            UNIVERSAL_CHECKPOINT_VERSION_KEY,
+            UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+        )
 
         self._fold_pending_prior_counts()
         # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this checkpoint for another world size.

@@ -41,10 +41,10 @@ from electra_ds.tracking.store import (
     StoreUnusable,
     artifact_root_for,
     check_store,
+    degraded_uris as _degraded,  # noqa: F401  (the failed-store set)
     reset,
     tracking_uri_for,
 )
-from electra_ds.tracking.store import degraded_uris as _degraded  # noqa: F401  (the failed-store set)
 
 __all__ = [
     "DEFAULT_TIMEOUT", "ENV_CONFIG_HASH", "ENV_ENABLED", "ENV_EXPERIMENT", "ENV_GIT_COMMIT", "ENV_PARENT", "ENV_SPOOL",
