@@ -105,6 +105,34 @@ def test_a_rank_that_fails_without_a_clear_error_is_named_by_the_launch(monkeypa
         assert (said in err if said else err == "") and "Traceback" not in err
 
 
+def test_ranks_import_the_installed_package_not_the_working_directorys(monkeypatch, tmp_path):
+    """`python -m electra_ds` in a rank would put the working directory (a checkout, under Snakemake) first on
+    sys.path, so a container's or a wheel's launch would run the checkout's copy in its ranks: the launch sets
+    PYTHONSAFEPATH for them, and a rank started so does not import a planted electra_ds from its working directory."""
+    import argparse
+    import os
+    import subprocess
+
+    from torch.distributed import run as torch_run
+
+    from electra_ds.pretraining import distributed
+
+    seen = {}
+    monkeypatch.setenv("PYTHONSAFEPATH", "")  # recorded, so that teardown removes what the launch sets
+    monkeypatch.delenv("PYTHONSAFEPATH")
+    monkeypatch.setattr(torch_run, "run", lambda args: seen.setdefault("safe", os.environ.get("PYTHONSAFEPATH")))
+    parser = argparse.ArgumentParser()
+    distributed.add_arguments(parser)
+    assert distributed.run_launch(parser.parse_args(["--nproc-per-node", "2", "--", "pretrain"])) == 0
+    assert seen["safe"] == "1"
+
+    (tmp_path / "electra_ds").mkdir()
+    (tmp_path / "electra_ds" / "__init__.py").write_text("raise SystemExit('the planted copy')\n")
+    res = subprocess.run([sys.executable, "-c", "import electra_ds, sys; print(electra_ds.__file__)"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONSAFEPATH": "1"}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and str(tmp_path) not in res.stdout, res.stdout + res.stderr
+
+
 def test_a_stall_report_is_the_only_line_when_torchrun_saw_the_killed_rank_first(monkeypatch, capsys):
     """A stalled rank's watchdog SIGKILLs the stalled rank and exits 3 after its one line. torchrun may see the killed
     rank first: the launch still ends with 3, prints nothing more, and torchrun's own "failed (exitcode: -9)" record

@@ -216,6 +216,10 @@ def run_launch(args) -> int:
         return 2
     print("electra-ds launch:", " ".join(cmd), file=sys.stderr, flush=True)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    # The ranks run `python -m electra_ds`, which would put the working directory first on sys.path: a job run in a
+    # checkout (Snakemake's working directory) would then import the checkout's package, not the installed one this
+    # launch runs (a container image's copy, or a wheel). Python >= 3.11 leaves the working directory out with this.
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     if cmd[1:3] == ["-m", "torch.distributed.run"]:
         return _torchrun(cmd[3:])
     os.execvp(cmd[0], cmd)  # replace this process: signals (SLURM's SIGTERM) reach the launcher
