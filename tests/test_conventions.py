@@ -16,8 +16,8 @@ import pytest
 import yaml
 from helpers import REPO
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--configfile", "config/config.yaml"]
 ENV_FILE = REPO / "workflow/envs/electra-ds.yaml"

@@ -17,8 +17,8 @@ from electra_ds.common.errors import UserError
 from electra_ds.common.settings import SCHEMA_PATH
 from electra_ds.pipeline.constraints import check_config, check_model
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, config_with
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 # The micro config with a pretraining long enough to interrupt (a few seconds) and checkpoints to resume from.
 OVERRIDES = {"pretrain.max_steps": 100, "pretrain.checkpoint_every": 20, "pretrain.eval_every": 50,

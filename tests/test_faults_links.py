@@ -16,8 +16,8 @@ from test_faults_pretrain import args_for
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path, open_nofollow, write_json
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 PRECIOUS = "precious: must not change\n"
 
@@ -267,4 +267,5 @@ def test_workflow_refuses_a_planted_job_log_link_before_any_job(tmp_path, plante
     assert target.read_text() == PRECIOUS
     assert not (results / "corpus").exists()
     errors = [line for line in (res.stdout + res.stderr).splitlines() if "is a symbolic link" in line]
-    assert len(errors) == 1 and f"{link}:" in errors[0] and "Traceback" not in res.stdout + res.stderr, errors
+    assert len(errors) == 1 and f"{link}:" in errors[0] and "Traceback" not in res.stdout + res.stderr, \
+        res.stdout[-3000:] + res.stderr[-3000:]

@@ -20,8 +20,8 @@ from electra_ds.common.lock import LOCK_NAME, ResultsLock
 from electra_ds.common.settings import SCHEMA_PATH
 from electra_ds.pipeline.config import config_error
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 # Each is a shell command if a value reaching a shell line is not quoted; {m} is the marker folder.
 HOSTILE = ["$(touch {m}/{tag}1)", "`touch {m}/{tag}2`", "; touch {m}/{tag}3", "|| touch {m}/{tag}4 #"]

@@ -14,8 +14,8 @@ from helpers_models import build_tiny_model_dir, write_tsv
 
 from electra_ds.finetuning import linear_probe
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 WORDS = ["alder", "birch", "cedar", "daisy", "ember", "fjord", "grove", "heron", "inlet", "juniper", "kestrel",
          "larch", "maple", "nettle", "otter", "poplar", "quartz", "raven", "sorrel", "thistle"]

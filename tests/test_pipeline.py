@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, micro_config
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 STAGES = ["corpus", "dedup", "vocab", "shards", "probes", "pretrain", "export", "finetune", "evaluate"]
 
@@ -136,6 +136,7 @@ def test_missing_corpus_path_stops_the_pipeline_with_one_clear_line(tmp_path):
     results = tmp_path / "results"
     res = snakemake(cfg, results, extra=["--until", "corpus"])
     assert res.returncode != 0
+    assert (results / "logs/corpus.log").exists(), res.stdout[-3000:] + res.stderr[-3000:]
     log = (results / "logs/corpus.log").read_text()
     assert "electra-ds corpus: error:" in log and "nope/*.txt" in log and "Traceback" not in log
     assert not (results / "corpus/documents.jsonl").exists()

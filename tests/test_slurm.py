@@ -21,8 +21,8 @@ from test_pipeline import micro_config, snakemake
 from electra_ds.common.errors import UserError
 from electra_ds.pipeline.slurm_preflight import check_slurm_jobs, check_world_size, gres_gpus, parse_partitions
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 SLURM_PROFILES = ["--profile", "profiles/slurm", "--profile", "profiles/slurm_ci"]
 

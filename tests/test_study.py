@@ -13,8 +13,8 @@ from electra_ds.common.settings import SCHEMA_PATH
 from electra_ds.pipeline.study import plan_models
 from electra_ds.pretraining.shape import ModelShape, flops_per_token, pretraining_flops
 
-# these tests run Snakemake in the checkout (its .snakemake folder): one pytest worker runs them all, in turn
-pytestmark = pytest.mark.xdist_group("workflow")
+# these tests run Snakemake in the checkout (its .snakemake folder): `make test` runs them alone, one at a time
+pytestmark = pytest.mark.workflow
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
