@@ -94,3 +94,13 @@ def micro_config(tmp_path, results=None, name="config.yaml", **overrides) -> Pat
         overrides = {"results_dir": str(results), **overrides}
     return config_with(tmp_path, "tests/configs/micro.yaml", name=name, **overrides)
 
+
+
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+              "no_proxy")
+
+
+def direct_network(monkeypatch) -> None:
+    """No proxy variables and no HF_ENDPOINT: the Hub check connects straight to huggingface.co:443."""
+    for var in (*PROXY_VARS, "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)

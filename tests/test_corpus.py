@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from helpers import cli, cli_error
+from helpers import cli, cli_error, direct_network
 from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 
 from electra_ds.common.errors import UserError
@@ -288,7 +288,7 @@ def test_hf_source_fails_fast_without_a_connection(tmp_path, capsys, monkeypatch
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
 
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    direct_network(monkeypatch)
 
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -307,6 +307,7 @@ def test_hf_source_checks_the_mirror_hf_endpoint_names(tmp_path, capsys, monkeyp
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "http://hf-mirror.internal:8080")
     asked = []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from helpers import REPO, shared_data_dir
+from helpers import REPO, direct_network, shared_data_dir
 from helpers_models import write_tsv
 
 from electra_ds.common.errors import UserError
@@ -243,7 +243,7 @@ def test_hub_fails_fast_when_unreachable(monkeypatch):
         assert address == ("huggingface.co", 443) and timeout == 3.0
         raise OSError("network is unreachable")
 
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    direct_network(monkeypatch)
     monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(UserError, match="cannot reach huggingface.co:443"):
         load_split("cola", "dev", hub_id="nyu-mll/glue")
@@ -253,6 +253,7 @@ def test_hub_check_follows_hf_endpoint(monkeypatch):
     """GLUE from the Hub asks the host HF_ENDPOINT names (a mirror), as the corpus's Hub source does."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
     asked = []
 
@@ -264,6 +265,28 @@ def test_hub_check_follows_hf_endpoint(monkeypatch):
     with pytest.raises(UserError, match="cannot reach hf-mirror.example.org:443 .* to download 'nyu-mll/glue'"):
         load_split("cola", "dev", hub_id="nyu-mll/glue")
     assert asked == [("hf-mirror.example.org", 443)]
+
+
+def test_hub_check_goes_through_the_proxy_requests_would_use(monkeypatch):
+    """A login node that reaches the internet only through HTTPS_PROXY: the check connects to the proxy (a direct
+    connection to the Hub would be refused there), and NO_PROXY listing the Hub's host connects directly."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    direct_network(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.cluster.example:3128")
+    asked = []
+
+    def refuse(address, timeout=None):
+        asked.append(address)
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(UserError, match=r"cannot reach the proxy proxy.cluster.example:3128 for huggingface.co \("):
+        load_split("cola", "dev", hub_id="nyu-mll/glue")
+    monkeypatch.setenv("NO_PROXY", "localhost,huggingface.co")
+    with pytest.raises(UserError, match="cannot reach huggingface.co:443"):
+        load_split("cola", "dev", hub_id="nyu-mll/glue")
+    assert asked == [("proxy.cluster.example", 3128), ("huggingface.co", 443)]
 
 
 def test_probe_tasks_are_local_only():

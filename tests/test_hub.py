@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import REPO, cli, cli_error, config_with
+from helpers import REPO, cli, cli_error, config_with, direct_network
 from helpers_slurm import slurm_jobs
 
 from electra_ds.common.hub import OFFLINE_VARS
@@ -152,6 +152,7 @@ def test_prefetch_without_a_connection_stops_at_once_naming_the_host(tmp_path, f
     from electra_ds.common import hub
 
     monkeypatch.setattr(prefetch, "hub_unreachable", hub.hub_unreachable)  # the real check, on a socket that refuses
+    direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: (_ for _ in ()).throw(
         OSError(f"no route to {address[0]}")))

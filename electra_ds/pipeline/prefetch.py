@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 from electra_ds.common.errors import UserError
+from electra_ds.common.hub import datasets_cache, hub_unreachable, offline_reason
 
 log = logging.getLogger(__name__)
-
-from electra_ds.common.hub import datasets_cache, hub_unreachable, offline_reason
 
 # -- what a config needs ----------------------------------------------------------------------------------
 
