@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import refuse_link, sha256_file
+from electra_ds.common.net import reach_error
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +31,12 @@ def cached_path(url: str, sha256: str, cache_dir) -> Path:
     return Path(cache_dir) / f"{sha256.lower()[:12]}-{name}"
 
 
-def connect_error(host: str, port: int) -> str | None:
-    """Why a TCP connection to ``host:port`` cannot be opened now (within 3 s), or None when it can."""
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as exc:
-        return f"cannot connect to {host}:{port} ({exc})"
-    return None
-
-
 def unreachable_reason(url: str) -> str | None:
-    """Why ``url``'s host cannot be reached now (offline variable, no connection), or None."""
+    """Why ``url``'s host cannot be reached now (offline variable, no connection to it or to its proxy), or None."""
     if os.environ.get("ELECTRA_DS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "ELECTRA_DS_OFFLINE is set"
     parsed = urlparse(url)
-    return connect_error(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    return reach_error(parsed.scheme, parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
 
 
 def check_url(url: str, sha256: str, cache_dir, field: str) -> None:
