@@ -104,3 +104,18 @@ def direct_network(monkeypatch) -> None:
     """No proxy variables and no HF_ENDPOINT: the Hub check connects straight to huggingface.co:443."""
     for var in (*PROXY_VARS, "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
+
+
+def refuse_connections(monkeypatch, error: str = "connection refused") -> list:
+    """``socket.create_connection`` refuses every address (no test touches the network); the list it returns fills
+    with the (host, port) pairs asked, in order."""
+    import socket
+
+    asked = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        asked.append(address)
+        raise OSError(error)
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return asked

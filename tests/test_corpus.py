@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from helpers import cli, cli_error, direct_network
+from helpers import cli, cli_error, direct_network, refuse_connections
 from helpers_data import demo_documents, gutenberg_files, leftovers, read_records
 
 from electra_ds.common.errors import UserError
@@ -300,19 +300,11 @@ def test_hf_source_fails_fast_without_a_connection(tmp_path, capsys, monkeypatch
 def test_hf_source_checks_the_mirror_hf_endpoint_names(tmp_path, capsys, monkeypatch):
     """With HF_ENDPOINT (a mirror or a private Hub) the check asks that host, as huggingface_hub will, not
     huggingface.co."""
-    import socket
-
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "http://hf-mirror.internal:8080")
-    asked = []
-
-    def refuse(address, timeout=None):
-        asked.append(address)
-        raise OSError("connection refused")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    asked = refuse_connections(monkeypatch, "connection refused")
     msg = cli_error(capsys, "corpus", "--sources", json.dumps([{"type": "hf", "name": "some/dataset"}]),
                     "--output", tmp_path / "docs.jsonl", "--stats", tmp_path / "stats.json")
     assert asked == [("hf-mirror.internal", 8080)]
@@ -487,18 +479,10 @@ def test_url_source_downloads_verifies_resumes_and_caches(tmp_path):
 def test_url_source_behind_a_proxy_checks_the_proxy(tmp_path, capsys, monkeypatch):
     """The download goes through HTTPS_PROXY (urllib picks it), so the reachability check connects to the proxy, not
     to the file's host, which a node behind a proxy cannot reach directly; the message names both."""
-    import socket
-
     direct_network(monkeypatch)
     monkeypatch.delenv("ELECTRA_DS_OFFLINE", raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.cluster.example:3128")
-    asked = []
-
-    def refuse(address, timeout=None):
-        asked.append(address)
-        raise OSError("connection refused")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    asked = refuse_connections(monkeypatch, "connection refused")
     src = [{"type": "url", "url": "https://data.example.org/books.txt", "sha256": "0" * 64,
             "cache_dir": str(tmp_path / "downloads")}]
     msg = cli_error(capsys, "corpus", "--sources", json.dumps(src), "--output", tmp_path / "docs.jsonl",

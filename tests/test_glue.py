@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from helpers import REPO, direct_network, shared_data_dir
+from helpers import REPO, direct_network, refuse_connections, shared_data_dir
 from helpers_models import write_tsv
 
 from electra_ds.common.errors import UserError
@@ -255,13 +255,7 @@ def test_hub_check_follows_hf_endpoint(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
-    asked = []
-
-    def refuse(address, timeout=None):
-        asked.append(address)
-        raise OSError("no route to host")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    asked = refuse_connections(monkeypatch, "no route to host")
     with pytest.raises(UserError, match="cannot reach hf-mirror.example.org:443 .* to download 'nyu-mll/glue'"):
         load_split("cola", "dev", hub_id="nyu-mll/glue")
     assert asked == [("hf-mirror.example.org", 443)]
@@ -274,13 +268,7 @@ def test_hub_check_goes_through_the_proxy_requests_would_use(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     direct_network(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.cluster.example:3128")
-    asked = []
-
-    def refuse(address, timeout=None):
-        asked.append(address)
-        raise OSError("connection refused")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    asked = refuse_connections(monkeypatch, "connection refused")
     with pytest.raises(UserError, match=r"cannot reach the proxy proxy.cluster.example:3128 for huggingface.co \("):
         load_split("cola", "dev", hub_id="nyu-mll/glue")
     monkeypatch.setenv("NO_PROXY", "localhost,huggingface.co")

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import REPO, cli, cli_error, config_with, direct_network
+from helpers import REPO, cli, cli_error, config_with, direct_network, refuse_connections
 from helpers_slurm import slurm_jobs
 
 from electra_ds.common.hub import OFFLINE_VARS
@@ -147,18 +147,16 @@ def test_a_failed_download_is_one_line_naming_the_source_and_the_fix(tmp_path, f
 def test_prefetch_without_a_connection_stops_at_once_naming_the_host(tmp_path, fake_load, monkeypatch, capsys):
     """No network on the node: one line naming the host (HF_ENDPOINT's when set) within the connect timeout, before
     any download is tried, and no marker."""
-    import socket
-
     from electra_ds.common import hub
 
     monkeypatch.setattr(prefetch, "hub_unreachable", hub.hub_unreachable)  # the real check, on a socket that refuses
     direct_network(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: (_ for _ in ()).throw(
-        OSError(f"no route to {address[0]}")))
+    asked = refuse_connections(monkeypatch, "no route to host")
     msg = cli_error(capsys, "prefetch", "--configfile", SMALL, "--marker", tmp_path / "marker.json")
-    assert "cannot reach hf-mirror.example.org:443 (no route to hf-mirror.example.org), and prefetch downloads " \
+    assert "cannot reach hf-mirror.example.org:443 (no route to host), and prefetch downloads " \
            "Skylion007/openwebtext split train and 9 more" in msg and "Fix: run prefetch where the Hub is reachable" in msg
+    assert asked == [("hf-mirror.example.org", 443)]
     assert fake_load == [] and not (tmp_path / "marker.json").exists()
 
 
