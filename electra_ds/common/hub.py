@@ -4,7 +4,6 @@ of the stages that read Hub datasets (corpus, GLUE). ``electra-ds prefetch`` (pi
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
 
 from electra_ds.common.net import reach_error
 
@@ -30,17 +29,10 @@ def datasets_cache() -> str:
     return os.path.join(home, "datasets")
 
 
-def hub_endpoint() -> tuple[str, str, int]:
-    """The Hub as ``huggingface_hub`` and ``datasets`` reach it, (scheme, host, port): ``HF_ENDPOINT`` (a mirror or a
-    private Hub) when set, else https://huggingface.co:443."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
-    scheme = "http" if url.scheme == "http" else "https"
-    return scheme, url.hostname or "huggingface.co", url.port or (80 if scheme == "http" else 443)
-
-
 def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hub cannot be reached now ("cannot reach huggingface.co:443 (<error>)"), within ``timeout`` seconds, or
-    None when a TCP connection opens: to the Hub, or to the proxy that requests to it go through (a cluster's login
-    node often has only that). Every stage that downloads from the Hub asks this first, so that no stage waits on a
-    network that is not there (prefetch, the corpus's Hub source, GLUE from the Hub)."""
-    return reach_error(*hub_endpoint(), timeout=timeout)
+    """Why the Hub (``HF_ENDPOINT``, a mirror or a private Hub, when set) cannot be reached now ("cannot reach
+    huggingface.co:443 (<error>)"), within ``timeout`` seconds, or None when a TCP connection opens: to the Hub, or
+    to the proxy that requests to it go through (a cluster's login node often has only that). Every stage that
+    downloads from the Hub asks this first, so that no stage waits on a network that is not there (prefetch, the
+    corpus's Hub source, GLUE from the Hub)."""
+    return reach_error(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co", timeout=timeout)

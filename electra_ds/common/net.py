@@ -20,9 +20,13 @@ def proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
     return (url.hostname, url.port or (443 if url.scheme == "https" else 80)) if url.hostname else None
 
 
-def reach_error(scheme: str, host: str, port: int, timeout: float = 3.0) -> str | None:
-    """Why ``host:port`` cannot be reached now ("cannot reach HOST:PORT (<error>)", or "cannot reach the proxy P:Q for
-    HOST (<error>)" behind a proxy), or None when a TCP connection opens within ``timeout`` seconds."""
+def reach_error(url: str, timeout: float = 3.0) -> str | None:
+    """Why ``url``'s host cannot be reached now ("cannot reach HOST:PORT (<error>)", or "cannot reach the proxy P:Q for
+    HOST (<error>)" behind a proxy), or None when a TCP connection opens within ``timeout`` seconds. An http URL
+    defaults to port 80, anything else is taken as https (443)."""
+    parsed = urlparse(url)
+    scheme = "http" if parsed.scheme == "http" else "https"
+    host, port = parsed.hostname, parsed.port or (80 if scheme == "http" else 443)
     proxy = proxy_for(scheme, host)
     target, what = (proxy, f"the proxy {proxy[0]}:{proxy[1]} for {host}") if proxy else ((host, port), f"{host}:{port}")
     try:

@@ -35,8 +35,7 @@ def unreachable_reason(url: str) -> str | None:
     """Why ``url``'s host cannot be reached now (offline variable, no connection to it or to its proxy), or None."""
     if os.environ.get("ELECTRA_DS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "ELECTRA_DS_OFFLINE is set"
-    parsed = urlparse(url)
-    return reach_error(parsed.scheme, parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    return reach_error(url)
 
 
 def check_url(url: str, sha256: str, cache_dir, field: str) -> None:
