@@ -158,7 +158,7 @@ def test_a_stall_report_is_the_only_line_when_torchrun_saw_the_killed_rank_first
         return logging.LogRecord("torch.distributed.elastic.multiprocessing.api", logging.ERROR, "api.py", 1002, msg,
                                  args, None)
 
-    drop = distributed._drop_user_error_report
+    drop = distributed._drop_torchrun_failure_lines
     assert not drop(record("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", -9, 1, 22950, "python"))
     assert not drop(record("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", 1, 0, 22949, "python"))
     assert not drop(record("Sending process %s closing signal %s", 22949, "SIGTERM"))

@@ -105,18 +105,16 @@ def fetch(item: dict) -> dict:
 
 
 def prefetch(items: list[dict]) -> list[dict]:
-    reason = offline_reason()
-    if items and reason:
-        raise UserError(f"{reason}, but prefetch downloads {describe(items[0])}"
-                        + (f" and {len(items) - 1} more" if len(items) > 1 else ""),
-                        field=items[0]["field"],
-                        fix="run prefetch without HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, on a machine with internet")
-    unreachable = hub_unreachable() if items else None  # a few seconds, not datasets' retries on a dead network
-    if unreachable:
-        raise UserError(f"{unreachable}, and prefetch downloads {describe(items[0])}"
-                        + (f" and {len(items) - 1} more" if len(items) > 1 else ""),
-                        field=items[0]["field"],
-                        fix="run prefetch where the Hub is reachable (the login node; HF_ENDPOINT names a mirror)")
+    if items:
+        what = describe(items[0]) + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+        reason = offline_reason()
+        if reason:
+            raise UserError(f"{reason}, but prefetch downloads {what}", field=items[0]["field"],
+                            fix="run prefetch without HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, on a machine with internet")
+        unreachable = hub_unreachable()  # a few seconds, not datasets' retries on a dead network
+        if unreachable:
+            raise UserError(f"{unreachable}, and prefetch downloads {what}", field=items[0]["field"],
+                            fix="run prefetch where the Hub is reachable (the login node; HF_ENDPOINT names a mirror)")
     done = []
     for i, item in enumerate(items, 1):
         start = time.time()

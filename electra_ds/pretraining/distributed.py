@@ -230,7 +230,7 @@ STALL_STATUS = 3  # what a rank's StallWatch exits with, after printing its one 
 REPORTED = (USER_ERROR_STATUS, STALL_STATUS)  # a rank that ended with these has said what is wrong itself
 
 
-def _drop_user_error_report(record) -> bool:
+def _drop_torchrun_failure_lines(record) -> bool:
     """torchrun's "failed (exitcode: N) local_rank: ..." line and its "Sending process N closing signal SIGTERM"
     lines: left out, because ``_torchrun`` says itself which rank failed and how (or leaves the word to a rank that
     ended with a UserError or a stall report, which has said what is wrong in one line). torchrun names the rank that
@@ -248,7 +248,7 @@ def _torchrun(torchrun_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_drop_user_error_report)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_drop_torchrun_failure_lines)
     try:
         torch_run.run(torch_run.parse_args(torchrun_args))
     except SignalException as exc:  # Ctrl-C or SIGTERM: torchrun passed it on to the ranks and waited for them
