@@ -31,8 +31,10 @@ def glue_texts(glue_dir: Path, max_lines: int = 2000) -> list:
     return texts
 
 
-def build_tiny_model_dir(path, texts, *, vocab_size: int = 1000, num_layers: int = 2, seed: int = 0) -> Path:
-    """Write tokenizer + tiny random ElectraForPreTraining (hidden 32, 2 heads) into ``path``."""
+def build_tiny_model_dir(path, texts, *, vocab_size: int = 1000, num_layers: int = 2, seed: int = 0,
+                         alibi: bool = False) -> Path:
+    """Write tokenizer + tiny random ElectraForPreTraining (hidden 32, 2 heads) into ``path`` (``alibi``: marked
+    as trained with ALiBi attention biases, as an export of ``attention_bias: alibi``)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import ElectraConfig, ElectraForPreTraining, PreTrainedTokenizerFast
@@ -55,6 +57,8 @@ def build_tiny_model_dir(path, texts, *, vocab_size: int = 1000, num_layers: int
     config = ElectraConfig(vocab_size=backend.get_vocab_size(), embedding_size=32, hidden_size=32,
                            num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=64,
                            max_position_embeddings=128, pad_token_id=0)
+    if alibi:
+        config.alibi = True
     ElectraForPreTraining(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -94,9 +94,11 @@ def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratc
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from electra_ds.common import alibi
     from electra_ds.common.hardware import resolve_attention
 
-    kwargs = {"num_labels": task.num_labels, "attn_implementation": resolve_attention("auto", device_type)}
+    attention = resolve_attention("auto", device_type)
+    kwargs = {"num_labels": task.num_labels, "attn_implementation": alibi.implementation(model_dir, attention)}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     else:
@@ -115,8 +117,9 @@ def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratc
         raise UserError("the tokenizer has no [PAD] token", path=model_dir)
     if init_from is not None:
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(init_from, ignore_mismatched_sizes=True,
-                                                                       **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                init_from, ignore_mismatched_sizes=True,
+                **{**kwargs, "attn_implementation": alibi.implementation(init_from, attention)})
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"cannot load the model to start from: {exc}", path=init_from,
                             fix="pass a fine-tuned model folder (finetune --keep-model writes <output-dir>/model)") from None

@@ -70,6 +70,8 @@ def load_encoder(model_dir):
     import transformers
     from transformers import AutoModel
 
+    from electra_ds.common import alibi
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError("is not an exported model folder (no config.json)", path=model_dir, field="--model-dir",
@@ -78,7 +80,7 @@ def load_encoder(model_dir):
     transformers.utils.logging.disable_progress_bar()
     try:
         tokenizer = load_hf_tokenizer(model_dir, field="--model-dir", fix="pass the export stage's discriminator folder")
-        model = AutoModel.from_pretrained(model_dir)
+        model = AutoModel.from_pretrained(model_dir, attn_implementation=alibi.implementation(model_dir))
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the model or tokenizer: {exc}", path=model_dir, field="--model-dir",
                         fix="pass the export stage's discriminator folder") from None

@@ -172,7 +172,7 @@ def read_latest(ckpt_dir) -> tuple[str | None, str | None]:
 # What checkpoints written before a run-config field existed did: such a checkpoint resumes when this run asks
 # for that behaviour: the pretrain settings' from their declaration (``before`` in electra_ds.pretraining.config),
 # the model shape's listed here.
-BEFORE_FIELD = {**config.BEFORE_FIELD, "model.generator_layers": 1.0}
+BEFORE_FIELD = {**config.BEFORE_FIELD, "model.generator_layers": 1.0, "model.attention_bias": "none"}
 
 
 # Fields checked only since checkpoints recorded them: an older checkpoint, without them, resumes with any value.

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra_ds import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from electra_ds.common import alibi
 from electra_ds.common.hardware import resolve_attention
 from electra_ds.pretraining.masking import MASK_DRAWS, RowRandom, check_masking, choose_masked, inverse_cdf_sample
 from electra_ds.pretraining.shape import ModelShape, check_uniform_generator, generator_dims, generator_num_layers
@@ -49,8 +50,12 @@ def electra_configs(shape: ModelShape, device_type: str | None = None):
 
     disc = config(shape.hidden_size, shape.num_heads, shape.intermediate_size)
     gen = config(*generator_dims(shape), generator_num_layers(shape))
+    if shape.attention_bias not in ATTENTION_BIASES:
+        raise ValueError(f"attention_bias must be one of {ATTENTION_BIASES}, not {shape.attention_bias!r}")
     for c in (disc, gen):
-        c._attn_implementation = resolve_attention(shape.attn_implementation, device_type)
+        if shape.attention_bias == "alibi":
+            setattr(c, alibi.CONFIG_KEY, True)  # saved in config.json: loaders add the bias (alibi.implementation)
+        c._attn_implementation = alibi.implementation(c, resolve_attention(shape.attn_implementation, device_type))
     return disc, gen
 
 
@@ -72,6 +77,7 @@ def token_type_ids_for(input_ids: torch.Tensor) -> torch.Tensor:
     return (((is_sep.cumsum(dim=1) - is_sep) > 0) & (input_ids != PAD_ID)).long()
 
 
+ATTENTION_BIASES = ("none", "alibi")
 OBJECTIVES = ("electra", "mlm", "adversarial")
 EMBEDDING_SHARING = ("es", "gdes", "none")
 N_SPECIAL_IDS = 5  # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4: never drawn as random replacements

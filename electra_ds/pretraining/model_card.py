@@ -159,19 +159,29 @@ def render(role: str, *, summary: dict | None = None, scratch: dict | None = Non
         lines.append(f"- **Tokenizer**: a cased sentencepiece vocabulary of {size} pieces trained on the run's "
                      "corpus, saved as a fast Hugging Face tokenizer (`tokenizer.json`).")
     loader = LOADER[role]
+    with_alibi = shape.get("attention_bias") == "alibi"
     lines += ["", "## How to load it", "",
               f"Works with `transformers{TRANSFORMERS_RANGE}` (the tokenizer is saved as `PreTrainedTokenizerFast`, "
               "which 4.x and 5.x both load; earlier 4.x releases are untested).", "",
               "```python",
               f"from transformers import {loader}, AutoTokenizer",
+              *(["from electra_ds.common import alibi  # the attention bias this model was trained with"]
+                if with_alibi else []),
               "",
               'path = "path/to/this/folder"  # or the Hub repo id',
               "tokenizer = AutoTokenizer.from_pretrained(path)",
-              f"model = {loader}.from_pretrained(path)",
+              f"model = {loader}.from_pretrained(path, attn_implementation=alibi.implementation(path))" if with_alibi
+              else f"model = {loader}.from_pretrained(path)",
               'inputs = tokenizer("The chef cooked the meal.", return_tensors="pt")',
               "outputs = model(**inputs)  # " + ("per-token replaced-token logits" if role == "discriminator"
                                                  else "masked-LM logits over the vocabulary"),
               "```", ""]
+    if with_alibi:
+        lines += ["This model was trained with ALiBi attention biases (a fixed penalty per head, linear in the distance "
+                  "between positions; `\"alibi\": true` in `config.json`). They have no weights: the bias comes from "
+                  "the attention function `electra_ds.common.alibi` registers with Hugging Face. Loaded without "
+                  "`attn_implementation=alibi.implementation(path)`, the model runs without its bias and is not the "
+                  "model that was trained.", ""]
     if role == "discriminator":
         lines += ["To fine-tune it on a classification task, load it with `AutoModelForSequenceClassification`"
                   " (`num_labels=...`); the classification head starts untrained. The encoder alone: `AutoModel`.", ""]

@@ -28,6 +28,7 @@ class ModelShape:
     generator_layers: float = 1.0
     dropout: float = 0.1
     attn_implementation: str = "auto"  # model.resolve_attention: eager on CPU, sdpa elsewhere
+    attention_bias: str = "none"  # "alibi": electra_ds.common.alibi (a fixed distance penalty per head)
 
     def to_dict(self) -> dict:
         return asdict(self)
