@@ -198,3 +198,24 @@ def test_heartbeats_are_never_written_through_a_planted_link(tmp_path):
         assert f'"rank": {rank}' in (beats / f"rank-{rank}.json").read_text()
         assert not (beats / f"rank-{rank}.json").is_symlink()
     assert outside.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_rank_leaves_with_its_error_status_whatever_the_interpreters_teardown_does(tmp_path, world):
+    """A rank of a multi-process run that ends in an error exits with its status without the interpreter's
+    teardown, where a native thread left joinable has aborted a rank (SIGABRT, status 134 instead of 2) once in CI.
+    Here an exit handler stands in for that abort: a one-process run still reaches it, a rank of two does not."""
+    import os
+    import subprocess
+
+    code = ("import atexit, os, runpy, sys\n"
+            "atexit.register(lambda: os._exit(134))\n"
+            f"sys.argv = ['electra_ds', 'export', '--tokenizer-dir', {str(tmp_path / 'none')!r}, '--output-dir', "
+            f"{str(tmp_path / 'out')!r}, '--results-dir', {str(tmp_path)!r}]\n"
+            "runpy.run_module('electra_ds', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "SLURM_NTASKS", "RANK")}
+    res = subprocess.run([sys.executable, "-c", code], env={**env, "WORLD_SIZE": world}, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == (134 if world == "1" else 2), res.stderr[-2000:]
+    assert "electra-ds export: error:" in res.stderr and "nothing to export" in res.stderr
+    assert not (tmp_path / "out").exists()
