@@ -174,6 +174,9 @@ def test_finetune_epochs_plot(tmp_path, monkeypatch):
     assert len(drawn["lines"]["rte: dev accuracy"]) == 6
     assert drawn["lines"]["mnli: dev dev_matched.accuracy"] == [[70.0, 75.0]]
     assert drawn["lines"]["cola: dev mcc"] == []
+    # the training loss below each task's scores: the epoch means of each run's history
+    assert drawn["lines"]["rte: training loss"] == [[0.5, 0.5, 0.5]] * 6
+    assert drawn["lines"]["cola: training loss"] == []
     assert "electra seed 1" in drawn["legend"] and "scratch seed 3" in drawn["legend"]
     plots.plot_finetune_epochs([], tmp_path / "none.png")
     assert (tmp_path / "none.png").read_bytes().startswith(PNG_MAGIC)
@@ -235,7 +238,7 @@ def test_full_report_renders(tmp_path, monkeypatch):
                  "--epochs-plot", str(out / "finetune_epochs.png"), "--models", "electra", "scratch",
                  "--pretrain-dirs", f"electra={pre}", "--results-dir", str(tmp_path)]) == 0
     md = (out / "results.md").read_text()
-    assert "![Dev score after each fine-tuning epoch](finetune_epochs.png)" in md
+    assert "![Dev score and training loss after each fine-tuning epoch](finetune_epochs.png)" in md
     page = (out / "results.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "<li>" in page
     assert_no_raw_markdown(page)

@@ -58,7 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output-html", default=None, help="the same report as one self-contained HTML page")
     p.add_argument("--loss-plot", default=None, help="PNG of the pretraining loss curves")
     p.add_argument("--scores-plot", default=None, help="PNG of the per-task dev scores")
-    p.add_argument("--epochs-plot", default=None, help="PNG of the dev score after each fine-tuning epoch, per seed")
+    p.add_argument("--epochs-plot", default=None, help="PNG of the dev score and training loss after each fine-tuning epoch, per seed")
     p.add_argument("--models", nargs="*", default=None,
                    help="model names in report order (the first is the primary model: submission, published "
                         "comparison); default: as they appear in the metrics files")
@@ -233,7 +233,7 @@ def run(args, tracker) -> None:
     table = report.comparison_table(summary, earlier)
     summary["comparison"] = table
     images = {"Pretraining curves": args.loss_plot, "Dev score per task and model": args.scores_plot,
-              "Dev score after each fine-tuning epoch": args.epochs_plot}
+              "Dev score and training loss after each fine-tuning epoch": args.epochs_plot}
     if args.loss_plot:
         histories = {name: plots.read_train_log(p["train_log"]) for name, p in pretrain.items()}
         per_step = {name: p.get("flops", 0.0) / max(p.get("steps", 1), 1) for name, p in pretrain.items()}

@@ -5,7 +5,8 @@
 * :func:`plot_pretraining`: the curves of every pretrained model against the optimizer step (top axis:
   tokens seen, or FLOPs): total loss, generator loss and accuracy, discriminator loss on its own axis with
   the base-rate entropy it must beat, ``rtd_gain`` and discriminator ROC AUC;
-* :func:`plot_finetune_epochs`: dev main metric after each fine-tuning epoch, per task, model and seed;
+* :func:`plot_finetune_epochs`: dev main metric and training loss after each fine-tuning epoch, per task, model
+  and seed;
 * :func:`plot_task_scores`: main dev score per task and model (bars: median over seeds; dots: seeds).
 
 Every figure has a title, labelled axes and a legend outside the axes (it never hides data).
@@ -156,8 +157,10 @@ def _dev_value(dev: dict, metric: str):
 
 
 def plot_finetune_epochs(results: list, path) -> None:
-    """Dev main metric after each fine-tuning epoch: one panel per task, one line per (model, seed) from each
-    metrics.json's ``history`` (colour: model; line style and marker: seed)."""
+    """After each fine-tuning epoch, per task: the dev main metric (upper panel) and the training loss, the mean
+    over the epoch's batches (lower panel), one line per (model, seed) from each metrics.json's ``history`` (colour:
+    model; line style and marker: seed). The loss shows whether a model has stopped learning (scratch converged)
+    or is still learning when fine-tuning stops."""
     plt = _pyplot()
     tasks, models, seeds = [], [], []
     for r in results:
@@ -167,40 +170,52 @@ def plot_finetune_epochs(results: list, path) -> None:
     seeds.sort()
     columns = min(4, max(1, len(tasks)))
     n_rows = max(1, -(-len(tasks) // columns))
-    fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns + 0.5, 3.6 * n_rows + 1.2), squeeze=False)
+    fig, grid = plt.subplots(2 * n_rows, columns, figsize=(4.2 * columns + 0.5, 6.4 * n_rows + 1.2), squeeze=False)
+    dev_axes = [grid[2 * (i // columns), i % columns] for i in range(n_rows * columns)]
+    loss_axes = [grid[2 * (i // columns) + 1, i % columns] for i in range(n_rows * columns)]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")
-    for ax, task in zip(axes.flat, tasks):
+    for ax, loss_ax, task in zip(dev_axes, loss_axes, tasks):
         metric = next(r["main_metric"] for r in results if r["task"] == task)
         for r in (r for r in results if r["task"] == task):
-            points = [(h["epoch"], _dev_value(h.get("dev", {}), r["main_metric"])) for h in r.get("history", [])]
-            points = [(e, 100 * v) for e, v in points if v is not None]
-            if not points:
-                continue
+            history = r.get("history", [])
             m, k = models.index(r.get("model", "model")), seeds.index(r["seed"])
             # dodged a little sideways, so equal curves of two seeds or models stay visible side by side
             lane = m * len(seeds) + k - (len(models) * len(seeds) - 1) / 2
             shift = 0.25 * lane / max(1, len(models) * len(seeds))
-            ax.plot([e + shift for e, _ in points], [v for _, v in points], color=colors[m % len(colors)],
-                    linestyle=styles[k % len(styles)], marker=markers[k % len(markers)], markersize=5, alpha=0.9,
-                    label=f"{r.get('model', 'model')} seed {r['seed']}")
+            style = {"color": colors[m % len(colors)], "linestyle": styles[k % len(styles)],
+                     "marker": markers[k % len(markers)], "markersize": 5, "alpha": 0.9}
+            points = [(h["epoch"], _dev_value(h.get("dev", {}), r["main_metric"])) for h in history]
+            points = [(e, 100 * v) for e, v in points if v is not None]
+            if points:
+                ax.plot([e + shift for e, _ in points], [v for _, v in points], **style,
+                        label=f"{r.get('model', 'model')} seed {r['seed']}")
+            losses = [(h["epoch"], h["train_loss"]) for h in history
+                      if isinstance(h.get("train_loss"), (int, float))]
+            if losses:
+                loss_ax.plot([e + shift for e, _ in losses], [v for _, v in losses], **style)
         ax.set_title(f"{task}: dev {metric}", fontsize=10)
-        ax.set_xlabel("epoch")
         ax.set_ylabel(f"dev {metric.split('.')[-1]} (%)")
-        ax.grid(alpha=0.3)
-        epochs = sorted({round(x) for line in ax.lines for x in line.get_xdata()})
-        if epochs:
-            ax.set_xticks(epochs)
-        else:
-            ax.text(0.5, 0.5, "no per-epoch history", ha="center", va="center", transform=ax.transAxes, color="gray")
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
+        loss_ax.set_title(f"{task}: training loss", fontsize=10)
+        loss_ax.set_ylabel("training loss (epoch mean)")
+        for a in (ax, loss_ax):
+            a.set_xlabel("epoch")
+            a.grid(alpha=0.3)
+            epochs = sorted({round(x) for line in a.lines for x in line.get_xdata()})
+            if epochs:
+                a.set_xticks(epochs)
+            else:
+                a.text(0.5, 0.5, "no per-epoch history", ha="center", va="center", transform=a.transAxes,
+                       color="gray")
+    for a in dev_axes[len(tasks):] + loss_axes[len(tasks):]:
+        a.set_visible(False)
     if not tasks:
-        axes.flat[0].set_visible(True)
-        axes.flat[0].text(0.5, 0.5, "no fine-tuning results", ha="center", va="center")
-    rows = _shared_legend(fig, axes, max_columns=6, fontsize=8)
-    fig.suptitle("Fine-tuning: main dev metric after each epoch (colour: model; line style: seed)", fontsize=12)
-    fig.tight_layout(rect=(0, min(0.4, (0.03 * rows + 0.01) * 3 / (n_rows + 2)), 1, 0.97))
+        dev_axes[0].set_visible(True)
+        dev_axes[0].text(0.5, 0.5, "no fine-tuning results", ha="center", va="center")
+    rows = _shared_legend(fig, grid, max_columns=6, fontsize=8)
+    fig.suptitle("Fine-tuning after each epoch: dev main metric and training loss (colour: model; line style: seed)",
+                 fontsize=12)
+    fig.tight_layout(rect=(0, min(0.4, (0.03 * rows + 0.01) * 3 / (2 * n_rows + 2)), 1, 0.97))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
