@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 
 # The equal-compute study (README): ELECTRA vs MLM vs scratch on local Gutenberg books and GLUE, frozen probes,
-# about 75 minutes on 2 CPU cores.
+# about 50 minutes on 2 CPU cores.
 study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml
 
