@@ -140,7 +140,10 @@ def test_sigint_during_pretraining_then_sigterm_during_finetuning_rerun_ends_as_
                       signal.SIGINT)
     pretrain = results / "pretrain/electra"
     assert not (pretrain / "summary.json").exists(), text[-3000:]  # killed in the middle
-    assert max(_train_steps(results)) < 100
+    # The log may be gone: when the job's exit reaches Snakemake before its own Ctrl-C does, it removes the failed
+    # job's outputs (seen in CI); the rerun restores the log from the checkpoint it resumes from.
+    assert max(_train_steps(results), default=0) < 100
+    assert (pretrain / "checkpoints/latest").read_text().strip() < "step00000100"
     # the ranks got the Ctrl-C from torchrun, checkpointed the step they were in and stopped, without a traceback
     job_log = (results / "logs/pretrain/electra.log").read_text()
     assert "stopped by signal 2" in job_log and "Traceback" not in job_log, job_log[-3000:]
