@@ -58,7 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output-html", default=None, help="the same report as one self-contained HTML page")
     p.add_argument("--loss-plot", default=None, help="PNG of the pretraining loss curves")
     p.add_argument("--scores-plot", default=None, help="PNG of the per-task dev scores")
-    p.add_argument("--epochs-plot", default=None, help="PNG of the dev score and training loss after each fine-tuning epoch, per seed")
+    p.add_argument("--epochs-plot", default=None,
+                   help="PNG of the dev score and training loss after each fine-tuning epoch, per seed")
     p.add_argument("--models", nargs="*", default=None,
                    help="model names in report order (the first is the primary model: submission, published "
                         "comparison); default: as they appear in the metrics files")

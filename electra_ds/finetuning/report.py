@@ -279,11 +279,10 @@ PLOT_NOTES = {
                           "own axis, with the base-rate entropy H(replaced) it must get below; `rtd_gain` > 0 and "
                           "ROC AUC > 0.5 mean it does better than guessing from the replacement rate.",
     "Dev score per task and model": "Bars: median over seeds (its value written in the bar); dots: the seeds.",
-    "Dev score and training loss after each fine-tuning epoch": "One line per model and seed (dodged sideways a little so "
-                                                                "equal curves stay visible); the reported score is the "
-                                                                "last epoch's. Below each task's scores, its training loss "
-                                                                "(the epoch's mean): still falling at the last epoch means "
-                                                                "the model was still learning when fine-tuning stopped.",
+    "Dev score and training loss after each fine-tuning epoch":
+        "One line per model and seed (dodged sideways a little so equal curves stay visible); the reported score is "
+        "the last epoch's. Below each task's scores, its training loss (the epoch's mean): still falling at the last "
+        "epoch means the model was still learning when fine-tuning stopped.",
 }
 
 

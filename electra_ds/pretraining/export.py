@@ -237,8 +237,8 @@ def run(args, tracker) -> None:
         ids = torch.tensor([tokenizer("The exported model must match.", "It is checked before publishing.")["input_ids"]])
         kwargs = {"attention_mask": torch.ones_like(ids), "token_type_ids": token_type_ids_for(ids)}
         with torch.no_grad():
-            reloaded = {name: loaders[name].from_pretrained(tmp / name, attn_implementation=alibi.implementation(tmp / name))
-                        .eval() for name in nets}
+            reloaded = {name: loaders[name].from_pretrained(
+                tmp / name, attn_implementation=alibi.implementation(tmp / name)).eval() for name in nets}
             diffs = {name: (net(ids, **kwargs).logits - trained[name](ids, **kwargs).logits).abs().max().item()
                      for name, net in reloaded.items()}
         if max(diffs.values()) > 1e-4:

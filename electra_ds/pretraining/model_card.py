@@ -177,11 +177,11 @@ def render(role: str, *, summary: dict | None = None, scratch: dict | None = Non
                                                  else "masked-LM logits over the vocabulary"),
               "```", ""]
     if with_alibi:
-        lines += ["This model was trained with ALiBi attention biases (a fixed penalty per head, linear in the distance "
-                  "between positions; `\"alibi\": true` in `config.json`). They have no weights: the bias comes from "
-                  "the attention function `electra_ds.common.alibi` registers with Hugging Face. Loaded without "
-                  "`attn_implementation=alibi.implementation(path)`, the model runs without its bias and is not the "
-                  "model that was trained.", ""]
+        lines += ["This model was trained with ALiBi attention biases (a fixed penalty per head, linear in the "
+                  "distance between positions; `\"alibi\": true` in `config.json`). They have no weights: the bias "
+                  "comes from the attention function `electra_ds.common.alibi` registers with Hugging Face. Loaded "
+                  "without `attn_implementation=alibi.implementation(path)`, the model runs without its bias and is "
+                  "not the model that was trained.", ""]
     if role == "discriminator":
         lines += ["To fine-tune it on a classification task, load it with `AutoModelForSequenceClassification`"
                   " (`num_labels=...`); the classification head starts untrained. The encoder alone: `AutoModel`.", ""]

@@ -412,7 +412,8 @@ def write_model(client, run_id: str, model: dict) -> str:
         from electra_ds.common import alibi
 
         card = ModelCard.load(path / "README.md") if (path / "README.md").is_file() else None
-        components = {"model": AutoModelForPreTraining.from_pretrained(path, attn_implementation=alibi.implementation(path)),
+        components = {"model": AutoModelForPreTraining.from_pretrained(
+                          path, attn_implementation=alibi.implementation(path)),
                       "tokenizer": AutoTokenizer.from_pretrained(path)}
         logged = client.create_logged_model(exp_id, name=name, source_run_id=run_id,
                                             tags={"electra_ds.export": str(path)})
