@@ -342,6 +342,15 @@ def test_full_disk_under_export_then_a_rerun(planted, tmp_path, tmpfs, capsys):
     assert cli(*argv) == 0 and (out / "discriminator" / "model.safetensors").is_file()
 
 
+def test_an_earlier_checkpoint_is_exported_and_logged_with_its_own_step(planted, tmp_path, caplog):
+    out = tmp_path / "export"
+    caplog.set_level("INFO")
+    assert cli("export", "--pretrain-summary", planted["out"] / "summary.json", "--tag", "step00000002",
+               "--tokenizer-dir", planted["data"]["vocab"], "--output-dir", out, "--no-mlflow-model") == 0
+    assert "exported step00000002 (step 2) to" in caplog.text, caplog.text[-2000:]  # not the summary's final 5
+    assert (out / "discriminator" / "model.safetensors").is_file()
+
+
 def test_full_disk_under_a_finetuning_job_then_a_rerun(tmp_path, tmpfs, capsys, monkeypatch):
     from helpers_models import build_tiny_model_dir
     from test_finetune import FALLBACK_TEXT, _write_probes

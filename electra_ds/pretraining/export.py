@@ -243,8 +243,9 @@ def run(args, tracker) -> None:
                      for name, net in reloaded.items()}
         if max(diffs.values()) > 1e-4:
             raise RuntimeError(f"exported models differ from the trained model: {diffs}")
-    log.info("exported %s (step %s) to %s; max output difference %s", tag, summary["steps"], args.output_dir, diffs)
-    tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": summary["steps"],
+    # the checkpoint's own step (an earlier tag's, not the summary's final one)
+    log.info("exported %s (step %s) to %s; max output difference %s", tag, card_summary["steps"], args.output_dir, diffs)
+    tracker.log_params({"tag": tag, "zero_stage": summary["zero_stage"], "steps": card_summary["steps"],
                         "embedding_sharing": sharing, "uniform_generator": uniform})
     tracker.log_metrics({f"export_max_abs_diff/{k}": v for k, v in diffs.items()})
     _log_model(args, tracker)
