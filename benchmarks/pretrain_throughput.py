@@ -45,7 +45,8 @@ from electra_ds.pretraining.shape import flops_per_token, generator_dims, genera
 
 SHAPES = {  # discriminator shapes; the generator is generator_fraction of the width
     "tiny": dict(embedding_size=128, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
-    "study": dict(embedding_size=256, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "study": dict(embedding_size=256, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+                  attention_bias="alibi", generator_layers=0.25),  # config/presets/cpu-study.yaml's model
     "small": dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024),
     "base": dict(embedding_size=768, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                  generator_fraction=1 / 3),
