@@ -87,6 +87,45 @@ def test_bad_model_entries_name_the_field(models, field):
     assert field in str(err.value)
 
 
+def test_a_model_may_carry_its_own_fine_tuning_recipe():
+    plans = plan_models(study_config(electra={}, scratch={"source": "scratch",
+                                                          "finetune": {"learning_rate": 3e-4, "epochs": 10}}), SCHEMA)
+    base = study_config()["finetune"]
+    assert plans["electra"]["finetune"] == base
+    assert plans["scratch"]["finetune"] == {**base, "learning_rate": 3e-4, "epochs": 10}
+    assert plans["scratch"]["pretrain"] == plans["electra"]["pretrain"]  # a recipe field is not a pretrain field
+
+
+@pytest.mark.parametrize("finetune, field", [
+    ({"tasks": ["sst2"]}, "models.bad.finetune.tasks"),              # shared by every model
+    ({"seeds": [1]}, "models.bad.finetune.seeds"),
+    ({"learning_rate": -1}, "models.bad.finetune.learning_rate"),    # schema violation
+    ({"epochs": 0}, "models.bad.finetune.epochs"),
+])
+def test_bad_fine_tuning_overrides_name_the_field(finetune, field):
+    with pytest.raises(UserError) as err:
+        plan_models(study_config(bad={"finetune": finetune}), SCHEMA)
+    assert field in str(err.value)
+
+
+def test_each_models_fine_tuning_jobs_get_its_own_recipe(tmp_path):
+    from test_pipeline import snakemake
+
+    cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    cfg["models"] = {"electra": {}, "scratch": {"source": "scratch", "finetune": {"learning_rate": 3e-4, "epochs": 10}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(path, tmp_path / "results", extra=["-n", "-p"])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    jobs = [line for line in out.splitlines() if line.startswith("Shell command: electra-ds finetune")]
+    scratch = [line for line in jobs if "--model-source scratch" in line]
+    electra = [line for line in jobs if "--model-source pretrained" in line]
+    assert len(scratch) == len(electra) == 15
+    assert all("--learning-rate 0.0003 " in line and "--epochs 10 " in line for line in scratch)
+    assert all("--learning-rate 0.001 " in line and "--epochs 3 " in line for line in electra)
+
+
 def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
     from test_pipeline import snakemake
 

@@ -1,14 +1,16 @@
 """The models of one pipeline run: ``models:`` in the config, planned before any job starts.
 
 Each entry of ``models`` is one model of the DAG (the ``model`` wildcard): it shares the data
-stages and the fine-tuning recipe, and differs from the ``pretrain:`` section only in the fields it
+stages and the fine-tuning tasks and seeds, and differs from the ``pretrain:`` section only in the fields it
 names. ``source: scratch`` is the same architecture with random weights (no pretraining), the
-baseline that tells whether pretraining taught the encoder anything::
+baseline that tells whether pretraining taught the encoder anything. ``finetune:`` in an entry changes that
+model's fine-tuning recipe (learning rate, layer decay, epochs, warmup, weight decay, batch size): models that
+start from different weights need not share their best learning rate (docs/study.md measures it)::
 
     models:
       electra: {}                       # pretrain: as configured
       mlm: {objective: mlm}             # BERT-style masked LM on the same backbone
-      scratch: {source: scratch}        # random initialisation, fine-tuned the same way
+      scratch: {source: scratch, finetune: {learning_rate: 3.0e-4}}   # random initialisation
 
 With ``pretrain.equal_flops: true`` every pretrained model gets the pretraining FLOPs of the first
 one (its ``max_steps`` sets the budget): the others' ``max_steps`` are derived with
@@ -29,11 +31,14 @@ SOURCES = ("pretrained", "scratch")
 # Fields that shape the job rather than the model: one value for every model (set them in pretrain:).
 JOB_FIELDS = ("nodes", "processes_per_node", "gpus_per_node", "threads", "mem_mb", "runtime", "launcher", "device",
               "equal_flops")
+# The fine-tuning recipe a model may change (``models.<name>.finetune``); tasks, seeds, data and the job are shared.
+FINETUNE_FIELDS = ("learning_rate", "layer_decay", "epochs", "warmup_fraction", "weight_decay", "batch_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
 def plan_models(config: dict, schema: dict) -> dict:
-    """``{name: {"source", "pretrain": merged section, "flops": pretraining FLOPs (0 for scratch)}}``."""
+    """``{name: {"source", "pretrain": merged section, "finetune": merged section, "flops": pretraining FLOPs (0 for
+    scratch)}}``."""
     pretrain_schema = schema["properties"]["pretrain"]
     fields = pretrain_schema["properties"]
     plans = {}
@@ -42,6 +47,8 @@ def plan_models(config: dict, schema: dict) -> dict:
             raise UserError(f"model name {name!r} may only hold letters, digits, '_' and '-'", field=f"models.{name}")
         entry = dict(entry or {})
         source = entry.pop("source", "pretrained")
+        finetune = _finetune_recipe(name, entry.pop("finetune", None), config.get("finetune", {}),
+                                    schema["properties"]["finetune"])
         for key in entry:
             if key not in fields:
                 raise UserError(f"{key!r} is not a pretrain field", field=f"models.{name}.{key}",
@@ -61,7 +68,7 @@ def plan_models(config: dict, schema: dict) -> dict:
             check_uniform_generator(merged["uniform_generator"], merged["objective"], merged["embedding_sharing"])
         except ValueError as exc:
             raise UserError(str(exc), field=f"models.{name}.uniform_generator") from None
-        plans[name] = {"source": source, "pretrain": merged, "flops": 0.0}
+        plans[name] = {"source": source, "pretrain": merged, "finetune": finetune, "flops": 0.0}
 
     pretrained = [n for n, p in plans.items() if p["source"] == "pretrained"]
     seq_len, vocab = config["shards"]["max_seq_len"], config["vocab"]["vocab_size"]
@@ -81,3 +88,23 @@ def plan_models(config: dict, schema: dict) -> dict:
                 p["max_steps"] = max(1, round(budget / flops(p, 1)))
         plans[name]["flops"] = flops(p, p["max_steps"])
     return plans
+
+
+def _finetune_recipe(name: str, overrides, base: dict, finetune_schema: dict) -> dict:
+    """The finetune section with the model's own recipe fields (``models.<name>.finetune``) in place."""
+    if overrides is None:
+        return dict(base)
+    where = f"models.{name}.finetune"
+    if not isinstance(overrides, dict):
+        raise UserError("must be a mapping of fine-tuning fields", field=where,
+                        fix=f"e.g. finetune: {{learning_rate: 3.0e-4}} (fields: {', '.join(FINETUNE_FIELDS)})")
+    for key, value in overrides.items():
+        if key not in FINETUNE_FIELDS:
+            raise UserError(f"{key!r} is not a fine-tuning field a model may change", field=f"{where}.{key}",
+                            fix=f"use one of: {', '.join(FINETUNE_FIELDS)} (tasks, seeds, data and the job are "
+                                "set once in finetune:)")
+        try:
+            jsonschema.validate(value, finetune_schema["properties"][key])
+        except jsonschema.ValidationError as exc:
+            raise UserError(exc.message, field=f"{where}.{key}") from None
+    return {**base, **overrides}

@@ -55,7 +55,9 @@ rule finetune:
         model=finetune_model_args,
         model_dir=lambda wildcards: LAYOUT.export_discriminator(wildcards.model),
         device="cuda" if FT["gpus"] else "auto",
-        settings=stage_args("finetune", skip=("keep_model", "threads")),  # both set per job
+        # both set per job; the model's own recipe (models.<name>.finetune) in place
+        settings=lambda wildcards: stage_args("finetune", skip=("keep_model", "threads"),
+                                              finetune=MODELS[wildcards.model]["finetune"]),
         track=track,
     threads: FT["threads"]
     log:
