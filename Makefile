@@ -14,7 +14,7 @@ CORES ?= all
 RESULTS ?= results/demo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo study test test-quick report mlflow-ui clean
+.PHONY: setup demo study study-converged test test-quick report mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ demo: setup
 # about 50 minutes on 2 CPU cores.
 study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml
+
+# The study's fine-tuning to convergence (10 epochs, each model at its best learning rate; docs/study.md): after
+# `make study`, copy its data, pretrain, export and linear_probe folders into results/cpu-study-converged (see the
+# preset) and this runs the fine-tuning again, about 80 minutes.
+study-converged: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml config/presets/cpu-study-converged.yaml
 
 # The quick tests in three steps: those that do not run Snakemake on two pytest workers (pytest-xdist), then those that
 # run Snakemake in the checkout (marker `workflow`) alone, one at a time (they share its .snakemake folder; on two

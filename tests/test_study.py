@@ -126,6 +126,21 @@ def test_each_models_fine_tuning_jobs_get_its_own_recipe(tmp_path):
     assert all("--learning-rate 0.001 " in line and "--epochs 3 " in line for line in electra)
 
 
+def test_the_converged_overlay_gives_each_study_model_its_rate_and_ten_epochs():
+    """config/presets/cpu-study-converged.yaml on top of the study preset (Snakemake merges --configfile files in
+    order, sections key by key): the study's models, 10 epochs, scratch at 3e-4 and the pretrained models at 1e-3."""
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    update_config(cfg, yaml.safe_load((REPO / "config/presets/cpu-study-converged.yaml").read_text()))
+    plans = plan_models(filled(cfg), SCHEMA)
+    assert list(plans) == ["electra", "mlm", "scratch"] and plans["mlm"]["pretrain"]["objective"] == "mlm"
+    assert {n: (p["finetune"]["learning_rate"], p["finetune"]["epochs"]) for n, p in plans.items()} == {
+        "electra": (1e-3, 10), "mlm": (1e-3, 10), "scratch": (3e-4, 10)}
+    assert plans["scratch"]["source"] == "scratch" and cfg["results_dir"] == "results/cpu-study-converged"
+    assert cfg["finetune"]["tasks"] == ["cola", "sst2", "mrpc", "stsb", "rte"]  # the study's tasks, cap and seeds
+
+
 def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
     from test_pipeline import snakemake
 
