@@ -245,3 +245,24 @@ def test_models_table_ends_with_the_majority_class_row(tmp_path):
     assert [row[0] for row in table["rows"]] == ["electra", "scratch", "majority class"]
     cells = dict(zip(table["columns"], table["rows"][-1]))
     assert cells["MRPC (acc)"] == "68.4" and cells["STS-B (Spearman)"] == "0.0"  # below it, a model learned nothing
+
+
+def test_the_models_table_says_where_the_fine_tuning_recipes_differ(tmp_path):
+    def run(scratch_lr, scratch_epochs):
+        paths = []
+        for model, lr, epochs in (("electra", 1e-3, 10), ("scratch", scratch_lr, scratch_epochs)):
+            for seed in (1, 2):
+                hparams = {"learning_rate": lr, "layer_decay": 0.8, "batch_size": 32}
+                paths.append(write_metrics(tmp_path / f"{model}-{scratch_lr}-{scratch_epochs}", "rte", seed,
+                                           {"accuracy": 0.5}, "accuracy", 0.5, model=model, hparams=hparams,
+                                           epochs=epochs))
+        models = evaluate.summarize_models(evaluate.read_results(paths), ["electra", "scratch"], {})
+        return report.render_models(models)
+
+    same = run(1e-3, 10)
+    assert "with the same seeds and recipe;" in same and "differ" not in same
+    differs = run(3e-4, 10)
+    assert "their fine-tuning recipes differ" in differs and "and recipe" not in differs
+    assert "electra learning rate 0.001; scratch learning rate 0.0003;" in differs  # only what differs is named
+    both = run(3e-4, 3)
+    assert "electra learning rate 0.001, epochs 10; scratch learning rate 0.0003, epochs 3;" in both

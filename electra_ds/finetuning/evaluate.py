@@ -188,8 +188,21 @@ def read_pretrain(pairs) -> dict:
     return out
 
 
+RECIPE_FIELDS = ("learning_rate", "epochs", "layer_decay", "warmup_fraction", "weight_decay", "batch_size")
+
+
+def finetune_recipe(results: list) -> dict:
+    """The fine-tuning recipe a model's jobs ran with: each of RECIPE_FIELDS -> its sorted distinct values (one where
+    every job agrees; epochs may differ by task). Results of older versions without ``hparams`` give what they have."""
+    recipe = {}
+    for key in RECIPE_FIELDS:
+        values = {r.get(key) if key == "epochs" else (r.get("hparams") or {}).get(key) for r in results}
+        recipe[key] = sorted(v for v in values if v is not None)
+    return recipe
+
+
 def summarize_models(results: list, order: list | None, pretrain: dict) -> dict:
-    """{model: {"source", "summary", "pretrain"}} in report order."""
+    """{model: {"source", "summary", "pretrain", "shape", "finetune_seconds", "finetune_recipe"}} in report order."""
     names = list(order or [])
     names += [r["model"] for r in results if r["model"] not in names]
     models = {}
@@ -201,7 +214,8 @@ def summarize_models(results: list, order: list | None, pretrain: dict) -> dict:
         source = mine[0].get("model_source", "pretrained")
         models[name] = {"source": source, "summary": summarize(mine), "pretrain": pretrain.get(name),
                         "shape": mine[0].get("model_shape", {}),
-                        "finetune_seconds": sum(float(r.get("seconds", 0.0)) for r in mine)}
+                        "finetune_seconds": sum(float(r.get("seconds", 0.0)) for r in mine),
+                        "finetune_recipe": finetune_recipe(mine)}
     return models
 
 

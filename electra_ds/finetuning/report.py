@@ -286,15 +286,27 @@ PLOT_NOTES = {
 }
 
 
+def recipe_note(models: dict) -> str:
+    """' and recipe', or what differs between the models' fine-tuning recipes (``models.<name>.finetune``)."""
+    recipes = {name: m.get("finetune_recipe") or {} for name, m in models.items()}
+    keys = sorted({k for r in recipes.values() for k in r}, key=lambda k: (k != "learning_rate", k != "epochs", k))
+    differing = [k for k in keys if len({tuple(r.get(k, ())) for r in recipes.values()}) > 1]
+    if not differing:
+        return " and recipe"
+    parts = [f"{name} " + ", ".join(f"{k.replace('_', ' ')} {'/'.join(f'{v:g}' for v in r.get(k, [])) or '?'}"
+                                    for k in differing) for name, r in recipes.items()]
+    return f"; **their fine-tuning recipes differ** (models.<name>.finetune): {'; '.join(parts)}"
+
+
 def render_models(models: dict) -> str:
     """The side-by-side table (only when the run has more than one model)."""
     if len(models) < 2:
         return ""
 
     return "\n".join(["# Models side by side", "",
-                      "Each model fine-tuned on the same tasks with the same seeds and recipe; main dev metric in "
-                      "percent, median ± sample std over seeds. *scratch* is the same architecture with random "
-                      "weights: what pretraining adds is the distance to it. `rtd_gain` > 0 means the "
+                      f"Each model fine-tuned on the same tasks with the same seeds{recipe_note(models)}; main dev "
+                      "metric in percent, median ± sample std over seeds. *scratch* is the same architecture with "
+                      "random weights: what pretraining adds is the distance to it. `rtd_gain` > 0 means the "
                       "discriminator beats the base rate; `context_auc` is the part of its ROC AUC that a context-free "
                       "per-token score does not already give (README, 'What a healthy run looks like').", "",
                       table_markdown(model_table(models)), "", ""])
