@@ -35,6 +35,7 @@ from electra_ds.common.fileio import atomic_path
 from electra_ds.common.layout import PRETRAIN_SUMMARY, TRAIN_LOG
 from electra_ds.common.settings import add_settings
 from electra_ds.finetuning import linear_probe, plots, report
+from electra_ds.finetuning.finetune import MODEL_RECIPE_FIELDS
 from electra_ds.finetuning.glue import GLUE_SCORE_TASKS, SCORE_ENTRIES, TASKS, get_task
 from electra_ds.finetuning.report import render_markdown, render_models, render_report, score_lines
 from electra_ds.finetuning.submission import build_submission
@@ -188,14 +189,12 @@ def read_pretrain(pairs) -> dict:
     return out
 
 
-RECIPE_FIELDS = ("learning_rate", "epochs", "layer_decay", "warmup_fraction", "weight_decay", "batch_size")
-
-
 def finetune_recipe(results: list) -> dict:
-    """The fine-tuning recipe a model's jobs ran with: each of RECIPE_FIELDS -> its sorted distinct values (one where
-    every job agrees; epochs may differ by task). Results of older versions without ``hparams`` give what they have."""
+    """The fine-tuning recipe a model's jobs ran with: each field a model may change (``models.<name>.finetune``) ->
+    its sorted distinct values (one where every job agrees; epochs may differ by task). Results of older versions
+    without ``hparams`` give what they have."""
     recipe = {}
-    for key in RECIPE_FIELDS:
+    for key in MODEL_RECIPE_FIELDS:
         values = {r.get(key) if key == "epochs" else (r.get("hparams") or {}).get(key) for r in results}
         recipe[key] = sorted(v for v in values if v is not None)
     return recipe

@@ -67,6 +67,9 @@ _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
 SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
                          "warmup_fraction", "weight_decay", "max_steps", "double_unordered", "head", "keep_model",
                          "threads", "precision", "optimizer", "schedule", "loss_reduction")}
+# The recipe a model of a study may set for itself (models.<name>.finetune; electra_ds.pipeline.study checks it, the
+# evaluation names those that differ between models); tasks, seeds, data and the job stay shared.
+MODEL_RECIPE_FIELDS = ("learning_rate", "layer_decay", "epochs", "warmup_fraction", "weight_decay", "batch_size")
 
 
 def add_arguments(p) -> None:

@@ -25,14 +25,13 @@ import re
 import jsonschema
 
 from electra_ds.common.errors import UserError
+from electra_ds.finetuning.finetune import MODEL_RECIPE_FIELDS
 from electra_ds.pretraining.shape import ModelShape, check_uniform_generator, pretraining_flops
 
 SOURCES = ("pretrained", "scratch")
 # Fields that shape the job rather than the model: one value for every model (set them in pretrain:).
 JOB_FIELDS = ("nodes", "processes_per_node", "gpus_per_node", "threads", "mem_mb", "runtime", "launcher", "device",
               "equal_flops")
-# The fine-tuning recipe a model may change (``models.<name>.finetune``); tasks, seeds, data and the job are shared.
-FINETUNE_FIELDS = ("learning_rate", "layer_decay", "epochs", "warmup_fraction", "weight_decay", "batch_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -47,7 +46,7 @@ def plan_models(config: dict, schema: dict) -> dict:
             raise UserError(f"model name {name!r} may only hold letters, digits, '_' and '-'", field=f"models.{name}")
         entry = dict(entry or {})
         source = entry.pop("source", "pretrained")
-        finetune = _finetune_recipe(name, entry.pop("finetune", None), config.get("finetune", {}),
+        finetune = _finetune_recipe(name, entry.pop("finetune", None), config["finetune"],
                                     schema["properties"]["finetune"])
         for key in entry:
             if key not in fields:
@@ -91,17 +90,15 @@ def plan_models(config: dict, schema: dict) -> dict:
 
 
 def _finetune_recipe(name: str, overrides, base: dict, finetune_schema: dict) -> dict:
-    """The finetune section with the model's own recipe fields (``models.<name>.finetune``) in place."""
+    """The finetune section with the model's own recipe fields (``models.<name>.finetune``, a mapping: the schema
+    checks that before planning) in place."""
     if overrides is None:
         return dict(base)
     where = f"models.{name}.finetune"
-    if not isinstance(overrides, dict):
-        raise UserError("must be a mapping of fine-tuning fields", field=where,
-                        fix=f"e.g. finetune: {{learning_rate: 3.0e-4}} (fields: {', '.join(FINETUNE_FIELDS)})")
     for key, value in overrides.items():
-        if key not in FINETUNE_FIELDS:
+        if key not in MODEL_RECIPE_FIELDS:
             raise UserError(f"{key!r} is not a fine-tuning field a model may change", field=f"{where}.{key}",
-                            fix=f"use one of: {', '.join(FINETUNE_FIELDS)} (tasks, seeds, data and the job are "
+                            fix=f"use one of: {', '.join(MODEL_RECIPE_FIELDS)} (tasks, seeds, data and the job are "
                                 "set once in finetune:)")
         try:
             jsonschema.validate(value, finetune_schema["properties"][key])
