@@ -13,6 +13,10 @@ Everything runs in this one invocation, on this machine, so every ratio compares
 3. **Reference**: the same objective written with stock Hugging Face modules (full-vocabulary generator logits,
    eager attention, fp32, torch AdamW, ``torch.multinomial`` sampling), one process, all threads.
 
+``--ceiling`` adds what the model's own ops reach without the pipeline around them: the whole pretraining model in
+plain PyTorch (bf16 weights, no DeepSpeed) and its discriminator alone, eager and under torch.compile.
+``--zero`` times other ZeRO stages than the presets' 2.
+
 ``--profile`` adds a torch.profiler breakdown of the pipeline's step (one process, the DeepSpeed engine built by
 :class:`electra_ds.pretraining.trainer.Trainer`) by kind of work.
 
@@ -112,14 +116,16 @@ def synthetic_shards(out: Path, vocab: int, examples: int, seq_len: int, seed: i
 
 
 def pipeline_rate(shards: Path, shape: dict, launch: str, precision: str, steps: int, log_every: int,
-                  global_batch: int, micro: int, work: Path, extra=(), source: str | None = None) -> dict:
+                  global_batch: int, micro: int, work: Path, extra=(), source: str | None = None,
+                  zero: str = "2") -> dict:
     """tokens/s and model TFLOP/s of ``electra-ds launch -- pretrain`` (median of the log intervals after the
-    first), and the resolved precision. ``source``: run the electra_ds package of another checkout (a baseline)."""
+    first), and the resolved precision. ``source``: run the electra_ds package of another checkout (a baseline);
+    ``zero``: the ZeRO stage (``ds_configs/zero<stage>.json``)."""
     nproc, threads = (int(x) for x in launch.split("x"))
     out = Path(tempfile.mkdtemp(prefix=f"pretrain-{launch}-{precision}{'-baseline' if source else ''}-", dir=work))
     cmd = [sys.executable, "-m", "electra_ds", "launch", "--nproc-per-node", str(nproc), "--cpus-per-task",
            str(threads), "--", "pretrain", "--shards", str(shards), "--output-dir", str(out),
-           "--ds-config", str(REPO / "ds_configs" / "zero2.json"), "--model", json.dumps(shape),
+           "--ds-config", str(REPO / "ds_configs" / f"zero{zero}.json"), "--model", json.dumps(shape),
            "--global-batch-size", str(global_batch), "--micro-batch-size", str(micro // nproc if micro else 0),
            "--learning-rate", "5e-4", "--warmup-steps", "10", "--max-steps", str(steps), "--precision", precision,
            "--checkpoint-every", str(10 * steps), "--log-every", str(log_every), "--eval-every", "0",
@@ -139,8 +145,9 @@ def pipeline_rate(shards: Path, shape: dict, launch: str, precision: str, steps:
 
 
 def pipeline_rows(results: dict, peak: float, label: str = "pipeline") -> None:
-    for (launch, precision, *attention), r in results.items():
-        attn = f" attention {attention[0]}" if attention else ""
+    for (launch, precision, *rest), r in results.items():
+        attn = f" attention {rest[0]}" if rest else ""
+        attn += "".join(f" {x}" for x in rest[1:])
         print(f"{label} {launch} {precision:5s} ({r['precision']}){attn}: {r['tokens_per_s']:9.0f} tokens/s "
               f"{r['model_tflops']:6.3f} model TFLOP/s = {100 * r['model_tflops'] / peak:5.1f}% of the peak", flush=True)
 
@@ -258,6 +265,55 @@ def reference_tokens_per_s(shape: ModelShape, batch: int, seq_len: int, steps: i
     return batch * seq_len / statistics.median(times)
 
 
+# -- 4. ceilings: the same model without the pipeline around it ---------------------------------------------------
+def ceiling_rates(shape: ModelShape, batch: int, seq_len: int, device, steps: int = 6) -> list[tuple]:
+    """(label, tokens/s, model TFLOP/s, seconds before the first timed step) of plain-PyTorch forward + backward
+    steps, bf16 weights (fp32 where bf16 has no matrix units), no DeepSpeed, optimizer or data loading, all threads:
+
+    - the pipeline's whole pretraining model (:class:`ElectraPretrainer`: masking, generator, sampling,
+      discriminator, losses), FLOPs counted as the pipeline counts them;
+    - the discriminator alone (``ElectraForPreTraining`` and a replaced-token loss on random labels), FLOPs of the
+      discriminator only, eager and compiled with ``torch.compile``.
+
+    What the model's own ops reach on this machine: the pipeline's step can come near these, not above them."""
+    from transformers import ElectraForPreTraining
+
+    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, shape.vocab_size, (batch, seq_len), generator=g)
+    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = CLS_ID, SEP_ID, SEP_ID
+    ids = ids.to(device)
+    labels = torch.randint(0, 2, (batch, seq_len), generator=g).float().to(device)
+
+    def rate(label, model, loss_of, flops):
+        def step():
+            loss_of(model).backward()
+            for p in model.parameters():
+                p.grad = None
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(), step()
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        tokens = batch * seq_len * steps / (time.perf_counter() - start)
+        return label, tokens, tokens * flops / 1e12, warm
+
+    full = ElectraPretrainer(shape, device_type=device.type).to(device, dtype)
+    disc_cfg, _ = electra_configs(shape, device.type)
+    disc = ElectraForPreTraining(disc_cfg).to(device, dtype)
+
+    def rtd_loss(model):
+        return F.binary_cross_entropy_with_logits(model(input_ids=ids).logits.float(), labels)
+
+    disc_flops = flops_per_token(shape, seq_len, uniform_generator=True)
+    return [rate("whole pretraining model, eager", full, lambda m: m(ids)["loss"], flops_per_token(shape, seq_len)),
+            rate("discriminator alone, eager", disc, rtd_loss, disc_flops),
+            rate("discriminator alone, torch.compile", torch.compile(disc), rtd_loss, disc_flops)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["tiny", "small"])
@@ -272,11 +328,15 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0, help="the model's dropout (the presets' CPU recipes: 0)")
     p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "sdpa", "eager"],
                    help="model.attn_implementation (auto: eager on CPU; sdpa on CPU = PyTorch's math kernel)")
+    p.add_argument("--zero", nargs="+", default=["2"], choices=["0", "1", "2", "3"],
+                   help="ZeRO stages to time (ds_configs/zero<stage>.json; the presets use 2)")
     p.add_argument("--reference-steps", type=int, default=3, help="0 skips the stock-HF reference loop")
     p.add_argument("--baseline-src", default=None,
                    help="a checkout of an earlier electra-ds (e.g. `git worktree add /tmp/base c23676e`): its pipeline "
                         "runs the --baseline-launch variants here too, and the ratio against it is printed")
     p.add_argument("--baseline-variant", nargs="+", default=["2x1:fp32", "2x1:bf16"], help="launch:precision")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time the model in plain PyTorch (no DeepSpeed), and its discriminator eager and compiled")
     p.add_argument("--profile", action="store_true", help="profile the pipeline's step by kind of work")
     p.add_argument("--profile-launch", default="1x2")
     p.add_argument("--profile-top", type=int, default=0, help="also print the N ops with the most self time")
@@ -312,11 +372,12 @@ def main() -> None:
         for launch in args.launch:
             for precision in args.precision:
                 for attention in args.attention:
-                    key = (launch, precision, attention)
-                    results[key] = r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention},
-                                                     launch, precision, args.steps, args.log_every,
-                                                     args.global_batch, micro, work)
-                    pipeline_rows({key: r}, peak_bf16)
+                    for zero in args.zero:
+                        key = (launch, precision, attention) + ((f"zero{zero}",) if len(args.zero) > 1 else ())
+                        results[key] = r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention},
+                                                         launch, precision, args.steps, args.log_every,
+                                                         args.global_batch, micro, work, zero=zero)
+                        pipeline_rows({key: r}, peak_bf16)
         best = max(results, key=lambda key: results[key]["tokens_per_s"])
         print(f"fastest launch, precision and attention: {' '.join(best)}")
         if args.baseline_src:
@@ -336,6 +397,11 @@ def main() -> None:
             print(f"reference (stock HF, eager, fp32, 1 process x {threads} threads): {ref:.0f} tokens/s")
             print(f"ratio pipeline {' '.join(best)} / reference tokens/s: "
                   f"{results[best]['tokens_per_s'] / ref:.2f}x")
+        if args.ceiling:
+            for label, tokens, tflops, warm in ceiling_rates(shape, micro, args.seq_len, device):
+                print(f"ceiling, {label} (1 process x {threads} threads): {tokens:9.0f} tokens/s {tflops:6.3f} "
+                      f"model TFLOP/s = {100 * tflops / peak_bf16:5.1f}% of the peak (first 2 steps {warm:.0f} s)",
+                      flush=True)
         if args.profile:
             for precision in args.precision:  # one process each: DeepSpeed's groups outlive destroy_process_group
                 subprocess.run([sys.executable, __file__, "--profile-worker", precision, "--shape", name,
