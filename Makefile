@@ -14,7 +14,7 @@ CORES ?= all
 RESULTS ?= results/demo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo study study-converged test test-quick report mlflow-ui clean
+.PHONY: setup demo study study-converged study-full test test-quick report mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ study-converged: setup
 # workers, even kept on one of them, a clean-clone CI run saw one of them fail now and then with Snakemake stopping
 # before its first job), then the slow ones (whole DAG, multi-process DeepSpeed) one at a time: each already uses both
 # cores, and several time what they watch.
+# CoLA and SST-2 on their whole training sets (3 epochs, each model at its rate; docs/study.md): after `make study`,
+# copy its data, pretrain, export and linear_probe folders into results/cpu-study-full, about 50 minutes.
+study-full: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml config/presets/cpu-study-full.yaml
+
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not workflow" -n 2
 	$(BIN)/python -m pytest -q -m "not slow and workflow"

@@ -141,6 +141,23 @@ def test_the_converged_overlay_gives_each_study_model_its_rate_and_ten_epochs():
     assert cfg["finetune"]["tasks"] == ["cola", "sst2", "mrpc", "stsb", "rte"]  # the study's tasks, cap and seeds
 
 
+def test_the_full_training_sets_overlay_uncaps_the_capped_tasks_at_the_papers_three_epochs():
+    """config/presets/cpu-study-full.yaml on top of the study preset: CoLA and SST-2 (the tasks the study caps) on
+    their whole training sets, 3 epochs, each model at its converged rate; nothing else of the study changes."""
+    from snakemake.utils import update_config
+
+    study = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "config/presets/cpu-study.yaml").read_text())
+    update_config(cfg, yaml.safe_load((REPO / "config/presets/cpu-study-full.yaml").read_text()))
+    plans = plan_models(filled(cfg), SCHEMA)
+    assert {n: (p["finetune"]["learning_rate"], p["finetune"]["epochs"]) for n, p in plans.items()} == {
+        "electra": (1e-3, 3), "mlm": (1e-3, 3), "scratch": (3e-4, 3)}
+    assert cfg["finetune"]["tasks"] == ["cola", "sst2"] and study["finetune"]["max_train_examples"] == 4000
+    assert cfg["finetune"]["max_train_examples"] == 0  # 0: the whole training set
+    assert cfg["pretrain"] == study["pretrain"] and cfg["finetune"]["seeds"] == study["finetune"]["seeds"]
+    assert cfg["results_dir"] == "results/cpu-study-full"
+
+
 def test_the_study_preset_plans_one_dag_with_the_model_as_a_wildcard(tmp_path):
     from test_pipeline import snakemake
 
