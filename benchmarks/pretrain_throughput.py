@@ -15,7 +15,8 @@ Everything runs in this one invocation, on this machine, so every ratio compares
 
 ``--ceiling`` adds what the model's own ops reach without the pipeline around them: the whole pretraining model in
 plain PyTorch (bf16 weights, no DeepSpeed) and its discriminator alone, eager and under torch.compile.
-``--zero`` times other ZeRO stages than the presets' 2.
+``--zero`` times other ZeRO stages than the presets' 2; ``--busy N`` times each variant again beside N spinning
+low-priority processes (a machine something else also wants).
 
 ``--profile`` adds a torch.profiler breakdown of the pipeline's step (one process, the DeepSpeed engine built by
 :class:`electra_ds.pretraining.trainer.Trainer`) by kind of work.
@@ -142,6 +143,24 @@ def pipeline_rate(shards: Path, shape: dict, launch: str, precision: str, steps:
     return {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in train),
             "model_tflops": statistics.median(x["model_tflops"] for x in train),
             "precision": summary["precision"], "flops_per_token": summary["flops_per_token"]}
+
+
+class BusyCores:
+    """``n`` processes spinning at the lowest priority (nice 19) while the block runs: the machine as it is when
+    something else (a second job, an editor's indexer) wants a core, to see how each launch copes with it."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.nice(19))
+                      for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
 
 
 def pipeline_rows(results: dict, peak: float, label: str = "pipeline") -> None:
@@ -330,6 +349,8 @@ def main() -> None:
                    help="model.attn_implementation (auto: eager on CPU; sdpa on CPU = PyTorch's math kernel)")
     p.add_argument("--zero", nargs="+", default=["2"], choices=["0", "1", "2", "3"],
                    help="ZeRO stages to time (ds_configs/zero<stage>.json; the presets use 2)")
+    p.add_argument("--busy", type=int, default=0,
+                   help="time each variant again beside this many processes spinning at nice 19 (a shared machine)")
     p.add_argument("--reference-steps", type=int, default=3, help="0 skips the stock-HF reference loop")
     p.add_argument("--baseline-src", default=None,
                    help="a checkout of an earlier electra-ds (e.g. `git worktree add /tmp/base c23676e`): its pipeline "
@@ -380,6 +401,16 @@ def main() -> None:
                         pipeline_rows({key: r}, peak_bf16)
         best = max(results, key=lambda key: results[key]["tokens_per_s"])
         print(f"fastest launch, precision and attention: {' '.join(best)}")
+        if args.busy:
+            with BusyCores(args.busy):
+                for key in list(results):
+                    launch, precision, attention, *zero = key
+                    r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention}, launch, precision,
+                                      args.steps, args.log_every, args.global_batch, micro, work,
+                                      zero=zero[0][4:] if zero else "2")
+                    pipeline_rows({(*key, f"{args.busy} busy core(s)"): r}, peak_bf16)
+                    print(f"ratio {' '.join(key)} quiet / with {args.busy} busy core(s): "
+                          f"{results[key]['tokens_per_s'] / r['tokens_per_s']:.2f}x", flush=True)
         if args.baseline_src:
             for variant in args.baseline_variant:
                 launch, precision = variant.split(":")

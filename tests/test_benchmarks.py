@@ -30,3 +30,12 @@ def test_the_ceilings_time_the_whole_model_and_the_discriminator_eager_and_compi
         assert tokens > 0 and warm > 0, label
         assert tflops == pytest.approx(tokens * f / 1e12), label  # counted as the pipeline counts its model's FLOPs
 
+
+
+def test_busy_cores_spin_at_the_lowest_priority_while_the_block_runs_and_are_gone_after():
+    b = bench()
+    with b.BusyCores(2) as busy:
+        assert len(busy.procs) == 2 and all(p.poll() is None for p in busy.procs)
+        nice = [int(open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[16]) for p in busy.procs]
+        assert nice == [19, 19]
+    assert all(p.poll() is not None for p in busy.procs)
