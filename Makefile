@@ -44,7 +44,7 @@ study-converged: setup
 # before its first job), then the slow ones (whole DAG, multi-process DeepSpeed) one at a time: each already uses both
 # cores, and several time what they watch.
 # CoLA and SST-2 on their whole training sets (3 epochs, each model at its rate; docs/study.md): after `make study`,
-# copy its data, pretrain, export and linear_probe folders into results/cpu-study-full, about 50 minutes.
+# copy its data, pretrain, export and linear_probe folders into results/cpu-study-full, about 90 minutes.
 study-full: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml config/presets/cpu-study-full.yaml
 
