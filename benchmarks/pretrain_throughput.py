@@ -263,11 +263,15 @@ class ReferenceElectra(torch.nn.Module):
         return {"loss": gen.loss + 50 * disc_loss}
 
 
-def reference_tokens_per_s(shape: ModelShape, batch: int, seq_len: int, steps: int, device) -> float:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, shape.vocab_size, (batch, seq_len), generator=g)
+def synthetic_batch(vocab: int, batch: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` rows of random ids shaped as the shards' ([CLS] a [SEP] b [SEP])."""
+    ids = torch.randint(5, vocab, (batch, seq_len), generator=generator)
     ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = CLS_ID, SEP_ID, SEP_ID
-    ids = ids.to(device)
+    return ids
+
+
+def reference_tokens_per_s(shape: ModelShape, batch: int, seq_len: int, steps: int, device) -> float:
+    ids = synthetic_batch(shape.vocab_size, batch, seq_len, torch.Generator().manual_seed(0)).to(device)
     model = ReferenceElectra(shape).to(device)
     opt = torch.optim.AdamW(ElectraPretrainer.param_groups(model, 0.01), lr=1e-4, eps=1e-6)
     times = []
@@ -299,9 +303,7 @@ def ceiling_rates(shape: ModelShape, batch: int, seq_len: int, device, steps: in
 
     dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, shape.vocab_size, (batch, seq_len), generator=g)
-    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = CLS_ID, SEP_ID, SEP_ID
-    ids = ids.to(device)
+    ids = synthetic_batch(shape.vocab_size, batch, seq_len, g).to(device)
     labels = torch.randint(0, 2, (batch, seq_len), generator=g).float().to(device)
 
     def rate(label, model, loss_of, flops):
@@ -389,25 +391,25 @@ def main() -> None:
         peak_bf16 = peak[torch.bfloat16] if bf16_supported(device) else peak[torch.float32]
         print(f"peak (best bf16 rate at the model's shapes): {peak_bf16:.2f} TFLOP/s; best fp32 "
               f"{peak[torch.float32]:.2f}")
-        results = {}
+        def run(launch, precision, attention, zero):
+            return pipeline_rate(shards, {**shape_dict, "attn_implementation": attention}, launch, precision,
+                                 args.steps, args.log_every, args.global_batch, micro, work, zero=zero)
+
+        results, variants = {}, {}  # variants: the key each result is printed under -> run()'s arguments
         for launch in args.launch:
             for precision in args.precision:
                 for attention in args.attention:
                     for zero in args.zero:
                         key = (launch, precision, attention) + ((f"zero{zero}",) if len(args.zero) > 1 else ())
-                        results[key] = r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention},
-                                                         launch, precision, args.steps, args.log_every,
-                                                         args.global_batch, micro, work, zero=zero)
+                        variants[key] = (launch, precision, attention, zero)
+                        results[key] = r = run(*variants[key])
                         pipeline_rows({key: r}, peak_bf16)
         best = max(results, key=lambda key: results[key]["tokens_per_s"])
         print(f"fastest launch, precision and attention: {' '.join(best)}")
         if args.busy:
             with BusyCores(args.busy):
-                for key in list(results):
-                    launch, precision, attention, *zero = key
-                    r = pipeline_rate(shards, {**shape_dict, "attn_implementation": attention}, launch, precision,
-                                      args.steps, args.log_every, args.global_batch, micro, work,
-                                      zero=zero[0][4:] if zero else "2")
+                for key, variant in variants.items():
+                    r = run(*variant)
                     pipeline_rows({(*key, f"{args.busy} busy core(s)"): r}, peak_bf16)
                     print(f"ratio {' '.join(key)} quiet / with {args.busy} busy core(s): "
                           f"{results[key]['tokens_per_s'] / r['tokens_per_s']:.2f}x", flush=True)
