@@ -38,20 +38,20 @@ study: setup
 study-converged: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml config/presets/cpu-study-converged.yaml
 
-# The quick tests in three steps: those that do not run Snakemake on two pytest workers (pytest-xdist), then those that
-# run Snakemake in the checkout (marker `workflow`) alone, one at a time (they share its .snakemake folder; on two
-# workers, even kept on one of them, a clean-clone CI run saw one of them fail now and then with Snakemake stopping
-# before its first job), then the slow ones (whole DAG, multi-process DeepSpeed) one at a time: each already uses both
-# cores, and several time what they watch.
 # CoLA and SST-2 on their whole training sets (3 epochs, each model at its rate; docs/study.md): after `make study`,
 # copy its data, pretrain, export and linear_probe folders into results/cpu-study-full, about 90 minutes.
 study-full: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/presets/cpu-study.yaml config/presets/cpu-study-full.yaml
 
+# The quick tests in three steps: those that do not run Snakemake on two pytest workers (pytest-xdist), then those that
+# run Snakemake in the checkout (marker `workflow`) alone, one at a time (they share its .snakemake folder; on two
+# workers, even kept on one of them, a clean-clone CI run saw one of them fail now and then with Snakemake stopping
+# before its first job), then the slow ones (whole DAG, multi-process DeepSpeed) one at a time: each already uses both
+# cores, and several time what they watch.
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not workflow" -n 2
 	$(BIN)/python -m pytest -q -m "not slow and workflow"
-	$(BIN)/python -m pytest -q -m slow --durations=15
+	$(BIN)/python -m pytest -q -m slow --durations=30
 
 # The tests not marked slow (leaves out the whole-DAG and multi-process runs): a first check before `make test`.
 test-quick: setup
