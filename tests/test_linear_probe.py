@@ -97,6 +97,26 @@ def test_the_reader_finds_a_planted_feature_and_nothing_in_shuffled_labels():
     assert fit["cv_accuracy"] < 0.65
 
 
+def test_token_spread_is_the_share_of_the_squared_norm_that_varies_between_tokens():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shared = np.zeros(16)
+    shared[0] = 10.0  # |c|^2 = 100 against 16 of noise (unit variance in 16 dimensions)
+    collapsed = [shared + rng.normal(size=(n, 16)) for n in (300, 500, 200)]
+    spread_out = [rng.normal(size=(n, 16)) for n in (300, 500, 200)]
+    spread = linear_probe.TokenSpread()
+    for a, b in zip(collapsed, spread_out):  # batch by batch, two layers
+        spread.add([b, a])
+    assert spread.tokens == 1000
+    out, shared_layer = spread.shares()
+    assert out == pytest.approx(1.0, abs=0.02) and shared_layer == pytest.approx(16 / 116, abs=0.02)
+    whole = linear_probe.TokenSpread()  # the same tokens in one batch give the same figures
+    whole.add([np.concatenate(spread_out), np.concatenate(collapsed)])
+    assert whole.shares() == pytest.approx([out, shared_layer], rel=1e-9)
+    assert linear_probe.TokenSpread().shares() == []
+
+
 def test_the_training_subset_is_seeded_and_the_same_as_finetunes():
     examples = [{"idx": i} for i in range(100)]
     chosen = linear_probe.training_subset(examples, 10, 0)
@@ -119,6 +139,8 @@ def test_the_probe_finds_a_planted_token_and_an_identical_pair(tiny_model, tmp_p
         assert abs(task["majority"]["accuracy"] - 0.5) < 0.01
         assert task["best_accuracy"] == max(task["accuracy"]) == task["accuracy"][task["best_layer"]]
         assert set(task["seconds"]) == {"features", "fit"}
+        assert len(task["token_spread"]) == 3 and all(0 <= v <= 1 for v in task["token_spread"])
+        assert [e["token_spread"] for e in task["layers"]] == task["token_spread"]
     assert sst2["best_accuracy"] > 0.95  # the embedding layer alone carries the planted word
     assert min(mrpc["accuracy"]) > 0.97  # |u - v| is 0 exactly for the positive pairs, at every layer
     assert result["settings"]["train_examples"] == 200 and result["seconds"] > 0
@@ -223,7 +245,7 @@ def test_evaluate_puts_the_frozen_probe_table_in_every_report(tiny_model, tmp_pa
     assert "# Frozen probe" in md and "scratch (random weights: the baseline)" in md
     header = next(line for line in md.splitlines() if line.startswith("| model | sst2 emb"))
     assert header.split(" | ")[1:] == ["sst2 emb", "sst2 L1", "sst2 L2", "sst2 best (layer)", "sst2 best - scratch |"]
-    section = md.split("# Frozen probe", 1)[1].split("\n## ", 1)[0]
+    section = md.split("# Frozen probe", 1)[1].split("\n## ", 1)[0].split("Token spread per layer")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [r.split(" | ")[0] for r in rows] == [
         "| electra", "| scratch (random weights: the baseline)", "| majority class"]
@@ -234,6 +256,9 @@ def test_evaluate_puts_the_frozen_probe_table_in_every_report(tiny_model, tmp_pa
     se = 100 * (best * (1 - best) / n_dev) ** 0.5
     assert f"no spread is shown; a dev accuracy near {100 * best:.0f}% on {n_dev} examples" in md
     assert f"binomial standard error of {se:.1f} points" in md and f"under about {2 * 2 ** 0.5 * se:.1f} points" in md
+    spread = electra["tasks"]["sst2"]["token_spread"]
+    assert "Token spread per layer" in md
+    assert "| electra | sst2 | " + " | ".join(f"{v:.2f}" for v in spread) + " |" in md
     assert "Frozen probe" in out["html"].read_text()
     table = json.loads(out["json"].read_text())["linear_probe"]
     assert list(table["models"]) == ["electra", "scratch"]

@@ -200,6 +200,8 @@ def test_micro_study_runs_every_model_side_by_side(tmp_path, shared_data):
                            warmup_steps=2, checkpoint_every=6, log_every=2, eval_every=3, eval_examples=16, device="cpu")
     cfg["finetune"].update(tasks=["rte", "stsb"], glue_dir=str(shared_data / "glue"), seeds=[1], epochs=1,
                            max_train_examples=48)
+    # the frozen probe on 200 training sentences and two rates (the preset's 2000 and seven: about 40 s a model here)
+    cfg["linear_probe"] = {**cfg.get("linear_probe", {}), "train_examples": 200, "cs": [0.01, 1.0]}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     results = tmp_path / "results"

@@ -90,11 +90,12 @@ def load_encoder(model_dir):
     return tokenizer, model
 
 
-def sentence_features(model, tokenizer, texts: list, batch_size: int = 64, max_length: int = 128):
+def sentence_features(model, tokenizer, texts: list, batch_size: int = 64, max_length: int = 128,
+                      spread: TokenSpread | None = None):
     """Mean-pooled states of every layer: float32 array ``(num_layers + 1, len(texts), hidden)``, in input order.
 
     Each text is encoded alone ([CLS] text [SEP]); batches hold texts of similar length (sorted), padded to the
-    batch's longest."""
+    batch's longest. ``spread``, if given, also takes in every token's state (see ``TokenSpread``)."""
     import numpy as np
     import torch
 
@@ -116,12 +117,44 @@ def sentence_features(model, tokenizer, texts: list, batch_size: int = 64, max_l
             states = model(input_ids=batch, attention_mask=mask, token_type_ids=torch.zeros_like(batch),
                            output_hidden_states=True).hidden_states
             weights = mask.unsqueeze(-1).float()
+            if spread is not None:
+                spread.add([h.float()[mask.bool()].double().numpy() for h in states])
             pooled = torch.stack([(h.float() * weights).sum(1) / weights.sum(1) for h in states])
             out[:, idx] = pooled.numpy()
     return out
 
 
-def task_features(model, tokenizer, examples: list, batch_size: int = 64, max_length: int = 128):
+class TokenSpread:
+    """Per layer, the share of the token states' mean squared norm that varies from token to token:
+    1 - |mean state|^2 / mean |state|^2 over every real token ([CLS] and [SEP] included). Near 1 the states spread
+    around the origin; near 0 they sit on one shared vector (the layer is anisotropic), so that a classifier head
+    reading one token ([CLS]) starts from nearly the same input for every sentence. Standardised probe features do
+    not see this (they remove the mean); fine-tuning does (docs/study.md, "Why ELECTRA's features fine-tune worse")."""
+
+    def __init__(self):
+        self.total, self.squares, self.tokens = None, None, 0
+
+    def add(self, layers: list) -> None:
+        """``layers``: per layer an array ``(tokens, hidden)`` of one batch's real tokens."""
+        import numpy as np
+
+        total = np.stack([h.sum(0) for h in layers])
+        squares = np.array([float((h * h).sum()) for h in layers])
+        if self.total is None:
+            self.total, self.squares = total, squares
+        else:
+            self.total, self.squares = self.total + total, self.squares + squares
+        self.tokens += len(layers[0])
+
+    def shares(self) -> list:
+        if not self.tokens:
+            return []
+        mean = self.total / self.tokens
+        return [float(1 - (m @ m) / (sq / self.tokens)) if sq > 0 else 0.0 for m, sq in zip(mean, self.squares)]
+
+
+def task_features(model, tokenizer, examples: list, batch_size: int = 64, max_length: int = 128,
+                  spread: TokenSpread | None = None):
     """Features of examples, ``(num_layers + 1, n, dim)``: u for single sentences, [u, v, |u-v|, u*v] for pairs.
     Each distinct sentence is encoded once."""
     import numpy as np
@@ -129,7 +162,7 @@ def task_features(model, tokenizer, examples: list, batch_size: int = 64, max_le
     pair = bool(examples) and examples[0]["text_b"] is not None
     texts = list(dict.fromkeys([ex["text_a"] for ex in examples] + ([ex["text_b"] for ex in examples] if pair else [])))
     where = {t: i for i, t in enumerate(texts)}
-    feats = sentence_features(model, tokenizer, texts, batch_size, max_length)
+    feats = sentence_features(model, tokenizer, texts, batch_size, max_length, spread)
     u = feats[:, [where[ex["text_a"]] for ex in examples]]
     if not pair:
         return u
@@ -233,7 +266,9 @@ def probe_task(model, tokenizer, task, data_dir, args) -> dict:
     dev = {split: load_split(task, split, data_dir=data_dir) for split in task.dev_splits}
     y_train = [ex["label"] for ex in train]
     folds = _folds(y_train, args.folds, task, Path(data_dir) / task.dirname / "train.tsv")
-    x_train = task_features(model, tokenizer, train, args.batch_size, args.max_length)
+    spread = TokenSpread()
+    x_train = task_features(model, tokenizer, train, args.batch_size, args.max_length, spread)
+    token_spread = spread.shares()
     x_dev = {s: task_features(model, tokenizer, ex, args.batch_size, args.max_length) for s, ex in dev.items()}
     features_s = time.monotonic() - started
     first = next(iter(task.dev_splits))
@@ -247,7 +282,7 @@ def probe_task(model, tokenizer, task, data_dir, args) -> dict:
         scores = {s: compute_metrics(task, fit["predictions"][s], dev_labels[s]) for s in dev}
         entry = {"layer": layer, "name": layer_name(layer), "accuracy": scores[first]["accuracy"],
                  "metrics": scores[first], "C": fit["C"], "cv_accuracy": fit["cv_accuracy"],
-                 "not_converged": fit["not_converged"]}
+                 "not_converged": fit["not_converged"], "token_spread": token_spread[layer]}
         if len(dev) > 1:
             entry["dev_splits"] = scores
         layers.append(entry)
@@ -265,7 +300,7 @@ def probe_task(model, tokenizer, task, data_dir, args) -> dict:
                      "accuracy": sum(y == constant for y in dev_labels[first]) / len(dev_labels[first])},
         "layers": layers, "accuracy": accuracy, "C": [e["C"] for e in layers],
         "best_layer": best, "best_accuracy": accuracy[best],
-        "best_layer_cv": best_cv, "best_layer_cv_accuracy": accuracy[best_cv],
+        "best_layer_cv": best_cv, "best_layer_cv_accuracy": accuracy[best_cv], "token_spread": token_spread,
         "seconds": {"features": round(features_s, 3), "fit": round(time.monotonic() - started - features_s, 3)},
     }
 
@@ -460,13 +495,36 @@ def render_markdown(results: dict, sources: dict | None = None, heading: str = "
              "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
     lines += [""] + [f"- {note}" for note in table["notes"]] + [""]
+    lines += spread_markdown(results)
     return "\n".join(lines)
+
+
+def spread_markdown(results: dict) -> list:
+    """Lines of a small table: each model's token spread per layer (``TokenSpread``), on its first probe task."""
+    rows = []
+    for name, r in results.items():
+        task, entry = next(iter(r["tasks"].items()), (None, None))
+        if entry and entry.get("token_spread"):
+            rows.append((name, task, entry["token_spread"]))
+    if not rows:
+        return []
+    depth = max(len(s) for _, _, s in rows)
+    cols = ["model", "sentences of"] + ["emb" if i == 0 else f"L{i}" for i in range(depth)]
+    lines = ["Token spread per layer: the share of the token states' mean squared norm that varies from token to "
+             "token (1 - |mean state|^2 / mean |state|^2, over the probe's training sentences). Near 0 the states "
+             "share one vector, and a head reading [CLS] starts from nearly the same input for every sentence; the "
+             "standardised probe above does not see this, fine-tuning does (docs/study.md).", "",
+             "| " + " | ".join(cols) + " |", "|" + "|".join(["---", "---"] + ["---:"] * depth) + "|"]
+    for name, task, shares in rows:
+        lines.append("| " + " | ".join([name, task] + [f"{v:.2f}" for v in shares] + ["-"] * (depth - len(shares)))
+                     + " |")
+    return lines + [""]
 
 
 def summary(results: dict, sources: dict | None = None) -> dict:
     """What results.json keeps: per model and task the per-layer accuracy, C, best layers and sizes; the table."""
     keep = ("accuracy", "C", "best_layer", "best_accuracy", "best_layer_cv", "best_layer_cv_accuracy", "majority",
-            "n_train", "n_dev", "features", "seconds")
+            "n_train", "n_dev", "features", "seconds", "token_spread")
     return {"models": {name: {"layers": r["layers"], "seconds": r.get("seconds"), "file": r["_path"],
                               "tasks": {t: {k: v for k, v in task.items() if k in keep}
                                         for t, task in r["tasks"].items()}}
