@@ -41,6 +41,7 @@ from electra_ds.common.fileio import read_json, write_json
 from electra_ds.common.settings import add_settings
 from electra_ds.common.userfiles import load_hf_tokenizer
 from electra_ds.finetuning.glue import get_task, load_split, task_names
+from electra_ds.finetuning.report import table_markdown
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,11 @@ def sentence_features(model, tokenizer, texts: list, batch_size: int = 64, max_l
                 mask[row, :len(ids[i])] = 1
             states = model(input_ids=batch, attention_mask=mask, token_type_ids=torch.zeros_like(batch),
                            output_hidden_states=True).hidden_states
+            states = [h.float() for h in states]
             weights = mask.unsqueeze(-1).float()
             if spread is not None:
-                spread.add([h.float()[mask.bool()].double().numpy() for h in states])
-            pooled = torch.stack([(h.float() * weights).sum(1) / weights.sum(1) for h in states])
+                spread.add([h[mask.bool()].double().numpy() for h in states])
+            pooled = torch.stack([(h * weights).sum(1) / weights.sum(1) for h in states])
             out[:, idx] = pooled.numpy()
     return out
 
@@ -492,8 +494,7 @@ def render_markdown(results: dict, sources: dict | None = None, heading: str = "
              "reader finds in the encoder as it is. Pair tasks use [u, v, |u-v|, u*v] of the two sentences encoded "
              "alone. *best* is the layer with the highest dev accuracy (chosen on dev). The scratch model (same "
              "architecture, random weights) is the bar pretraining must clear.", "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+             table_markdown(table)]
     lines += [""] + [f"- {note}" for note in table["notes"]] + [""]
     lines += spread_markdown(results)
     return "\n".join(lines)
@@ -509,16 +510,14 @@ def spread_markdown(results: dict) -> list:
     if not rows:
         return []
     depth = max(len(s) for _, _, s in rows)
-    cols = ["model", "sentences of"] + ["emb" if i == 0 else f"L{i}" for i in range(depth)]
-    lines = ["Token spread per layer: the share of the token states' mean squared norm that varies from token to "
-             "token (1 - |mean state|^2 / mean |state|^2, over the probe's training sentences). Near 0 the states "
-             "share one vector, and a head reading [CLS] starts from nearly the same input for every sentence; the "
-             "standardised probe above does not see this, fine-tuning does (docs/study.md).", "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join(["---", "---"] + ["---:"] * depth) + "|"]
-    for name, task, shares in rows:
-        lines.append("| " + " | ".join([name, task] + [f"{v:.2f}" for v in shares] + ["-"] * (depth - len(shares)))
-                     + " |")
-    return lines + [""]
+    table = {"columns": ["model", "sentences of"] + ["emb" if i == 0 else f"L{i}" for i in range(depth)],
+             "rows": [[name, task] + [f"{v:.2f}" for v in shares] + ["-"] * (depth - len(shares))
+                      for name, task, shares in rows]}
+    return ["Token spread per layer: the share of the token states' mean squared norm that varies from token to "
+            "token (1 - |mean state|^2 / mean |state|^2, over the probe's training sentences). Near 0 the states "
+            "share one vector, and a head reading [CLS] starts from nearly the same input for every sentence; the "
+            "standardised probe above does not see this, fine-tuning does (docs/study.md).", "",
+            table_markdown(table), ""]
 
 
 def summary(results: dict, sources: dict | None = None) -> dict:
