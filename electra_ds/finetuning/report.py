@@ -141,7 +141,10 @@ def render_html(markdown: str, images: dict) -> str:
             markdown = markdown.replace(reference, f"*{caption}: not available*")
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
     style = ("body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em}"
+             # a table wider than the page scrolls inside its own box instead of pushing the page wide
+             "table{border-collapse:collapse;margin:1em 0;display:block;width:max-content;max-width:100%;"
+             "overflow-x:auto}"
+             "th,td{border:1px solid #ccc;padding:.3em .6em}"
              "th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;display:block;"
              "margin:1em 0}h1{border-bottom:1px solid #ddd;padding-bottom:.2em}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>electra-ds results</title>"
