@@ -218,13 +218,17 @@ def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA; must precede the classifier head's initialisation
-    torch.use_deterministic_algorithms(True, warn_only=True)
     from electra_ds.common.hardware import resolve_device, resolve_precision
 
     # the first GPU of the job's CUDA_VISIBLE_DEVICES when one is visible (auto), else the CPU
     device = torch.device("cuda", 0) if resolve_device(
         requested_device, field="--device", fix="run on a GPU node (finetune.gpus in the config requests one), "
                                                 "or use --device auto/cpu") == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        # deterministic cuBLAS/cuDNN kernels (the CPU's kernels for this model already are, at a fixed thread count;
+        # the switch also imports torch's compiler stack, 1-2 s of every CPU job's start-up: benchmarks/
+        # finetune_throughput.py)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     use_bf16 = resolve_precision(precision, device.type) == "bf16"
 
     def autocast():
@@ -234,7 +238,8 @@ def _torch_runtime(seed: int, threads: int | None, requested_device: str = "auto
         yield device, use_bf16, autocast
     finally:
         torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        if device.type == "cuda":
+            torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
 
 
 def run(args, tracker) -> None:
