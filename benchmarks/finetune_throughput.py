@@ -38,14 +38,19 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER_EPOCHS = {"rte": 10, "stsb": 10}  # the paper's (and both checkouts' default) epochs; 3 for the rest
 
 
+def finetune_args(model_dir: Path, glue_dir: Path, task: str, args, output_dir: Path, results: Path) -> list[str]:
+    """``electra-ds finetune``'s arguments for one job: the options both checkouts have, nothing else."""
+    return ["finetune", "--model-dir", str(model_dir), "--task", task, "--seed", str(args.seed),
+            "--output-dir", str(output_dir), "--data-dir", str(glue_dir), "--learning-rate", str(args.learning_rate),
+            "--max-train-examples", str(args.max_train_examples),
+            "--epochs", str(PAPER_EPOCHS.get(task, 3) if args.epochs == 0 else args.epochs),
+            "--no-double-unordered", "--threads", "1", "--results-dir", str(results)]
+
+
 def job(source: Path, model_dir: Path, glue_dir: Path, task: str, args, work: Path, label: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"{label}-{task}-", dir=work))
     results = work / f"{label}-results"  # one MLflow store a side, created before the first job (as in a study)
-    cmd = [sys.executable, "-m", "electra_ds", "finetune", "--model-dir", str(model_dir), "--task", task,
-           "--seed", str(args.seed), "--output-dir", str(out / "job"), "--data-dir", str(glue_dir),
-           "--learning-rate", str(args.learning_rate), "--max-train-examples", str(args.max_train_examples),
-           "--epochs", str(PAPER_EPOCHS.get(task, 3) if args.epochs == 0 else args.epochs),
-           "--no-double-unordered", "--threads", "1", "--results-dir", str(results)]
+    cmd = [sys.executable, "-m", "electra_ds", *finetune_args(model_dir, glue_dir, task, args, out / "job", results)]
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=3600)
@@ -57,7 +62,7 @@ def job(source: Path, model_dir: Path, glue_dir: Path, task: str, args, work: Pa
             "metric": m["main_metric"], "bf16": m.get("bf16")}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline-src", required=True, help="a checkout of an earlier electra-ds")
     p.add_argument("--model-dir", default=str(REPO / "results/demo/export/electra/discriminator"),
@@ -68,7 +73,11 @@ def main() -> None:
     p.add_argument("--max-train-examples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=0, help="0: 3, and 10 for RTE and STS-B")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     model_dir, glue_dir = Path(args.model_dir).resolve(), Path(args.glue_dir).resolve()
     sides = {"baseline": Path(args.baseline_src).resolve(), "this checkout": REPO}
     print(f"model {model_dir}; {args.max_train_examples} training examples; seed {args.seed}; one thread a job, "
