@@ -10,8 +10,9 @@ for older torch releases (2.8 at most) than this project's, so this script runs 
     /tmp/ipexenv/bin/pip install torch==2.8.0 intel-extension-for-pytorch==2.8.0 transformers
     TORCHINDUCTOR_COMPILE_THREADS=1 /tmp/ipexenv/bin/python benchmarks/ipex_ceiling.py --shape small study
 
-It also runs in the project's environment (no IPEX: its rows are skipped). In one process it prints the bf16 and
-fp32 matmul rates at the discriminator's own GEMM shapes (the best bf16 rate is "the peak") and, for one training
+It also runs in the project's environment (no IPEX: its rows are skipped). It uses pretrain_throughput.py's shapes,
+peak and discriminator config (electra_ds from this checkout, on sys.path). In one process it prints the bf16 and
+fp32 matmul rates at the model's own GEMM shapes (the best bf16 rate is "the peak") and, for one training
 step of the discriminator alone (``ElectraForPreTraining``, a replaced-token loss on random labels, batch x 128
 tokens), tokens/s and model TFLOP/s (the FLOPs the pipeline counts for the discriminator) of:
 
@@ -31,7 +32,6 @@ matmul timings.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -40,37 +40,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-# electra_ds.pretraining.shape needs nothing but the standard library: load it alone, so that this script runs in
-# an environment without electra-ds installed (IPEX's)
-_spec = importlib.util.spec_from_file_location("electra_shape", REPO / "electra_ds/pretraining/shape.py")
-shape_mod = importlib.util.module_from_spec(_spec)
-sys.modules["electra_shape"] = shape_mod
-_spec.loader.exec_module(shape_mod)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the shapes, the peak at the model's GEMMs and the discriminator's config, as the pipeline's benchmark has them (it
+# imports electra_ds from the checkout, not from an installed package: it runs in IPEX's environment too)
+import pretrain_throughput as pt  # noqa: E402
 
 LR = 1e-3  # large enough that one AdamW step moves every bf16 weight (the validity check)
-SHAPES = {  # as benchmarks/pretrain_throughput.py
-    "study": dict(embedding_size=256, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
-    "small": dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024),
-}
-
-
-def matmul_rates(shape: dict, tokens: int, dtype, repeats: int = 20) -> list[tuple[str, float]]:
-    """TFLOP/s of ``a @ b`` at the discriminator's forward GEMM shapes (tokens x in -> out)."""
-    h, i, e = shape["hidden_size"], shape["intermediate_size"], shape["embedding_size"]
-    dims = {(tokens, h, 3 * h), (tokens, h, h), (tokens, h, i), (tokens, i, h)}
-    if e != h:
-        dims.add((tokens, e, h))
-    out = []
-    for m, k, n in sorted(dims):
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        out.append((f"{m}x{k}x{n}", 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e12))
-    return out
 
 
 def step_rate(step, tokens_per_step: int, steps: int) -> tuple[float, float]:
@@ -97,7 +72,7 @@ def weights_changed(model, step) -> tuple[int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["small"])
+    p.add_argument("--shape", nargs="+", choices=sorted(pt.SHAPES), default=["small"])
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
@@ -107,7 +82,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import ElectraConfig, ElectraForPreTraining
+    from transformers import ElectraForPreTraining
 
     try:
         import intel_extension_for_pytorch as ipex
@@ -121,24 +96,14 @@ def main() -> None:
     labels = torch.randint(0, 2, (args.batch, args.seq_len), generator=g).float()
 
     for name in args.shape:
-        shape = SHAPES[name]
-        flops = shape_mod.flops_per_token(shape_mod.ModelShape(vocab_size=args.vocab, **shape), args.seq_len,
-                                          uniform_generator=True)  # the discriminator's FLOPs only
-        bf16 = matmul_rates(shape, tokens, torch.bfloat16)
-        fp32 = matmul_rates(shape, tokens, torch.float32, repeats=5)
-        peak = max(r for _, r in bf16)
-        print(f"\n{name}: {shape}; {flops / 1e6:.1f} MFLOP per token (discriminator)")
-        print("GEMM (forward)       bf16 TFLOP/s   fp32")
-        for (label, rb), (_, rf) in zip(bf16, fp32):
-            print(f"  {label:18s} {rb:10.2f} {rf:8.2f}")
-        print(f"  peak (best bf16)   {peak:10.2f}")
+        shape = pt.ModelShape(vocab_size=args.vocab, max_position_embeddings=max(512, args.seq_len),
+                              **{**pt.SHAPES[name], "dropout": 0.0})
+        flops = pt.flops_per_token(shape, args.seq_len, uniform_generator=True)  # the discriminator's FLOPs only
+        print(f"\n{name}: {pt.SHAPES[name]}; {flops / 1e6:.1f} MFLOP per token (discriminator)")
+        peak = pt.print_peak(shape, tokens, torch.device("cpu"))
 
-        def config():
-            return ElectraConfig(vocab_size=args.vocab, embedding_size=shape["embedding_size"],
-                                 hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_layers"],
-                                 num_attention_heads=shape["num_heads"], intermediate_size=shape["intermediate_size"],
-                                 max_position_embeddings=512, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0, attn_implementation="eager")
+        def config():  # the discriminator as the pipeline builds it on CPU (eager attention; ALiBi for `study`)
+            return pt.electra_configs(shape, "cpu")[0]
 
         def loss_of(model):
             return F.binary_cross_entropy_with_logits(model(input_ids=ids).logits.float(), labels)
@@ -193,8 +158,8 @@ def main() -> None:
         for label, rate, warm in rows:
             tf = rate * flops / 1e12
             print(f"  {label:40s} {rate:9.0f} {tf:13.3f} {100 * tf / peak:7.1f}% {warm:9.1f}")
-        peak_after = max(r for _, r in matmul_rates(shape, tokens, torch.bfloat16))
-        print(f"  (the bf16 peak measured again after the steps: {peak_after:.2f})")
+        print("  the peak again after the steps:")
+        pt.print_peak(shape, tokens, torch.device("cpu"))
 
 
 if __name__ == "__main__":

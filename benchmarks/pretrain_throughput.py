@@ -87,6 +87,22 @@ def matmul_tflops(m: int, k: int, n: int, dtype, device, seconds: float = 0.3) -
     return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e12
 
 
+def print_peak(shape: ModelShape, rows: int, device) -> float:
+    """Print the bf16 and fp32 rates at the model's GEMM shapes (:func:`gemm_shapes` of ``rows`` token positions) and
+    return the peak: the best bf16 rate (the best fp32 one where bf16 has no matrix units)."""
+    peak = {}
+    print(f"{'GEMM (M x K x N)':36s} {'bf16':>8s} {'fp32':>8s}  TFLOP/s")
+    for label, m, k, n in gemm_shapes(shape, rows):
+        rates = {dt: matmul_tflops(m, k, n, dt, device) for dt in (torch.bfloat16, torch.float32)}
+        for dt, r in rates.items():
+            peak[dt] = max(peak.get(dt, 0), r)
+        print(f"  {label + f' {m}x{k}x{n}':34s} {rates[torch.bfloat16]:8.2f} {rates[torch.float32]:8.2f}")
+    peak_bf16 = peak[torch.bfloat16] if bf16_supported(device) else peak[torch.float32]
+    print(f"peak (best bf16 rate at the model's shapes): {peak_bf16:.2f} TFLOP/s; best fp32 "
+          f"{peak[torch.float32]:.2f}")
+    return peak_bf16
+
+
 def bf16_supported(device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -381,16 +397,7 @@ def main() -> None:
         micro = args.micro_batch or args.global_batch
         print(f"\n== shape {name}: {shape_dict} (generator {generator_dims(shape)[0]} wide, "
               f"{generator_num_layers(shape)} layers); {flops_per_token(shape, args.seq_len) / 1e6:.1f} MFLOP/token")
-        peak = {}
-        print(f"{'GEMM (M x K x N)':36s} {'bf16':>8s} {'fp32':>8s}  TFLOP/s")
-        for label, m, k, n in gemm_shapes(shape, micro * args.seq_len // (2 if "2x1" in args.launch else 1)):
-            rates = {dt: matmul_tflops(m, k, n, dt, device) for dt in (torch.bfloat16, torch.float32)}
-            for dt, r in rates.items():
-                peak[dt] = max(peak.get(dt, 0), r)
-            print(f"  {label + f' {m}x{k}x{n}':34s} {rates[torch.bfloat16]:8.2f} {rates[torch.float32]:8.2f}")
-        peak_bf16 = peak[torch.bfloat16] if bf16_supported(device) else peak[torch.float32]
-        print(f"peak (best bf16 rate at the model's shapes): {peak_bf16:.2f} TFLOP/s; best fp32 "
-              f"{peak[torch.float32]:.2f}")
+        peak_bf16 = print_peak(shape, micro * args.seq_len // (2 if "2x1" in args.launch else 1), device)
         def run(launch, precision, attention, zero):
             return pipeline_rate(shards, {**shape_dict, "attn_implementation": attention}, launch, precision,
                                  args.steps, args.log_every, args.global_batch, micro, work, zero=zero)
