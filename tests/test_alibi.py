@@ -141,3 +141,26 @@ def test_the_model_card_says_how_to_load_the_bias():
     assert "attn_implementation=alibi.implementation(path)" in text and "ALiBi" in text
     plain = render("discriminator", summary={**summary, "model": {**SHAPE.to_dict(), "attention_bias": "none"}})
     assert "alibi" not in plain
+
+
+@pytest.mark.parametrize("bias, implementation", [("alibi", "alibi_eager"), ("alibi", "alibi_sdpa"), ("none", "eager")])
+def test_padding_changes_no_real_position(bias, implementation):
+    """Hugging Face builds a padding mask only for attention names it has a mask function for; each name electra-ds
+    registers gets its base's, so a padded example's real positions read what the unpadded example's do."""
+    from transformers import ElectraConfig, ElectraModel
+
+    config = ElectraConfig(vocab_size=100, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64)
+    if bias == "alibi":
+        setattr(config, alibi.CONFIG_KEY, True)
+        alibi.register()
+    torch.manual_seed(0)
+    model = ElectraModel._from_config(config, attn_implementation=implementation).eval()
+    ids = torch.randint(5, 100, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask).last_hidden_state[0, :7]
+        alone = model(ids[:1, :7]).last_hidden_state[0]
+    assert model.config._attn_implementation == implementation
+    assert torch.allclose(padded, alone, atol=1e-5)

@@ -93,11 +93,14 @@ def _attention_function(base: str):
 
 
 def register() -> None:
-    """Make ``alibi_eager`` and ``alibi_sdpa`` known to Hugging Face (idempotent)."""
+    """Make ``alibi_eager`` and ``alibi_sdpa`` known to Hugging Face (idempotent), each with its base's attention
+    mask: Hugging Face builds no padding mask at all for an attention name it has no mask function for."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     for base in BASES:
         AttentionInterface.register(f"alibi_{base}", _attention_function(base))
+        AttentionMaskInterface.register(f"alibi_{base}", ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
 def uses_alibi(config) -> bool:
