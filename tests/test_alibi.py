@@ -143,17 +143,22 @@ def test_the_model_card_says_how_to_load_the_bias():
     assert "alibi" not in plain
 
 
-@pytest.mark.parametrize("bias, implementation", [("alibi", "alibi_eager"), ("alibi", "alibi_sdpa"), ("none", "eager")])
+@pytest.mark.parametrize("bias, implementation", [("alibi", "alibi_eager"), ("alibi", "alibi_sdpa"),
+                                                  ("none", "electra_ds_eager"), ("none", "eager")])
 def test_padding_changes_no_real_position(bias, implementation):
     """Hugging Face builds a padding mask only for attention names it has a mask function for; each name electra-ds
     registers gets its base's, so a padded example's real positions read what the unpadded example's do."""
     from transformers import ElectraConfig, ElectraModel
+
+    from electra_ds.common import dropout
 
     config = ElectraConfig(vocab_size=100, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, max_position_embeddings=64)
     if bias == "alibi":
         setattr(config, alibi.CONFIG_KEY, True)
         alibi.register()
+    else:
+        dropout.register()
     torch.manual_seed(0)
     model = ElectraModel._from_config(config, attn_implementation=implementation).eval()
     ids = torch.randint(5, 100, (2, 12))

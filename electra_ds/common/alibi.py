@@ -83,9 +83,10 @@ def with_bias(attention_mask, query, key):
 def _attention_function(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        from transformers.models.electra.modeling_electra import eager_attention_forward
 
-        forward = eager_attention_forward if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
+        from electra_ds.common.dropout import eager_attention  # Hugging Face's eager, its dropout cheaper on CPU
+
+        forward = eager_attention if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
         return forward(module, query, key, value, with_bias(attention_mask, query, key), **kwargs)
 
     attention.__name__ = f"alibi_{base}_attention"

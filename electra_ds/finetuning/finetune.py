@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from electra_ds.common.dropout import use_cpu_dropout
 from electra_ds.common.errors import UserError
 from electra_ds.common.fileio import atomic_path
 from electra_ds.common.progress import Progress
@@ -278,6 +279,8 @@ def _run(args, tracker) -> None:
                                            device_type=device.type)
         if args.head == "official":
             model.classifier = OfficialHead(model.config)
+        if device.type == "cpu":  # dropout masks a quarter the price of PyTorch's CPU ones: 1.2-1.3x a step at 0.1
+            use_cpu_dropout(model)
         max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
         model.to(device)
         enc_train = _encode(tokenizer, train, max_length)
