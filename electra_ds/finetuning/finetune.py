@@ -272,8 +272,6 @@ def _run(args, tracker) -> None:
                         "model": args.model_name or model_dir.parent.name, "model_source": args.model_source,
                         "train_examples": len(train), "init_from": str(init_from or ""), **hparams})
 
-    import torch
-
     with _torch_runtime(args.seed, args.threads, args.device, args.precision) as (device, use_bf16, autocast):
         tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch",
                                            device_type=device.type)
