@@ -255,3 +255,34 @@ def test_paper_mnli_start_rte_and_stsb_with_rte_at_2e_5(tmp_path):
     for words in jobs.values():
         assert (last(words, "--optimizer"), last(words, "--schedule"), last(words, "--loss-reduction"),
                 last(words, "--head")) == ("adam_no_bias_correction", "official", "sum", "official")
+
+
+@pytest.mark.parametrize("exported, recipe", [(0.0, 0.1), (0.1, 0.0), (0.0, 0.3)])
+def test_fine_tuning_runs_at_the_recipes_dropout_whatever_the_export_says(tmp_path, exported, recipe):
+    """The official code fine-tunes at BertConfig's dropout 0.1 whatever the pretraining used (the CPU presets
+    pretrain at 0): finetune.dropout sets the encoder's hidden and attention dropout and the head's, and a kept
+    model records it."""
+    import transformers
+
+    from electra_ds.finetuning.classifier import load_classifier
+
+    src = build_tiny_model_dir(tmp_path / "m", TEXT)
+    config = json.loads((src / "config.json").read_text())
+    config.update(hidden_dropout_prob=exported, attention_probs_dropout_prob=exported)
+    (src / "config.json").write_text(json.dumps(config))
+    for scratch in (False, True):
+        _, model = load_classifier(src, get_task("rte"), scratch=scratch, device_type="cpu", dropout=recipe)
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert rates == {recipe}, (scratch, rates)
+        assert model.config.attention_probs_dropout_prob == recipe
+    assert build_parser().parse_args(["finetune", "--model-dir", "m", "--task", "rte", "--seed", "1",
+                                      "--output-dir", "o"]).dropout == 0.1  # the schema's default
+
+    out = tmp_path / "out"
+    assert cli("finetune", "--model-dir", src, "--task", "rte", "--seed", "1", "--output-dir", out,
+               "--data-dir", glue_dir(tmp_path / "glue"), "--epochs", "1", "--max-length", "32", "--keep-model",
+               "--dropout", str(recipe), "--results-dir", tmp_path) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hparams"]["dropout"] == recipe
+    kept = transformers.AutoConfig.from_pretrained(out / "model")
+    assert (kept.hidden_dropout_prob, kept.attention_probs_dropout_prob) == (recipe, recipe)

@@ -84,11 +84,12 @@ def OfficialHead(config):
 
 
 def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratch: bool = False,
-                    device_type: str | None = None):
+                    device_type: str | None = None, dropout: float | None = None):
     """Tokenizer of ``model_dir`` and a classifier for ``task`` (from ``init_from`` with a fresh head; with
     ``scratch`` the architecture of ``model_dir`` with random weights from torch's current seed). ``device_type``
     picks the attention as pretraining's ``attn_implementation: auto`` does (eager on CPU: bf16 matmuls under
-    autocast; sdpa elsewhere); the weights and the results do not depend on it."""
+    autocast; sdpa elsewhere); the weights and the results do not depend on it. ``dropout`` (not None) replaces the
+    model's hidden and attention-probability dropout rates (the head's follows the hidden one)."""
     import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -99,6 +100,8 @@ def load_classifier(model_dir: Path, task, init_from: Path | None = None, scratc
 
     attention = resolve_attention("auto", device_type)
     kwargs = {"num_labels": task.num_labels, "attn_implementation": alibi.implementation(model_dir, attention)}
+    if dropout is not None:
+        kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     else:

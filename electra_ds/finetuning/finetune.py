@@ -67,10 +67,11 @@ _OUTPUT_NAMES = re.compile(r"^(metrics\.json|model|\w+_predictions\.tsv)$")
 # keep_model and threads are also set per job by the rule (MNLI's model is kept for RTE/MRPC/STS-B; {threads})
 SETTINGS = {"finetune": ("learning_rate", "layer_decay", "batch_size", "max_length", "epochs", "max_train_examples",
                          "warmup_fraction", "weight_decay", "max_steps", "double_unordered", "head", "keep_model",
-                         "threads", "precision", "optimizer", "schedule", "loss_reduction")}
+                         "threads", "precision", "optimizer", "schedule", "loss_reduction", "dropout")}
 # The recipe a model of a study may set for itself (models.<name>.finetune; electra_ds.pipeline.study checks it, the
 # evaluation names those that differ between models); tasks, seeds, data and the job stay shared.
-MODEL_RECIPE_FIELDS = ("learning_rate", "layer_decay", "epochs", "warmup_fraction", "weight_decay", "batch_size")
+MODEL_RECIPE_FIELDS = ("learning_rate", "layer_decay", "epochs", "warmup_fraction", "weight_decay", "batch_size",
+                       "dropout")
 
 
 def add_arguments(p) -> None:
@@ -267,14 +268,14 @@ def _run(args, tracker) -> None:
     epochs = args.epochs or task.epochs
     hparams = {k: getattr(args, k) for k in ("learning_rate", "layer_decay", "batch_size", "max_length",
                                              "warmup_fraction", "weight_decay", "max_train_examples",
-                                             "max_steps", "optimizer", "schedule", "loss_reduction", "head")}
+                                             "max_steps", "optimizer", "schedule", "loss_reduction", "head", "dropout")}
     tracker.log_params({"task": task.name, "seed": args.seed, "epochs": epochs, "model_dir": str(model_dir),
                         "model": args.model_name or model_dir.parent.name, "model_source": args.model_source,
                         "train_examples": len(train), "init_from": str(init_from or ""), **hparams})
 
     with _torch_runtime(args.seed, args.threads, args.device, args.precision) as (device, use_bf16, autocast):
         tokenizer, model = load_classifier(model_dir, task, init_from, scratch=args.model_source == "scratch",
-                                           device_type=device.type)
+                                           device_type=device.type, dropout=args.dropout)
         if args.head == "official":
             model.classifier = OfficialHead(model.config)
         if device.type == "cpu":  # cheaper dropout masks than PyTorch's CPU ones (1.07-1.11x a job at dropout 0.1)
