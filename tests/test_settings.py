@@ -125,7 +125,7 @@ def test_the_pipeline_renders_what_the_stage_parses(stage):
 
 def _other_number(spec, value):
     low = spec.get("minimum", spec.get("exclusiveMinimum", 0))
-    high = spec.get("maximum")
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
     integer = "integer" in settings._types(spec)
     candidate = (value or low or 0) + 1 if integer else ((value or 0) + (high if high is not None else 2)) / 2
     if high is not None and candidate > high:
