@@ -21,7 +21,7 @@ TIMING = {"time", "seconds", "tokens_per_s", "samples_per_s", "model_tflops", "m
 
 
 # Fields added since d4b8aa1, at the value that does what the old code did: new runs record them.
-ADDED_SINCE = {"model.attention_bias": "none"}
+ADDED_SINCE = {"model.attention_bias": "none", "dropout_masks": "torch"}
 
 
 def without_added(record: dict, where: str) -> dict:
@@ -59,7 +59,8 @@ def test_a_checkpoint_from_before_the_package_move_resumes_and_finishes_as_the_o
     dead_mlflow = {"ELECTRA_DS_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     res = electra_ds(["pretrain", "--shards", tmp_path / "shards", "--output-dir", out,
-                      "--ds-config", REPO / "ds_configs" / "zero2.json", *old["args"], "--results-dir", tmp_path],
+                      "--ds-config", REPO / "ds_configs" / "zero2.json", *old["args"], "--dropout-masks", "torch",
+                      "--results-dir", tmp_path],
                      dead_mlflow)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "at step 3" in res.stderr and "resumed from" in res.stderr, res.stderr[-3000:]
@@ -91,7 +92,7 @@ def test_the_resume_rules_are_the_ones_older_checkpoints_were_written_under():
 
     assert BEFORE_FIELD == {"masking": "token", "mask_count": "exact", "uniform_generator": False,
                             "embedding_sharing": "es", "optimizer": "adamw", "schedule": "warmup_then_decay",
-                            "model.generator_layers": 1.0, "model.attention_bias": "none"}
+                            "model.generator_layers": 1.0, "model.attention_bias": "none", "dropout_masks": "torch"}
     assert sorted(UNRECORDED_BEFORE) == ["learning_rate", "warmup_steps", "weight_decay"]
     assert RESUME_CHANGEABLE == ("learning_rate", "warmup_steps", "weight_decay")
     # a checkpoint without masking resumes with token masking (what it did), not with whole_word

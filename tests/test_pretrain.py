@@ -172,7 +172,8 @@ SETTINGS_BEFORE = {"pretrain": ("model", "objective", "mask_prob", "disc_weight"
                                 "adversarial_mle_weight", "masking", "mask_count", "uniform_generator",
                                 "embedding_sharing", "output_bias_init", "optimizer", "schedule", "ds_config",
                                 "global_batch_size", "micro_batch_size", "learning_rate", "weight_decay",
-                                "warmup_steps", "max_steps", "precision", "device", "compile", "checkpoint_every",
+                                "warmup_steps", "max_steps", "precision", "device", "compile", "dropout_masks",
+                                "checkpoint_every",
                                 "checkpoint_minutes", "keep_checkpoints", "log_every", "eval_every", "eval_examples",
                                 "plateau_steps", "peak_tflops", "max_skipped_steps", "skip_window", "spike_factor",
                                 "allow_resume_change", "collective_timeout_minutes"),
@@ -212,11 +213,12 @@ def test_the_config_is_built_once_from_the_options_and_frozen():
     assert set(config.select("recorded")) == {
         "objective", "mask_prob", "disc_weight", "temperature", "disallow_correct", "masking", "mask_count",
         "uniform_generator", "embedding_sharing", "optimizer", "schedule", "global_batch_size", "seed",
-        "learning_rate", "warmup_steps", "weight_decay"}
+        "learning_rate", "warmup_steps", "weight_decay", "dropout_masks"}
     assert config.select("summary") == {"objective": "electra", "mask_prob": 0.3, "temperature": 1.0,
                                         "output_bias_init": "zero", "global_batch_size": 128}
     assert set(config.select("param")) == {"global_batch_size", "learning_rate", "warmup_steps", "compile",
-                                           "max_steps", "mask_prob", "objective", "disc_weight", "seed"}
+                                           "max_steps", "mask_prob", "objective", "disc_weight", "seed",
+                                           "dropout_masks"}
     with pytest.raises(ValueError, match="not a use"):
         config.select("summmary")
 
@@ -382,6 +384,22 @@ def test_sigkill_and_restart_gives_exactly_the_uninterrupted_run(prepared, tmp_p
         return ["launch", "--nproc-per-node", "1", "--", *a]
 
     assert_sigkill_and_restart_is_exact(args, tmp_path, kill_after="step00000006")
+
+
+@pytest.mark.slow
+def test_dropout_masks_switch_between_the_cheaper_masks_and_pytorchs(prepared, tmp_path):
+    """pretrain.dropout_masks on CPU: fast (the default) and torch draw other masks from the same seed, so at dropout
+    0.1 the runs part from the first step and train alike; each run records its choice (a resume must match it)."""
+    runs = {}
+    for masks in ("fast", "torch"):
+        out = tmp_path / masks
+        res = electra_ds(pretrain_args(prepared, out, steps=4, extra=("--dropout-masks", masks)))
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[masks] = losses(out)
+        manifest = json.loads((out / "checkpoints" / "step00000003" / "electra_ds_manifest.json").read_text())
+        assert manifest["run_config"]["dropout_masks"] == masks
+    assert runs["fast"][1] != runs["torch"][1]
+    assert runs["fast"][4] == pytest.approx(runs["torch"][4], rel=0.05)
 
 
 @pytest.mark.slow

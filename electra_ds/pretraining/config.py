@@ -68,6 +68,7 @@ class PretrainConfig:
     precision: str = option()  # summary.json and MLflow get the resolved one (auto: by the device)
     device: str = option()  # MLflow gets the resolved one
     compile: bool = option(param=True)
+    dropout_masks: str = option(recorded=True, before="torch", param=True)  # the masks change a resumed run's numbers
     checkpoint_every: int = option()
     checkpoint_minutes: float = option()
     keep_checkpoints: int = option()
