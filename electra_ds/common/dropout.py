@@ -1,13 +1,14 @@
 """Dropout with a cheaper mask on CPU: the same distribution, a quarter of the random-number work.
 
 PyTorch's CPU dropout draws its mask with ``bernoulli_``: one Mersenne-Twister draw and a float comparison per
-element, then divides the mask and multiplies (``aten::bernoulli_`` alone was 19% of a fine-tuning step of the demo's
-128-wide model at dropout 0.1, and dropout 33% of it; docs/speed.md). Here one 64-bit draw gives four 16-bit
-uniforms, and an element is dropped where its uniform is below a threshold: the drop probability is
-``round(p * 65536) / 65536`` (0.1 -> 0.100006) and kept elements are scaled by ``1 / (1 - p)``, as in PyTorch. The
-mask is written in the input's dtype (a boolean mask costs 3x more to apply on CPU), so the forward and backward
-passes are one multiply each, as PyTorch's. On other devices (a GPU's fused Philox kernel is fast) and in evaluation it
-is :func:`torch.nn.functional.dropout`.
+element, then divides the mask and multiplies (``aten::bernoulli_`` alone was 19% of the op time of a fine-tuning
+step of the demo's 128-wide model at dropout 0.1, and dropout 15% of a whole RTE job; docs/speed.md). Here one
+64-bit draw gives four 16-bit uniforms, and an element is dropped where its uniform is below a threshold: the drop
+probability is ``round(p * 65536) / 65536`` (0.1 -> 0.100006) and kept elements are scaled by ``1 / (1 - p)``, as in
+PyTorch. The mask is written in the input's dtype (a boolean mask costs 3x more to apply on CPU), so the forward and
+backward passes are one multiply each, as PyTorch's. On other devices (a GPU's fused Philox kernel is fast) and in
+evaluation it is :func:`torch.nn.functional.dropout`. Pretraining takes it where ``pretrain.dropout_masks: fast``
+(the default; ``torch`` resumes checkpoints written before it exactly); fine-tuning on CPU always.
 
 It enters a model in two places (:func:`use_cpu_dropout`): its ``nn.Dropout`` modules become :class:`Dropout`, and
 its attention runs through :func:`eager_attention` (Hugging Face's eager attention, whose probabilities dropout
