@@ -21,6 +21,9 @@ import json
 import math
 from pathlib import Path
 
+from electra_ds.common.dropout import eager_attention
+from electra_ds.common.hardware import register_attention
+
 CONFIG_KEY = "alibi"  # the Hugging Face config's attribute: true for a model trained with the bias
 BASES = ("eager", "sdpa")
 
@@ -84,8 +87,7 @@ def _attention_function(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-        from electra_ds.common.dropout import eager_attention  # Hugging Face's eager, its dropout cheaper on CPU
-
+        # eager: Hugging Face's eager attention with the cheaper CPU dropout (electra_ds.common.dropout)
         forward = eager_attention if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
         return forward(module, query, key, value, with_bias(attention_mask, query, key), **kwargs)
 
@@ -94,14 +96,9 @@ def _attention_function(base: str):
 
 
 def register() -> None:
-    """Make ``alibi_eager`` and ``alibi_sdpa`` known to Hugging Face (idempotent), each with its base's attention
-    mask: Hugging Face builds no padding mask at all for an attention name it has no mask function for."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
+    """Make ``alibi_eager`` and ``alibi_sdpa`` known to Hugging Face (idempotent), each with its base's padding mask."""
     for base in BASES:
-        AttentionInterface.register(f"alibi_{base}", _attention_function(base))
-        AttentionMaskInterface.register(f"alibi_{base}", ALL_MASK_ATTENTION_FUNCTIONS[base])
+        register_attention(f"alibi_{base}", _attention_function(base), base)
 
 
 def uses_alibi(config) -> bool:

@@ -10,15 +10,16 @@ backward passes are one multiply each, as PyTorch's. On other devices (a GPU's f
 evaluation it is :func:`torch.nn.functional.dropout`. Pretraining takes it where ``pretrain.dropout_masks: fast``
 (the default; ``torch`` resumes checkpoints written before it exactly); fine-tuning on CPU always.
 
-It enters a model in two places (:func:`use_cpu_dropout`): its ``nn.Dropout`` modules become :class:`Dropout`, and
-its attention runs through :func:`eager_attention` (Hugging Face's eager attention, whose probabilities dropout
-calls ``torch.nn.functional.dropout`` directly), registered with Hugging Face as ``electra_ds_eager``; ALiBi's eager
-attention (:mod:`electra_ds.common.alibi`) uses it too. The masks come from torch's default generator, so a seeded
+It enters a model in two places (:func:`use_cpu_dropout`): its ``nn.Dropout`` modules become ``Dropout`` (an
+``nn.Dropout`` subclass), and its attention runs through :func:`eager_attention` (Hugging Face's eager attention,
+whose probabilities dropout calls ``torch.nn.functional.dropout`` directly), registered with Hugging Face as
+``electra_ds_eager``; ALiBi's eager attention (:mod:`electra_ds.common.alibi`) uses it too. The masks come from torch's default generator, so a seeded
 run is reproducible; they are not the masks PyTorch's dropout would draw for the same seed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 ATTENTION_NAME = "electra_ds_eager"
@@ -65,16 +66,15 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, dro
 
 
 def register() -> None:
-    """Make ``electra_ds_eager`` known to Hugging Face (idempotent), with eager attention's padding mask (Hugging
-    Face builds none for an attention name it has no mask function for)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    """Make ``electra_ds_eager`` known to Hugging Face (idempotent), with eager attention's padding mask."""
+    from electra_ds.common.hardware import register_attention
 
-    AttentionInterface.register(ATTENTION_NAME, eager_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    register_attention(ATTENTION_NAME, eager_attention, "eager")
 
 
+@functools.cache
 def _module_class():
+    """The ``Dropout`` module class (built once, on first use: torch is imported lazily here)."""
     import torch
 
     class Dropout(torch.nn.Dropout):
@@ -88,7 +88,7 @@ def _module_class():
 
 def use_cpu_dropout(model):
     """Give ``model`` (a Hugging Face BERT-like model, or a module holding some) the cheaper dropout: each
-    ``nn.Dropout`` module becomes :class:`Dropout` with the same ``p``, and each Hugging Face model in it that runs
+    ``nn.Dropout`` module becomes that ``Dropout`` with the same ``p``, and each Hugging Face model in it that runs
     eager attention runs :func:`eager_attention` (ALiBi's eager attention already uses it; other attention
     implementations are left as they are). The weights and the dropout rates do not change. Returns ``model``."""
     import torch

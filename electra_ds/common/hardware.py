@@ -71,3 +71,15 @@ def resolve_attention(name: str, device_type: str | None) -> str:
     if name != "auto":
         return name
     return "eager" if device_type == "cpu" else "sdpa"
+
+
+def register_attention(name: str, function, base: str) -> None:
+    """Make the attention function ``function`` known to Hugging Face as ``name`` (idempotent), with the padding mask
+    of the implementation it builds on, ``base`` (``eager``: additive; ``sdpa``: boolean). Hugging Face builds no
+    attention mask at all for an attention name it has no mask function for: without one, the model would attend to
+    padding."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
