@@ -87,7 +87,7 @@ def test_a_checkpoint_from_before_the_package_move_resumes_and_finishes_as_the_o
 def test_the_resume_rules_are_the_ones_older_checkpoints_were_written_under():
     """Derived from PretrainConfig now: the same fields, defaults-before and changeable fields as the tables that
     checkpoint.py and trainer.py spelt out before."""
-    from electra_ds.pretraining.checkpoint import BEFORE_FIELD, UNRECORDED_BEFORE, config_differences
+    from electra_ds.pretraining.checkpoint import BEFORE_FIELD, UNRECORDED_BEFORE, config_differences, continue_hint
     from electra_ds.pretraining.config import RESUME_CHANGEABLE
 
     assert BEFORE_FIELD == {"masking": "token", "mask_count": "exact", "uniform_generator": False,
@@ -99,4 +99,10 @@ def test_the_resume_rules_are_the_ones_older_checkpoints_were_written_under():
     old = {"objective": "electra", "model": {"num_layers": 1}}
     assert config_differences(old, {**old, "masking": "token", "learning_rate": 1e-3}) == []
     assert config_differences(old, {**old, "masking": "whole_word"}) == [
-        "masking: not in the checkpoint, this run 'whole_word'"]
+        "masking: checkpoint 'token' (written before the field was recorded), this run 'whole_word'"]
+    # the refusal says how to continue: the values the checkpoint ran with, including the ones it predates
+    assert continue_hint(old, {**old, "masking": "whole_word", "model": {"num_layers": 2}}) == (
+        "to continue this run, give it the checkpoint's values (masking = \"token\", model.num_layers = 1: in the "
+        "pipeline's config, or the pretrain command's options); ")
+    assert continue_hint(old, {**old, "learning_rate": 1e-3}, allow_changes=()) == ""  # unrecorded before: any
+    assert continue_hint({**old, "seed": 1}, {**old, "seed": 2}, allow_changes=("seed",)) == ""

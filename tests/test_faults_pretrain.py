@@ -122,6 +122,7 @@ def test_rerun_with_another_model_shape_is_refused_before_loading(prepared, copy
     line = [ln for ln in res.stderr.splitlines() if "error:" in ln][-1]
     assert "model.hidden_size: checkpoint 32, this run 64" in line and "nothing was loaded" in line
     assert "new output/results directory" in line and f"delete {copy / CKPT}" in line
+    assert "to continue this run, give it the checkpoint's values (model.hidden_size = 32" in line
     # refused before the model was even built: DeepSpeed never started, nothing changed on disk
     assert "world size 1" not in res.stderr and "resumed from" not in res.stderr
     assert {p: p.stat().st_mtime_ns for p in (copy / CKPT).rglob("*")} == before

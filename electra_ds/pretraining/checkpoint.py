@@ -183,26 +183,64 @@ UNRECORDED_BEFORE = config.UNRECORDED_BEFORE
 NOT_CHECKED = ("model.attn_implementation",)  # eager / sdpa / auto: the same attention, other kernels
 
 
-def config_differences(saved, current, prefix: str = "") -> list[str]:
-    """``field: checkpoint X, this run Y`` for every leaf that differs (nested dicts flattened with dots)."""
+_ABSENT = object()
+
+
+def field_differences(saved, current, prefix: str = "") -> list[tuple]:
+    """``(field, the checkpoint's value, this run's value)`` for every leaf that differs (nested dicts flattened
+    with dots). A field the checkpoint predates gets the value such a checkpoint ran with (``BEFORE_FIELD``);
+    ``_ABSENT`` stands for a field one side does not have at all."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
             name = f"{prefix}{key}"
-            if name in NOT_CHECKED:
+            if name in NOT_CHECKED or (key not in saved and name in UNRECORDED_BEFORE):
                 continue
-            if key not in saved and name in BEFORE_FIELD and current[key] == BEFORE_FIELD[name]:
-                continue
-            if key not in saved and name in UNRECORDED_BEFORE:
-                continue
-            if key not in saved:
-                out.append(f"{name}: not in the checkpoint, this run {current[key]!r}")
-            elif key not in current:
-                out.append(f"{name}: checkpoint {saved[key]!r}, not in this run")
+            if key not in saved and name in BEFORE_FIELD:
+                if current[key] != BEFORE_FIELD[name]:
+                    out.append((name, BEFORE_FIELD[name], current[key]))
+            elif key not in saved or key not in current:
+                out.append((name, saved.get(key, _ABSENT), current.get(key, _ABSENT)))
             else:
-                out.extend(config_differences(saved[key], current[key], name + "."))
+                out.extend(field_differences(saved[key], current[key], name + "."))
         return out
-    return [] if saved == current else [f"{prefix.rstrip('.')}: checkpoint {saved!r}, this run {current!r}"]
+    return [] if saved == current else [(prefix.rstrip("."), saved, current)]
+
+
+def config_differences(saved, current, prefix: str = "") -> list[str]:
+    """``field: checkpoint X, this run Y`` for every leaf that differs (:func:`field_differences`); a field the
+    checkpoint predates says so (``checkpoint X (before the field was recorded)``)."""
+    out = []
+    for name, was, now in field_differences(saved, current, prefix):
+        if was is _ABSENT:
+            out.append(f"{name}: not in the checkpoint, this run {now!r}")
+        elif now is _ABSENT:
+            out.append(f"{name}: checkpoint {was!r}, not in this run")
+        else:
+            predates = isinstance(saved, dict) and _leaf(saved, name) is _ABSENT
+            out.append(f"{name}: checkpoint {was!r}{' (written before the field was recorded)' if predates else ''}, "
+                       f"this run {now!r}")
+    return out
+
+
+def _leaf(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def continue_hint(saved, current, allow_changes=()) -> str:
+    """How to give this run the checkpoint's values: ``field = value`` for the fields that differ (at most
+    four; not those in ``allow_changes``), '' when no field has a value on both sides."""
+    pairs = [(name, was) for name, was, now in field_differences(saved, current)
+             if was is not _ABSENT and now is not _ABSENT and name not in allow_changes]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{name} = {json.dumps(was)}" for name, was in pairs[:4])
+    return (f"to continue this run, give it the checkpoint's values ({shown}: in the pipeline's config, or the "
+            "pretrain command's options); ")
 
 
 def _legacy_run_config(tag_dir: Path):
@@ -242,7 +280,7 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
             return {"status": "damaged", "reason": f"legacy checkpoint unreadable ({type(exc).__name__}: {exc})"[:300]}
         diffs = _refused(config_differences(saved, run_config), allow_changes) if saved is not None else []
         if diffs:
-            return {"status": "foreign", "differences": diffs}
+            return {"status": "foreign", "differences": diffs, "continue": continue_hint(saved, run_config, allow_changes)}
         return {"status": "legacy", "reason": "written without a manifest (before checksums, or converted); "
                                               "its files cannot be verified"}
     try:
@@ -253,7 +291,7 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
         return {"status": "damaged", "reason": f"unreadable manifest ({type(exc).__name__})"}
     diffs = _refused(config_differences(saved, run_config), allow_changes)
     if diffs:
-        return {"status": "foreign", "differences": diffs}
+        return {"status": "foreign", "differences": diffs, "continue": continue_hint(saved, run_config, allow_changes)}
     problem = size_problem(tag_dir, files)
     if problem:
         return {"status": "damaged", "reason": problem}
@@ -334,8 +372,8 @@ def choose_checkpoint(ckpt_dir, run_config: dict, rank: int = 0, world: int = 1,
             shown = "; ".join(verdict["differences"][:8])
             raise UserError(f"checkpoint {tag} was written by a run with a different configuration ({shown}); "
                             "nothing was loaded", path=ckpt_dir,
-                            fix=f"use a new output/results directory for the new configuration, or delete {ckpt_dir} "
-                                "to start this configuration from step 0; to continue this run with another "
+                            fix=f"{verdict.get('continue', '')}to start this configuration afresh, use a new "
+                                f"output/results directory or delete {ckpt_dir}; to continue this run with another "
                                 f"{_either(config.RESUME_CHANGEABLE)} on purpose, name them in "
                                 "--allow-resume-change (pretrain.allow_resume_change)")
         if status == "sized":
