@@ -385,6 +385,40 @@ def test_length_grouped_padding_gives_the_predictions_of_fixed_padding(model_dir
             assert torch.allclose(model(**one).logits[0], logits_fixed[i], atol=1e-5)
 
 
+def test_batches_are_padded_to_a_multiple_of_8_within_the_models_positions(model_dir):
+    """Rounding the padded length up to a multiple of 8 (oneDNN keeps its kernels for a few shapes) never cuts an
+    example, never goes past the model's positions, and changes no prediction."""
+    import numpy as np
+    import torch
+
+    from electra_ds.finetuning.classifier import load_classifier
+    from electra_ds.finetuning.finetune import PAD_MULTIPLE, _collate, _encode
+
+    def item(n):
+        return {"input_ids": np.arange(5, 5 + n), "token_type_ids": np.zeros(n, dtype=np.int64), "label": None}
+
+    assert PAD_MULTIPLE == 8
+    widths = {n: _collate([item(3), item(n)], 0, False, "cpu")["input_ids"].shape[1] for n in (1, 8, 9, 17, 126, 128)}
+    assert widths == {1: 8, 8: 8, 9: 16, 17: 24, 126: 128, 128: 128}
+    assert _collate([item(126)], 0, False, "cpu", limit=127)["input_ids"].shape[1] == 127  # not past the model
+    assert _collate([item(126)], 0, False, "cpu", limit=100)["input_ids"].shape[1] == 126  # never cuts an example
+    batch = _collate([item(3), item(11)], 0, False, "cpu")
+    assert batch["attention_mask"].sum(1).tolist() == [3, 11] and batch["input_ids"][0, 3:].eq(0).all()
+
+    task = get_task("sst2")
+    tokenizer, model = load_classifier(model_dir, task, None, scratch=False)
+    texts = FALLBACK_TEXT[:7] + ["A much longer sentence, with many more words in it than the others have."]
+    encoded = _encode(tokenizer, [{"text_a": t, "text_b": None, "label": 0} for t in texts], 64)
+    assert any(len(x["input_ids"]) % 8 for x in encoded)  # some examples do get rounded
+    items = [{**x, "label": None} for x in encoded]
+    batches = [_collate(items, tokenizer.pad_token_id, False, "cpu", multiple=m) for m in (PAD_MULTIPLE, 1)]
+    assert batches[0]["input_ids"].shape[1] > batches[1]["input_ids"].shape[1]  # the longest example is rounded too
+    with torch.no_grad():
+        model.eval()
+        rounded, exact = (model(**b).logits for b in batches)
+    assert torch.allclose(rounded, exact, atol=1e-5)
+
+
 def test_cpu_fine_tuning_uses_eager_attention_with_the_same_outputs(model_dir, tmp_path):
     """On CPU the classifier runs eager attention (bf16 matmuls under autocast), elsewhere sdpa; both paths (scratch,
     from the export) load it, and its logits equal sdpa's."""

@@ -112,10 +112,26 @@ def _encode(tokenizer, examples: list, max_length: int) -> list:
 REGRESSION_SCALE = REGRESSION_RANGE[1]  # STS-B: the model learns score / 5; predictions are scaled back
 
 
-def _collate(items: list, pad_id: int, regression: bool, device):
+# Batches are padded to their longest example rounded up to a multiple of this. oneDNN builds (JIT-compiles) a kernel
+# for each new matrix shape it meets, about 1-2.5 ms a matrix multiply here (measured on this CPU: the first call of
+# a bf16 linear at a new length 3.5 ms, the next ones 1.0 ms), and length-grouped batches bring a new length nearly
+# every step; rounding to 8 leaves at most 16 lengths, whose kernels stay cached. Measured per training step (demo
+# export, 1 thread, bf16, dropout 0.1): CoLA 27.8 -> 26.9 ms, SST-2 32.6 -> 28.8, MRPC 89.3 -> 78.4, RTE 90.9 -> 83.0;
+# 16 pads more and gains less. The padded positions are masked: a model predicts what it does without the rounding
+# (test); in training, dropout draws its masks over the padded tensor, so a seed's draws are not those of before.
+PAD_MULTIPLE = 8
+
+
+def _collate(items: list, pad_id: int, regression: bool, device, multiple: int = PAD_MULTIPLE,
+             limit: int | None = None):
+    """A batch padded to its longest example rounded up to ``multiple`` (at most ``limit``, the model's
+    positions), with the attention mask and, if the items have labels, the labels."""
     import torch
 
-    width = max(len(x["input_ids"]) for x in items)
+    longest = max(len(x["input_ids"]) for x in items)
+    width = -(-longest // multiple) * multiple
+    if limit is not None:
+        width = max(longest, min(width, limit))
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     types = torch.zeros((len(items), width), dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -147,6 +163,11 @@ def length_grouped_batches(lengths: list, batch_size: int, generator, group_batc
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def _positions(model) -> int | None:
+    """How many positions the model has (the most a batch may be padded to), None if it does not say."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: bool, device, autocast) -> list:
     """Predictions in input order (label indices, or floats); batches sorted by length for speed."""
     import torch
@@ -157,7 +178,8 @@ def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: boo
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device)
+            batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device,
+                             limit=_positions(model))
             with autocast():
                 logits = model(**batch).logits.float()
             values = (logits[:, 0] * REGRESSION_SCALE).tolist() if regression else logits.argmax(-1).tolist()
@@ -360,6 +382,7 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
     regression = task.is_regression
     generator = torch.Generator().manual_seed(args.seed)
     lengths = [len(x["input_ids"]) for x in enc_train]
+    positions = _positions(model)
     history, step, dev_results = [], 0, {}
     progress = Progress(f"finetune {task.name} seed {args.seed}: training", total=total_steps, unit="steps",
                         bytes_unit="examples", tracker=tracker, logger=log)
@@ -369,7 +392,7 @@ def _train(model, optimizer, scheduler, enc_train, enc_dev, task, args, epochs, 
         for rows in length_grouped_batches(lengths, args.batch_size, generator):
             if step >= total_steps:
                 break
-            batch = _collate([enc_train[i] for i in rows], pad_id, regression, device)
+            batch = _collate([enc_train[i] for i in rows], pad_id, regression, device, limit=positions)
             with autocast():
                 loss = model(**batch).loss  # the mean over the batch
             (loss * len(rows) if args.loss_reduction == "sum" else loss).backward()
