@@ -187,9 +187,9 @@ _ABSENT = object()
 
 
 def field_differences(saved, current, prefix: str = "") -> list[tuple]:
-    """``(field, the checkpoint's value, this run's value)`` for every leaf that differs (nested dicts flattened
-    with dots). A field the checkpoint predates gets the value such a checkpoint ran with (``BEFORE_FIELD``);
-    ``_ABSENT`` stands for a field one side does not have at all."""
+    """``(field, the checkpoint's value, this run's value, predates)`` for every leaf that differs (nested dicts
+    flattened with dots). A field the checkpoint predates gets the value such a checkpoint ran with
+    (``BEFORE_FIELD``) and ``predates`` True; ``_ABSENT`` stands for a field one side does not have at all."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
@@ -198,43 +198,34 @@ def field_differences(saved, current, prefix: str = "") -> list[tuple]:
                 continue
             if key not in saved and name in BEFORE_FIELD:
                 if current[key] != BEFORE_FIELD[name]:
-                    out.append((name, BEFORE_FIELD[name], current[key]))
+                    out.append((name, BEFORE_FIELD[name], current[key], True))
             elif key not in saved or key not in current:
-                out.append((name, saved.get(key, _ABSENT), current.get(key, _ABSENT)))
+                out.append((name, saved.get(key, _ABSENT), current.get(key, _ABSENT), False))
             else:
                 out.extend(field_differences(saved[key], current[key], name + "."))
         return out
-    return [] if saved == current else [(prefix.rstrip("."), saved, current)]
+    return [] if saved == current else [(prefix.rstrip("."), saved, current, False)]
 
 
-def config_differences(saved, current, prefix: str = "") -> list[str]:
+def config_differences(saved, current) -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (:func:`field_differences`); a field the
-    checkpoint predates says so (``checkpoint X (before the field was recorded)``)."""
+    checkpoint predates says so (``checkpoint X (written before the field was recorded)``)."""
     out = []
-    for name, was, now in field_differences(saved, current, prefix):
+    for name, was, now, predates in field_differences(saved, current):
         if was is _ABSENT:
             out.append(f"{name}: not in the checkpoint, this run {now!r}")
         elif now is _ABSENT:
             out.append(f"{name}: checkpoint {was!r}, not in this run")
         else:
-            predates = isinstance(saved, dict) and _leaf(saved, name) is _ABSENT
             out.append(f"{name}: checkpoint {was!r}{' (written before the field was recorded)' if predates else ''}, "
                        f"this run {now!r}")
     return out
 
 
-def _leaf(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _ABSENT
-        tree = tree[part]
-    return tree
-
-
 def continue_hint(saved, current, allow_changes=()) -> str:
     """How to give this run the checkpoint's values: ``field = value`` for the fields that differ (at most
     four; not those in ``allow_changes``), '' when no field has a value on both sides."""
-    pairs = [(name, was) for name, was, now in field_differences(saved, current)
+    pairs = [(name, was) for name, was, now, _ in field_differences(saved, current)
              if was is not _ABSENT and now is not _ABSENT and name not in allow_changes]
     if not pairs:
         return ""
@@ -280,7 +271,8 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
             return {"status": "damaged", "reason": f"legacy checkpoint unreadable ({type(exc).__name__}: {exc})"[:300]}
         diffs = _refused(config_differences(saved, run_config), allow_changes) if saved is not None else []
         if diffs:
-            return {"status": "foreign", "differences": diffs, "continue": continue_hint(saved, run_config, allow_changes)}
+            return {"status": "foreign", "differences": diffs,
+                    "continue": continue_hint(saved, run_config, allow_changes)}
         return {"status": "legacy", "reason": "written without a manifest (before checksums, or converted); "
                                               "its files cannot be verified"}
     try:
@@ -291,7 +283,8 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
         return {"status": "damaged", "reason": f"unreadable manifest ({type(exc).__name__})"}
     diffs = _refused(config_differences(saved, run_config), allow_changes)
     if diffs:
-        return {"status": "foreign", "differences": diffs, "continue": continue_hint(saved, run_config, allow_changes)}
+        return {"status": "foreign", "differences": diffs,
+                "continue": continue_hint(saved, run_config, allow_changes)}
     problem = size_problem(tag_dir, files)
     if problem:
         return {"status": "damaged", "reason": problem}
