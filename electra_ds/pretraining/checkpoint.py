@@ -207,31 +207,45 @@ def field_differences(saved, current, prefix: str = "") -> list[tuple]:
     return [] if saved == current else [(prefix.rstrip("."), saved, current, False)]
 
 
+def _line(difference: tuple) -> str:
+    """``field: checkpoint X, this run Y`` for one :func:`field_differences` entry."""
+    name, was, now, predates = difference
+    if was is _ABSENT:
+        return f"{name}: not in the checkpoint, this run {now!r}"
+    if now is _ABSENT:
+        return f"{name}: checkpoint {was!r}, not in this run"
+    recorded = " (written before the field was recorded)" if predates else ""
+    return f"{name}: checkpoint {was!r}{recorded}, this run {now!r}"
+
+
 def config_differences(saved, current) -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (:func:`field_differences`); a field the
     checkpoint predates says so (``checkpoint X (written before the field was recorded)``)."""
-    out = []
-    for name, was, now, predates in field_differences(saved, current):
-        if was is _ABSENT:
-            out.append(f"{name}: not in the checkpoint, this run {now!r}")
-        elif now is _ABSENT:
-            out.append(f"{name}: checkpoint {was!r}, not in this run")
-        else:
-            out.append(f"{name}: checkpoint {was!r}{' (written before the field was recorded)' if predates else ''}, "
-                       f"this run {now!r}")
-    return out
+    return [_line(d) for d in field_differences(saved, current)]
 
 
-def continue_hint(saved, current, allow_changes=()) -> str:
-    """How to give this run the checkpoint's values: ``field = value`` for the fields that differ (at most
-    four; not those in ``allow_changes``), '' when no field has a value on both sides."""
-    pairs = [(name, was) for name, was, now, _ in field_differences(saved, current)
-             if was is not _ABSENT and now is not _ABSENT and name not in allow_changes]
+def _hint(differences: list[tuple]) -> str:
+    pairs = [(name, was) for name, was, now, _ in differences if was is not _ABSENT and now is not _ABSENT]
     if not pairs:
         return ""
     shown = ", ".join(f"{name} = {json.dumps(was)}" for name, was in pairs[:4])
     return (f"to continue this run, give it the checkpoint's values ({shown}: in the pipeline's config, or the "
             "pretrain command's options); ")
+
+
+def continue_hint(saved, current, allow_changes=()) -> str:
+    """How to give this run the checkpoint's values: ``field = value`` for the fields that differ (at most
+    four; not those in ``allow_changes``), '' when no field has a value on both sides."""
+    return _hint([d for d in field_differences(saved, current) if d[0] not in allow_changes])
+
+
+def _foreign(saved, run_config: dict, allow_changes) -> dict | None:
+    """The ``foreign`` verdict when the run may not resume from a checkpoint of run config ``saved``: the
+    differences outside ``allow_changes`` and how to continue the run; None when it may."""
+    refused = [d for d in field_differences(saved, run_config) if d[0] not in allow_changes]
+    if not refused:
+        return None
+    return {"status": "foreign", "differences": [_line(d) for d in refused], "continue": _hint(refused)}
 
 
 def _legacy_run_config(tag_dir: Path):
@@ -269,10 +283,9 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
             saved = _legacy_run_config(tag_dir)
         except Exception as exc:  # any unreadable pickle/zip: this checkpoint cannot be used
             return {"status": "damaged", "reason": f"legacy checkpoint unreadable ({type(exc).__name__}: {exc})"[:300]}
-        diffs = _refused(config_differences(saved, run_config), allow_changes) if saved is not None else []
-        if diffs:
-            return {"status": "foreign", "differences": diffs,
-                    "continue": continue_hint(saved, run_config, allow_changes)}
+        foreign = _foreign(saved, run_config, allow_changes) if saved is not None else None
+        if foreign:
+            return foreign
         return {"status": "legacy", "reason": "written without a manifest (before checksums, or converted); "
                                               "its files cannot be verified"}
     try:
@@ -281,19 +294,13 @@ def inspect(ckpt_dir, tag: str, run_config: dict, latest_tag: str | None, allow_
         saved = manifest["run_config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"status": "damaged", "reason": f"unreadable manifest ({type(exc).__name__})"}
-    diffs = _refused(config_differences(saved, run_config), allow_changes)
-    if diffs:
-        return {"status": "foreign", "differences": diffs,
-                "continue": continue_hint(saved, run_config, allow_changes)}
+    foreign = _foreign(saved, run_config, allow_changes)
+    if foreign:
+        return foreign
     problem = size_problem(tag_dir, files)
     if problem:
         return {"status": "damaged", "reason": problem}
     return {"status": "sized", "files": {n: m["sha256"] for n, m in files.items()}}
-
-
-def _refused(differences: list[str], allow_changes) -> list[str]:
-    """The differences a run may not resume with: all but those of the fields named in ``allow_changes``."""
-    return [d for d in differences if d.split(":", 1)[0] not in allow_changes]
 
 
 def size_problem(tag_dir, files: dict | None = None) -> str | None:
