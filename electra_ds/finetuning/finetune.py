@@ -175,11 +175,11 @@ def _predict(model, encoded: list, batch_size: int, pad_id: int, regression: boo
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     preds = [None] * len(encoded)
+    positions = _positions(model)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device,
-                             limit=_positions(model))
+            batch = _collate([{**encoded[i], "label": None} for i in idx], pad_id, regression, device, limit=positions)
             with autocast():
                 logits = model(**batch).logits.float()
             values = (logits[:, 0] * REGRESSION_SCALE).tolist() if regression else logits.argmax(-1).tolist()
@@ -302,7 +302,7 @@ def _run(args, tracker) -> None:
             model.classifier = OfficialHead(model.config)
         if device.type == "cpu":  # cheaper dropout masks than PyTorch's CPU ones (1.07-1.11x a job at dropout 0.1)
             use_cpu_dropout(model)
-        max_length = min(args.max_length, getattr(model.config, "max_position_embeddings", args.max_length))
+        max_length = min(args.max_length, _positions(model) or args.max_length)
         model.to(device)
         enc_train = _encode(tokenizer, train, max_length)
         enc_dev = {s: _encode(tokenizer, ex, max_length) for s, ex in dev.items()}
