@@ -207,7 +207,7 @@ def field_differences(saved, current, prefix: str = "") -> list[tuple]:
     return [] if saved == current else [(prefix.rstrip("."), saved, current, False)]
 
 
-def _line(difference: tuple) -> str:
+def difference_line(difference: tuple) -> str:
     """``field: checkpoint X, this run Y`` for one :func:`field_differences` entry."""
     name, was, now, predates = difference
     if was is _ABSENT:
@@ -221,7 +221,7 @@ def _line(difference: tuple) -> str:
 def config_differences(saved, current) -> list[str]:
     """``field: checkpoint X, this run Y`` for every leaf that differs (:func:`field_differences`); a field the
     checkpoint predates says so (``checkpoint X (written before the field was recorded)``)."""
-    return [_line(d) for d in field_differences(saved, current)]
+    return [difference_line(d) for d in field_differences(saved, current)]
 
 
 def _hint(differences: list[tuple]) -> str:
@@ -245,7 +245,7 @@ def _foreign(saved, run_config: dict, allow_changes) -> dict | None:
     refused = [d for d in field_differences(saved, run_config) if d[0] not in allow_changes]
     if not refused:
         return None
-    return {"status": "foreign", "differences": [_line(d) for d in refused], "continue": _hint(refused)}
+    return {"status": "foreign", "differences": [difference_line(d) for d in refused], "continue": _hint(refused)}
 
 
 def _legacy_run_config(tag_dir: Path):

@@ -209,15 +209,16 @@ class Trainer:
             self._resume(resume_tag)
 
     def _resume(self, tag: str) -> None:
-        from electra_ds.pretraining.checkpoint import config_differences, weights_only_loading
+        from electra_ds.pretraining.checkpoint import difference_line, field_differences, weights_only_loading
 
         with weights_only_loading():
             _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=True)
         if client is None:
             raise UserError(f"checkpoint {tag} could not be loaded", path=self.ckpt_dir,
                             fix=f"delete {self.ckpt_dir / tag} to resume from the checkpoint before it")
-        changes = config_differences(client.get("run_config"), self.run_config)
-        diffs = [d for d in changes if changed_field(d) not in self.allowed_changes]
+        differences = field_differences(client.get("run_config"), self.run_config)
+        changes = [difference_line(d) for d in differences]
+        diffs = [difference_line(d) for d in differences if d[0] not in self.allowed_changes]
         if diffs:  # checked before loading already (manifest / legacy client state); kept as a last guard
             raise UserError(f"checkpoint {tag} was written with a different config ({'; '.join(diffs[:8])})",
                             path=self.ckpt_dir, fix=f"use a new results directory or delete {self.ckpt_dir}")
@@ -536,11 +537,6 @@ def resume_changes_allowed(text: str | None) -> frozenset:
                         fix=f"name only {', '.join(RESUME_CHANGEABLE)} (comma-separated); a run with another model, "
                             "data or objective needs a new output directory")
     return names
-
-
-def changed_field(difference: str) -> str:
-    """``learning_rate`` from ``learning_rate: checkpoint 0.001, this run 0.0005`` (config_differences)."""
-    return difference.split(":", 1)[0]
 
 
 def skip_nonfinite_updates(optimizer) -> None:
